@@ -1,0 +1,169 @@
+"""The canonical event log and its validation.
+
+ChurnGuard reads one schema everywhere — training files, batch drops in S3, the HTTP API:
+
+    user_id, timestamp, event_type, amount, quantity [, event_id] [, profile columns...]
+
+Rules for awkward rows (each has a unit test):
+
+* ``user_id`` missing/blank -> row rejected.
+* ``timestamp``: ISO-8601 text (date only, naive or with an offset / ``Z``) or a datetime column.
+  Offsets are converted to UTC; naive values are taken as UTC. Unparseable -> row rejected.
+* ``event_type``: case and surrounding blanks are ignored; anything outside ``EVENT_TYPES`` -> row
+  rejected (a typo must not silently become "no activity").
+* ``amount``: missing -> 0.0 (the event still counts); not a number, infinite or negative -> row
+  rejected (refunds are ``return`` events with a positive amount). Zero is a valid free order.
+* ``quantity``: missing -> 1; not a number, infinite or negative -> row rejected.
+* Duplicates: with an ``event_id`` column, repeated ids are one event (first row kept, the rest
+  rejected as duplicates). Without it identical rows are separate events: logs at day resolution
+  (CDNOW has 255 such rows) really do contain two equal orders on one day.
+* Any other column is a profile column (per customer); the last non-null value per customer wins.
+
+pandas is imported here, not in the numpy-only feature path, so the API Lambda can skip it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+EVENT_TYPES: tuple[str, ...] = ("order", "view", "cart", "return")
+REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "timestamp", "event_type")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("amount", "quantity", "event_id")
+CANONICAL_COLUMNS: tuple[str, ...] = ("user_id", "timestamp", "event_type", "amount", "quantity")
+
+
+class EventLogError(ValueError):
+    """The event log as a whole is unusable (missing columns, no valid rows, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class ValidatedEvents:
+    """Valid rows in canonical types, and every rejected row with its reason.
+
+    ``events`` columns: user_id (str), timestamp (datetime64[ns], UTC, naive), event_type (str),
+    amount (float64), quantity (float64), source_row (int64), then profile columns.
+    ``rejected`` columns: source_row, reason. ``len(events) + len(rejected)`` equals the input rows.
+    """
+
+    events: pd.DataFrame
+    rejected: pd.DataFrame
+    profile_columns: tuple[str, ...]
+
+    @property
+    def rows_in(self) -> int:
+        return len(self.events) + len(self.rejected)
+
+
+def _to_utc_naive(values: pd.Series) -> pd.Series:
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.astype("datetime64[ns]")
+    text = values.astype("string").str.strip()
+    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+    return parsed.dt.tz_localize(None).astype("datetime64[ns]")
+
+
+def _numeric(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        return values.astype("float64")
+    text = values.astype("string").str.strip().replace("", pd.NA)
+    return pd.to_numeric(text, errors="coerce").astype("float64")
+
+
+def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> ValidatedEvents:
+    """Split a raw event frame into canonical valid rows and rejected rows with reasons.
+
+    ``first_row_number`` is the source row number of ``frame``'s first row (for chunked files: the
+    data row number in the file, 1-based, header excluded), so rejects point at the real line.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise EventLogError(
+            f"missing required column(s) {missing}; the event log needs {list(REQUIRED_COLUMNS)} "
+            f"and may have {list(OPTIONAL_COLUMNS)} plus profile columns (got {list(frame.columns)})"
+        )
+    n = len(frame)
+    source_row = np.arange(first_row_number, first_row_number + n, dtype=np.int64)
+    reasons = pd.Series([""] * n, index=frame.index, dtype="object")
+
+    def flag(mask: pd.Series | np.ndarray, reason: str) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            current = reasons[mask]
+            reasons[mask] = np.where(current == "", reason, current + "; " + reason)
+
+    user_id = frame["user_id"].astype("string").str.strip()
+    flag(user_id.isna() | (user_id == ""), "user_id is missing")
+
+    timestamp = _to_utc_naive(frame["timestamp"])
+    raw_ts_missing = frame["timestamp"].isna().to_numpy()
+    flag(raw_ts_missing, "timestamp is missing")
+    flag(timestamp.isna().to_numpy() & ~raw_ts_missing, "timestamp is not ISO-8601")
+
+    event_type = frame["event_type"].astype("string").str.strip().str.lower()
+    bad_type = ~event_type.isin(EVENT_TYPES).fillna(False).to_numpy(dtype=bool)
+    if bad_type.any():
+        shown = event_type.fillna("<missing>").to_numpy(dtype=object)
+        bad_reason = np.array(
+            [f"unknown event_type '{v}' (expected one of {', '.join(EVENT_TYPES)})" for v in shown[bad_type]],
+            dtype=object,
+        )
+        current = reasons.to_numpy(dtype=object)
+        idx = np.flatnonzero(bad_type)
+        current[idx] = np.where(current[idx] == "", bad_reason, current[idx] + "; " + bad_reason)
+        reasons = pd.Series(current, index=frame.index, dtype="object")
+
+    columns = {}
+    for name, default in (("amount", 0.0), ("quantity", 1.0)):
+        if name in frame.columns:
+            raw = frame[name]
+            value = _numeric(raw)
+            raw_missing = raw.isna().to_numpy() | (raw.astype("string").str.strip() == "").fillna(True).to_numpy()
+            not_number = value.isna().to_numpy() & ~raw_missing
+            flag(not_number, f"{name} is not a number")
+            finite = np.isfinite(value.to_numpy(dtype="float64", na_value=0.0))
+            flag(~finite, f"{name} is not finite")
+            flag((value < 0).fillna(False).to_numpy(dtype=bool), f"{name} is negative")
+            columns[name] = value.fillna(default).to_numpy(dtype="float64", na_value=default)
+        else:
+            columns[name] = np.full(n, default)
+
+    if "event_id" in frame.columns:
+        event_id = frame["event_id"].astype("string").str.strip()
+        has_id = event_id.notna() & (event_id != "")
+        duplicated = (event_id.duplicated(keep="first") & has_id).to_numpy(dtype=bool)
+        flag(duplicated, "duplicate event_id")
+
+    valid = (reasons == "").to_numpy()
+    profile_columns = tuple(c for c in frame.columns if c not in (*CANONICAL_COLUMNS, "event_id", "source_row"))
+    events = pd.DataFrame(
+        {
+            "user_id": user_id.to_numpy(dtype=object)[valid],
+            "timestamp": timestamp.to_numpy()[valid],
+            "event_type": event_type.to_numpy(dtype=object)[valid],
+            "amount": columns["amount"][valid],
+            "quantity": columns["quantity"][valid],
+            "source_row": source_row[valid],
+        }
+    )
+    for column in profile_columns:
+        events[column] = frame[column].to_numpy()[valid]
+    rejected = pd.DataFrame({"source_row": source_row[~valid], "reason": reasons.to_numpy()[~valid]})
+    return ValidatedEvents(events=events.reset_index(drop=True), rejected=rejected, profile_columns=profile_columns)
+
+
+def read_event_file(path: str, *, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read one CSV / CSV.gz / Parquet event file as raw strings (validation does the typing)."""
+    lower = str(path).lower()
+    try:
+        if lower.endswith(".parquet"):
+            return pd.read_parquet(path, columns=columns)
+        if lower.endswith((".csv", ".csv.gz", ".txt", ".gz")):
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], usecols=columns)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:  # pyarrow raises ArrowInvalid(ValueError)
+        raise EventLogError(f"cannot read {path}: {exc}") from exc
+    raise EventLogError(f"unsupported file type for {path}: expected .csv, .csv.gz or .parquet")

@@ -1,0 +1,614 @@
+"""The one feature path: event arrays + as-of instants -> (weekly sequence tensor, static matrix).
+
+Training, HTTP scoring and batch scoring all call ``build_raw_features`` and then
+``FeatureSpec.transform`` — there is no second implementation to drift. The module needs only
+numpy (no pandas, no TensorFlow) so it runs in the API Lambda.
+
+Time rules (each tested):
+
+* ``as_of`` is the exclusive end of the observation window: only events strictly before it count.
+  Events at or after ``as_of`` are ignored (they are the future for that customer).
+* Week ``W-1`` of the sequence is the 7 days right before ``as_of`` (ages in (0, 7] days), week
+  ``W-2`` the 7 days before that, and so on; a 39-week window ending 1997-10-01 starts 1997-01-01.
+* Order *days* (UTC calendar days) drive frequency and inter-purchase times, so several orders on one
+  day are one purchase occasion (as in BG/NBD) while counts and spend still add up every order.
+* A customer with no events gets all-zero activity, recency imputed as "as long ago as the training
+  data allows" (the upper clip bound), and is scored like that; events of a type that the model was
+  not trained on are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SPEC_FORMAT = "churnguard-feature-spec"
+SPEC_VERSION = 1
+SECONDS_PER_DAY = 86_400.0
+EVENT_TYPE_ORDER = "order"
+MISSING_CATEGORY = "__missing__"
+OTHER_CATEGORY = "__other__"
+
+
+class FeatureSpecError(ValueError):
+    """The feature spec is malformed, or does not fit the model / input it is used with."""
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    weeks: int = 39
+    recent_windows: tuple[int, ...] = (4, 13, 26)
+    trend_weeks: int = 13
+    decay_half_lives: tuple[int, ...] = (4, 13)
+
+    def __post_init__(self) -> None:
+        if self.weeks < 2 * self.trend_weeks or max(self.recent_windows) > self.weeks:
+            raise FeatureSpecError(
+                f"weeks={self.weeks} must cover the recent windows {self.recent_windows} and "
+                f"two trend windows of {self.trend_weeks}"
+            )
+
+
+@dataclass(frozen=True)
+class EventArrays:
+    """A batch of events as flat arrays; ``user_index`` points into ``0..n_users-1``."""
+
+    user_index: np.ndarray  # int64
+    n_users: int
+    timestamp_s: np.ndarray  # float64, seconds since the Unix epoch, UTC
+    event_type: np.ndarray  # object/str array of canonical event types
+    amount: np.ndarray  # float64
+    quantity: np.ndarray  # float64
+
+    def __post_init__(self) -> None:
+        n = len(self.user_index)
+        for name in ("timestamp_s", "event_type", "amount", "quantity"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"EventArrays.{name} has {len(getattr(self, name))} rows, expected {n}")
+
+
+@dataclass(frozen=True)
+class RawFeatures:
+    """Untransformed features: counts/amounts per week and static values with NaN where undefined."""
+
+    sequence: np.ndarray  # float32 [n_users, weeks, channels]
+    sequence_channels: tuple[str, ...]
+    static: np.ndarray  # float64 [n_users, n_static]
+    static_names: tuple[str, ...]
+    profile: dict[str, np.ndarray] = field(default_factory=dict)  # column -> per-user values
+
+    @property
+    def n_users(self) -> int:
+        return int(self.sequence.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# raw features
+# ---------------------------------------------------------------------------------------------
+
+
+def sequence_channel_names(event_types: Sequence[str]) -> tuple[str, ...]:
+    names: list[str] = []
+    for t in event_types:
+        names += [f"{t}_count", f"{t}_amount"]
+        if t == EVENT_TYPE_ORDER:
+            names.append(f"{t}_quantity")
+    return (*names, "any_activity", "is_customer")
+
+
+def static_feature_names(event_types: Sequence[str], config: FeatureConfig) -> tuple[str, ...]:
+    names = [
+        "recency_days",
+        "tenure_days",
+        "first_order_age_days",
+        "n_orders",
+        "n_order_days",
+        "total_spend",
+        "avg_order_value",
+        "max_order_value",
+        "avg_items_per_order",
+        "ipt_mean_days",
+        "ipt_std_days",
+        "ipt_last_days",
+        "recency_over_ipt",
+        "has_repeat_order",
+        "order_days_per_week",
+        "active_weeks",
+    ]
+    names += [f"orders_{k}w" for k in config.recent_windows]
+    names += [f"spend_{k}w" for k in config.recent_windows]
+    names += ["order_trend", "spend_trend"]
+    names += [f"orders_decay_{h}w" for h in config.decay_half_lives]
+    for t in event_types:
+        if t != EVENT_TYPE_ORDER:
+            names += [f"{t}_count", f"{t}_count_4w", f"{t}_recency_days", f"{t}_per_order"]
+    return tuple(names)
+
+
+def _group_of(name: str) -> str:
+    if name.startswith("profile:"):
+        return "profile"
+    for prefix, group in (("view_", "browsing"), ("cart_", "browsing"), ("return_", "returns")):
+        if name.startswith(prefix):
+            return group
+    if name in ("recency_days", "recency_over_ipt", "ipt_last_days"):
+        return "recency"
+    if name in ("tenure_days", "first_order_age_days"):
+        return "tenure"
+    if name in ("total_spend", "avg_order_value", "max_order_value", "avg_items_per_order"):
+        return "spend"
+    if name.startswith(("orders_", "spend_", "order_trend", "spend_trend")):
+        return "recent_trend"
+    return "frequency"
+
+
+def _per_user_extreme(index: np.ndarray, values: np.ndarray, n: int, *, largest: bool) -> np.ndarray:
+    out = np.full(n, -np.inf if largest else np.inf)
+    if len(index):
+        (np.maximum if largest else np.minimum).at(out, index, values)
+    return out
+
+
+def build_raw_features(
+    events: EventArrays,
+    as_of_s: np.ndarray | float,
+    *,
+    event_types: Sequence[str],
+    config: FeatureConfig,
+    profile: Mapping[str, np.ndarray] | None = None,
+) -> RawFeatures:
+    """Aggregate events per user into the weekly tensor and the static matrix (vectorised)."""
+    n = int(events.n_users)
+    W = config.weeks
+    event_types = tuple(event_types)
+    if EVENT_TYPE_ORDER not in event_types:
+        raise FeatureSpecError("the feature vocabulary must contain 'order' events (churn is defined on orders)")
+    as_of = np.broadcast_to(np.asarray(as_of_s, dtype=np.float64), (n,))
+
+    type_code = np.full(len(events.user_index), -1, dtype=np.int64)
+    for code, t in enumerate(event_types):
+        type_code[events.event_type == t] = code
+    user = np.asarray(events.user_index, dtype=np.int64)
+    age_days = (as_of[user] - events.timestamp_s) / SECONDS_PER_DAY if n else np.zeros(0)
+    keep = (age_days > 0) & (type_code >= 0)
+    user, age_days, type_code = user[keep], age_days[keep], type_code[keep]
+    amount, quantity = events.amount[keep], events.quantity[keep]
+    timestamp_s = events.timestamp_s[keep]
+
+    # ---- weekly tensor: one bincount over (user, week, channel) ----
+    channels = sequence_channel_names(event_types)
+    C = len(channels)
+    week_back = np.ceil(age_days / 7.0).astype(np.int64) - 1
+    in_window = week_back < W
+    flat_base = (user * W + (W - 1 - week_back)) * C
+    idx_parts, weight_parts = [], []
+    channel = 0
+    for code, t in enumerate(event_types):
+        sel = in_window & (type_code == code)
+        base = flat_base[sel]
+        idx_parts += [base + channel, base + channel + 1]
+        weight_parts += [np.ones(len(base)), amount[sel]]
+        channel += 2
+        if t == EVENT_TYPE_ORDER:
+            idx_parts.append(base + channel)
+            weight_parts.append(quantity[sel])
+            channel += 1
+    any_idx = flat_base[in_window] + channel
+    idx_parts.append(any_idx)
+    weight_parts.append(np.ones(len(any_idx)))
+    seq = np.bincount(
+        np.concatenate(idx_parts), weights=np.concatenate(weight_parts), minlength=n * W * C
+    ).reshape(n, W, C)
+    seq[:, :, channel] = np.minimum(seq[:, :, channel], 1.0)  # any_activity is a flag
+
+    first_event_age = _per_user_extreme(user, age_days, n, largest=True)  # -inf: no events
+    first_week_back = np.where(np.isfinite(first_event_age), np.ceil(first_event_age / 7.0) - 1, -1)
+    weeks_back = np.arange(W - 1, -1, -1)
+    seq[:, :, channel + 1] = (weeks_back[None, :] <= first_week_back[:, None]).astype(np.float64)
+
+    # ---- static features ----
+    order_code = event_types.index(EVENT_TYPE_ORDER)
+    is_order = type_code == order_code
+    o_user, o_age = user[is_order], age_days[is_order]
+    o_amount, o_qty = amount[is_order], quantity[is_order]
+
+    last_order_age = _per_user_extreme(o_user, o_age, n, largest=False)
+    first_order_age = _per_user_extreme(o_user, o_age, n, largest=True)
+    n_orders = np.bincount(o_user, minlength=n).astype(np.float64)
+    spend = np.bincount(o_user, weights=o_amount, minlength=n)
+    items = np.bincount(o_user, weights=o_qty, minlength=n)
+    max_order = _per_user_extreme(o_user, o_amount, n, largest=True)
+
+    # Distinct UTC order days per user -> inter-purchase times in days.
+    o_day = np.floor(timestamp_s[is_order] / SECONDS_PER_DAY).astype(np.int64)
+    day_offset = o_day.min() if len(o_day) else 0
+    key = np.unique(o_user * (1 << 24) + (o_day - day_offset))
+    k_user, k_day = key >> 24, key & ((1 << 24) - 1)
+    n_order_days = np.bincount(k_user, minlength=n).astype(np.float64)
+    same = k_user[1:] == k_user[:-1]
+    gaps = (k_day[1:] - k_day[:-1])[same].astype(np.float64)
+    g_user = k_user[1:][same]
+    g_count = np.bincount(g_user, minlength=n).astype(np.float64)
+    g_sum = np.bincount(g_user, weights=gaps, minlength=n)
+    g_sq = np.bincount(g_user, weights=gaps * gaps, minlength=n)
+    ipt_last = np.full(n, np.nan)
+    if len(g_user):
+        is_last = np.r_[g_user[1:] != g_user[:-1], True]
+        ipt_last[g_user[is_last]] = gaps[is_last]
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recency = np.where(np.isfinite(last_order_age), last_order_age, np.nan)
+        tenure = np.where(np.isfinite(first_event_age), first_event_age, np.nan)
+        first_order = np.where(np.isfinite(first_order_age), first_order_age, np.nan)
+        avg_order_value = np.where(n_orders > 0, spend / n_orders, np.nan)
+        avg_items = np.where(n_orders > 0, items / n_orders, np.nan)
+        max_order = np.where(np.isfinite(max_order), max_order, np.nan)
+        ipt_mean = np.where(g_count > 0, g_sum / g_count, np.nan)
+        ipt_var = np.where(g_count > 1, g_sq / g_count - ipt_mean**2, np.nan)
+        ipt_std = np.sqrt(np.clip(ipt_var, 0.0, None))
+        recency_over_ipt = np.where(g_count > 0, recency / np.maximum(ipt_mean, 1.0), np.nan)
+        order_days_per_week = np.where(
+            np.isfinite(first_order_age), n_order_days / np.maximum(first_order / 7.0, 1.0), 0.0
+        )
+
+    o_ch = channels.index(f"{EVENT_TYPE_ORDER}_count")
+    weekly_orders = seq[:, :, o_ch]
+    weekly_spend = seq[:, :, o_ch + 1]
+    columns: list[np.ndarray] = [
+        recency,
+        tenure,
+        first_order,
+        n_orders,
+        n_order_days,
+        spend,
+        avg_order_value,
+        max_order,
+        avg_items,
+        ipt_mean,
+        ipt_std,
+        ipt_last,
+        recency_over_ipt,
+        (n_order_days >= 2).astype(np.float64),
+        order_days_per_week,
+        (weekly_orders > 0).sum(axis=1).astype(np.float64),
+    ]
+    columns += [weekly_orders[:, W - k :].sum(axis=1) for k in config.recent_windows]
+    columns += [weekly_spend[:, W - k :].sum(axis=1) for k in config.recent_windows]
+    T = config.trend_weeks
+    columns.append(weekly_orders[:, W - T :].sum(axis=1) - weekly_orders[:, W - 2 * T : W - T].sum(axis=1))
+    columns.append(weekly_spend[:, W - T :].sum(axis=1) - weekly_spend[:, W - 2 * T : W - T].sum(axis=1))
+    for h in config.decay_half_lives:
+        decay = 0.5 ** (weeks_back / float(h))
+        columns.append(weekly_orders @ decay)
+    for code, t in enumerate(event_types):
+        if t == EVENT_TYPE_ORDER:
+            continue
+        sel = type_code == code
+        count = np.bincount(user[sel], minlength=n).astype(np.float64)
+        t_ch = channels.index(f"{t}_count")
+        last = _per_user_extreme(user[sel], age_days[sel], n, largest=False)
+        columns += [
+            count,
+            seq[:, W - 4 :, t_ch].sum(axis=1),
+            np.where(np.isfinite(last), last, np.nan),
+            count / (n_orders + 1.0),
+        ]
+    static = np.column_stack(columns) if n else np.zeros((0, len(columns)))
+    names = static_feature_names(event_types, config)
+    assert static.shape[1] == len(names), (static.shape, len(names))
+    return RawFeatures(
+        sequence=seq.astype(np.float32),
+        sequence_channels=channels,
+        static=static,
+        static_names=names,
+        profile={k: np.asarray(v, dtype=object) for k, v in (profile or {}).items()},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# fitted preprocessing
+# ---------------------------------------------------------------------------------------------
+
+# Heavy-tailed, non-negative values are log1p'd before clipping and scaling; trends get a signed log.
+_NO_LOG = {"has_repeat_order", "recency_over_ipt"}
+_SIGNED_LOG = {"order_trend", "spend_trend"}
+# Undefined recency means "no such event ever": impute with the far end of the training range.
+_IMPUTE_HIGH_SUFFIX = "recency_days"
+
+
+def _static_transform_kind(name: str) -> str:
+    if name in _NO_LOG:
+        return "identity"
+    if name in _SIGNED_LOG:
+        return "signed_log1p"
+    return "log1p"
+
+
+def _apply_kind(values: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
+    out = np.array(values, dtype=np.float64, copy=True)
+    for j, kind in enumerate(kinds):
+        if kind == "log1p":
+            out[:, j] = np.log1p(np.clip(out[:, j], 0.0, None))
+        elif kind == "signed_log1p":
+            out[:, j] = np.sign(out[:, j]) * np.log1p(np.abs(out[:, j]))
+    return out
+
+
+@dataclass
+class FeatureSpec:
+    """Everything fitted on training customers that serving needs to build identical inputs."""
+
+    config: FeatureConfig
+    event_types: tuple[str, ...]
+    sequence_channels: tuple[str, ...]
+    sequence_mean: np.ndarray
+    sequence_std: np.ndarray
+    static_names: tuple[str, ...]
+    static_kind: tuple[str, ...]
+    static_impute: np.ndarray
+    static_clip_low: np.ndarray
+    static_clip_high: np.ndarray
+    static_mean: np.ndarray
+    static_std: np.ndarray
+    profile_categorical: dict[str, list[str]] = field(default_factory=dict)
+    profile_numeric: dict[str, dict[str, float]] = field(default_factory=dict)
+    fitted_on: dict[str, Any] = field(default_factory=dict)
+
+    # ---- shapes and names the model is built from ----
+    @property
+    def weeks(self) -> int:
+        return self.config.weeks
+
+    @property
+    def model_static_names(self) -> tuple[str, ...]:
+        names = list(self.static_names)
+        for column, vocab in self.profile_categorical.items():
+            names += [f"profile:{column}={v}" for v in vocab]
+        for column in self.profile_numeric:
+            names += [f"profile:{column}", f"profile:{column}:missing"]
+        return tuple(names)
+
+    @property
+    def n_static(self) -> int:
+        return len(self.model_static_names)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.sequence_channels)
+
+    @property
+    def static_groups(self) -> tuple[str, ...]:
+        return tuple(_group_of(n) for n in self.model_static_names)
+
+    # ---- the transform ----
+    def transform(self, raw: RawFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """Raw features -> float32 model inputs ``(sequence [n, W, C], static [n, S])``."""
+        if raw.sequence_channels != self.sequence_channels or raw.static_names != self.static_names:
+            raise FeatureSpecError("raw features were built with another event vocabulary or config")
+        seq = np.log1p(np.clip(raw.sequence, 0.0, None, dtype=np.float32))
+        seq = (seq - self.sequence_mean.astype(np.float32)) / self.sequence_std.astype(np.float32)
+
+        static = _apply_kind(raw.static, self.static_kind)
+        static = np.where(np.isnan(static), self.static_impute, static)
+        static = np.clip(static, self.static_clip_low, self.static_clip_high)
+        static = (static - self.static_mean) / self.static_std
+        parts = [static]
+        n = raw.n_users
+        for column, vocab in self.profile_categorical.items():
+            values = raw.profile.get(column)
+            values = np.full(n, None, dtype=object) if values is None else values
+            parts.append(_one_hot(values, vocab))
+        for column, stats in self.profile_numeric.items():
+            values = raw.profile.get(column)
+            numeric = _to_float(values, n)
+            missing = np.isnan(numeric)
+            filled = np.clip(np.where(missing, stats["median"], numeric), stats["low"], stats["high"])
+            parts.append(((filled - stats["mean"]) / stats["std"])[:, None])
+            parts.append(missing.astype(np.float64)[:, None])
+        static_all = np.concatenate(parts, axis=1) if len(parts) > 1 else static
+        return np.ascontiguousarray(seq, dtype=np.float32), np.ascontiguousarray(static_all, dtype=np.float32)
+
+    # ---- persistence ----
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SPEC_FORMAT,
+            "version": SPEC_VERSION,
+            "config": {
+                "weeks": self.config.weeks,
+                "recent_windows": list(self.config.recent_windows),
+                "trend_weeks": self.config.trend_weeks,
+                "decay_half_lives": list(self.config.decay_half_lives),
+            },
+            "event_types": list(self.event_types),
+            "sequence": {
+                "channels": list(self.sequence_channels),
+                "mean": self.sequence_mean.tolist(),
+                "std": self.sequence_std.tolist(),
+            },
+            "static": {
+                "names": list(self.static_names),
+                "kind": list(self.static_kind),
+                "impute": self.static_impute.tolist(),
+                "clip_low": self.static_clip_low.tolist(),
+                "clip_high": self.static_clip_high.tolist(),
+                "mean": self.static_mean.tolist(),
+                "std": self.static_std.tolist(),
+            },
+            "profile": {"categorical": self.profile_categorical, "numeric": self.profile_numeric},
+            "model_inputs": {
+                "sequence_shape": [None, self.weeks, self.n_channels],
+                "static_names": list(self.model_static_names),
+                "static_groups": list(self.static_groups),
+            },
+            "fitted_on": self.fitted_on,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        if data.get("format") != SPEC_FORMAT:
+            raise FeatureSpecError(f"not a ChurnGuard feature spec (format={data.get('format')!r})")
+        if data.get("version") != SPEC_VERSION:
+            raise FeatureSpecError(f"feature spec version {data.get('version')} unsupported (want {SPEC_VERSION})")
+        try:
+            config = FeatureConfig(
+                weeks=int(data["config"]["weeks"]),
+                recent_windows=tuple(data["config"]["recent_windows"]),
+                trend_weeks=int(data["config"]["trend_weeks"]),
+                decay_half_lives=tuple(data["config"]["decay_half_lives"]),
+            )
+            event_types = tuple(data["event_types"])
+            seq, st = data["sequence"], data["static"]
+            spec = cls(
+                config=config,
+                event_types=event_types,
+                sequence_channels=tuple(seq["channels"]),
+                sequence_mean=np.asarray(seq["mean"], dtype=np.float64),
+                sequence_std=np.asarray(seq["std"], dtype=np.float64),
+                static_names=tuple(st["names"]),
+                static_kind=tuple(st["kind"]),
+                static_impute=np.asarray(st["impute"], dtype=np.float64),
+                static_clip_low=np.asarray(st["clip_low"], dtype=np.float64),
+                static_clip_high=np.asarray(st["clip_high"], dtype=np.float64),
+                static_mean=np.asarray(st["mean"], dtype=np.float64),
+                static_std=np.asarray(st["std"], dtype=np.float64),
+                profile_categorical={k: list(v) for k, v in data["profile"]["categorical"].items()},
+                profile_numeric={k: dict(v) for k, v in data["profile"]["numeric"].items()},
+                fitted_on=dict(data.get("fitted_on", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FeatureSpecError(f"malformed feature spec: {exc!r}") from exc
+        spec.validate()
+        return spec
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise FeatureSpecError(f"feature spec is not JSON: {exc}") from exc
+
+    def validate(self) -> None:
+        if self.sequence_channels != sequence_channel_names(self.event_types):
+            raise FeatureSpecError("sequence channels do not match the event types")
+        if self.static_names != static_feature_names(self.event_types, self.config):
+            raise FeatureSpecError("static feature names do not match this code's feature path")
+        S, C = len(self.static_names), len(self.sequence_channels)
+        for name in ("static_impute", "static_clip_low", "static_clip_high", "static_mean", "static_std"):
+            arr = getattr(self, name)
+            if arr.shape != (S,) or not np.all(np.isfinite(arr)):
+                raise FeatureSpecError(f"{name} must hold {S} finite values")
+        for name in ("sequence_mean", "sequence_std"):
+            arr = getattr(self, name)
+            if arr.shape != (C,) or not np.all(np.isfinite(arr)):
+                raise FeatureSpecError(f"{name} must hold {C} finite values")
+        if np.any(self.static_std <= 0) or np.any(self.sequence_std <= 0):
+            raise FeatureSpecError("scaling std must be positive")
+
+
+def _one_hot(values: np.ndarray, vocab: Sequence[str]) -> np.ndarray:
+    labels = np.array(
+        [MISSING_CATEGORY if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values],
+        dtype=object,
+    )
+    known = set(vocab)
+    labels = np.where(np.isin(labels, list(known)), labels, OTHER_CATEGORY)
+    return (labels[:, None] == np.asarray(vocab, dtype=object)[None, :]).astype(np.float64)
+
+
+def _to_float(values: np.ndarray | None, n: int) -> np.ndarray:
+    if values is None:
+        return np.full(n, np.nan)
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v) if v is not None else np.nan
+        except (TypeError, ValueError):
+            out[i] = np.nan
+    return out
+
+
+def fit_feature_spec(
+    raw: RawFeatures,
+    *,
+    event_types: Sequence[str],
+    config: FeatureConfig,
+    clip_quantiles: tuple[float, float] = (0.005, 0.995),
+    max_categories: int = 20,
+    min_category_count: int = 20,
+    fitted_on: Mapping[str, Any] | None = None,
+) -> FeatureSpec:
+    """Fit imputation, clip bounds, scaling and vocabularies on *training* customers only."""
+    if raw.n_users == 0:
+        raise FeatureSpecError("cannot fit a feature spec on zero customers")
+    seq = np.log1p(np.clip(raw.sequence.astype(np.float64), 0.0, None)).reshape(-1, raw.sequence.shape[2])
+    seq_mean = seq.mean(axis=0)
+    seq_std = seq.std(axis=0)
+    seq_std = np.where(seq_std > 1e-6, seq_std, 1.0)
+
+    kinds = tuple(_static_transform_kind(n) for n in raw.static_names)
+    static = _apply_kind(raw.static, kinds)
+    low = np.nanquantile(np.where(np.isnan(static), np.nan, static), clip_quantiles[0], axis=0)
+    high = np.nanquantile(np.where(np.isnan(static), np.nan, static), clip_quantiles[1], axis=0)
+    median = np.nanmedian(static, axis=0)
+    all_nan = np.isnan(median)
+    low, high, median = (np.where(all_nan, 0.0, a) for a in (low, high, median))
+    impute = np.array(
+        [high[j] if name.endswith(_IMPUTE_HIGH_SUFFIX) else median[j] for j, name in enumerate(raw.static_names)]
+    )
+    filled = np.clip(np.where(np.isnan(static), impute, static), low, high)
+    mean = filled.mean(axis=0)
+    std = filled.std(axis=0)
+    std = np.where(std > 1e-9, std, 1.0)
+
+    categorical: dict[str, list[str]] = {}
+    numeric: dict[str, dict[str, float]] = {}
+    for column, values in sorted(raw.profile.items()):
+        as_float = _to_float(values, len(values))
+        non_missing = np.array([v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values])
+        if non_missing.any() and np.all(np.isfinite(as_float[non_missing])):
+            x = as_float[non_missing]
+            lo, hi = np.quantile(x, clip_quantiles)
+            med = float(np.median(x))
+            clipped = np.clip(np.where(np.isnan(as_float), med, as_float), lo, hi)
+            numeric[column] = {
+                "median": med,
+                "low": float(lo),
+                "high": float(hi),
+                "mean": float(clipped.mean()),
+                "std": float(clipped.std()) if clipped.std() > 1e-9 else 1.0,
+            }
+        else:
+            labels, counts = np.unique(
+                np.array([str(v) for v in values[non_missing]], dtype=object), return_counts=True
+            )
+            order = np.argsort(-counts, kind="stable")
+            vocab = [str(labels[i]) for i in order if counts[i] >= min_category_count][:max_categories]
+            categorical[column] = [*vocab, OTHER_CATEGORY, MISSING_CATEGORY]
+
+    spec = FeatureSpec(
+        config=config,
+        event_types=tuple(event_types),
+        sequence_channels=raw.sequence_channels,
+        sequence_mean=seq_mean,
+        sequence_std=seq_std,
+        static_names=raw.static_names,
+        static_kind=kinds,
+        static_impute=impute,
+        static_clip_low=low,
+        static_clip_high=high,
+        static_mean=mean,
+        static_std=std,
+        profile_categorical=categorical,
+        profile_numeric=numeric,
+        fitted_on=dict(fitted_on or {}),
+    )
+    spec.validate()
+    return spec

@@ -1,0 +1,90 @@
+"""The hybrid churn model: Conv1D -> MaxPool -> LSTM -> LSTM over weekly behaviour, Dense over statics.
+
+LSTMs are built with ``unroll=True``: under Keras 3 that is the route to a TFLite graph of builtin
+ops with a variable batch dimension (the default loop converts only with Flex ops,
+"tf.TensorListReserve op requires element_shape to be static"). The layers are stateless, so
+nothing carries over between calls in a warm serving container.
+
+The network ends in a logit; ``with_calibration`` appends a frozen affine map fitted on validation
+(Platt scaling) and the sigmoid, so the exported model returns calibrated probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import keras
+import numpy as np
+from keras import layers
+
+
+@dataclass
+class HyperParameters:
+    conv_filters: int = 32
+    kernel_size: int = 3
+    lstm_units: int = 32
+    lstm_units_2: int = 16
+    static_units: int = 32
+    head_units: int = 32
+    dropout: float = 0.2
+    l2: float = 1e-4
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    epochs: int = 60
+    patience: int = 8
+    class_weight: str = "none"  # none | balanced
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def build_model(weeks: int, channels: int, n_static: int, hp: HyperParameters) -> keras.Model:
+    """The trainable network: inputs ``sequence [B, weeks, channels]`` and ``static [B, n_static]``."""
+    reg = keras.regularizers.L2(hp.l2) if hp.l2 > 0 else None
+    sequence = keras.Input(shape=(weeks, channels), name="sequence")
+    static = keras.Input(shape=(n_static,), name="static")
+
+    x = layers.Conv1D(hp.conv_filters, hp.kernel_size, padding="same", activation="relu", name="conv")(sequence)
+    x = layers.MaxPooling1D(pool_size=2, name="pool")(x)
+    x = layers.LSTM(hp.lstm_units, return_sequences=True, unroll=True, name="lstm_1")(x)
+    x = layers.LSTM(hp.lstm_units_2, unroll=True, name="lstm_2")(x)
+
+    s = layers.Dense(hp.static_units, activation="relu", kernel_regularizer=reg, name="static_dense")(static)
+    s = layers.Dropout(hp.dropout, name="static_dropout")(s)
+
+    h = layers.Concatenate(name="fuse")([x, s])
+    h = layers.Dense(hp.head_units, activation="relu", kernel_regularizer=reg, name="head")(h)
+    h = layers.Dropout(hp.dropout, name="head_dropout")(h)
+    logit = layers.Dense(1, name="logit")(h)
+    return keras.Model(inputs=[sequence, static], outputs=logit, name="churnguard_hybrid")
+
+
+def with_calibration(network: keras.Model, slope: float, intercept: float) -> keras.Model:
+    """``sigmoid(slope * logit + intercept)`` on top of ``network``, all weights frozen."""
+    calibration = layers.Dense(1, activation="sigmoid", name="calibrated_probability", trainable=False)
+    probability = calibration(network.output)
+    calibration.set_weights([np.array([[slope]], dtype=np.float32), np.array([intercept], dtype=np.float32)])
+    model = keras.Model(inputs=network.inputs, outputs=probability, name="churnguard_serving")
+    model.trainable = False
+    return model
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Logistic regression of labels on the logit (unregularised Newton steps)."""
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+        w = p * (1 - p) + 1e-12
+        g = np.array([np.sum((p - y) * z), np.sum(p - y)])
+        H = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
+        step = np.linalg.solve(H + 1e-9 * np.eye(2), g)
+        a, b = a - step[0], b - step[1]
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return float(a), float(b)

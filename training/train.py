@@ -1,0 +1,426 @@
+"""ChurnGuard training entry point — SageMaker script mode, and the same code locally.
+
+SageMaker contract: hyperparameters arrive as ``--name value`` arguments; event files (CSV, CSV.gz,
+Parquet in the canonical schema) in ``SM_CHANNEL_TRAIN`` (optional ``SM_CHANNEL_VALIDATION``); the
+model directory goes to ``SM_MODEL_DIR`` and the report to ``SM_OUTPUT_DATA_DIR``. Without those
+variables (or ``--train``) it trains on CDNOW with the benchmark protocol and writes
+``artifacts/model``.
+
+Output (the model directory): model.tflite, model_dynamic_range.tflite, feature_spec.json,
+metadata.json, report/. Files are written to a staging folder first and moved in only after every
+check has passed, metadata.json last, so a failed run never leaves a model directory that looks valid.
+
+Exit codes: 0 success, 2 bad input data or arguments, 3 export/parity check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (SageMaker: python train.py ...)
+    _root = Path(__file__).resolve().parent.parent
+    sys.path[:0] = [str(_root), str(_root / "shared")]
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from churnguard.events import EventLogError  # noqa: E402
+from churnguard.features import FeatureSpecError  # noqa: E402
+from training.data import (  # noqa: E402
+    CDNOW_PROTOCOL,
+    PreparedData,
+    Protocol,
+    Split,
+    default_as_of,
+    load_cdnow_source,
+    load_channel,
+    prepare,
+    snapshot_augmentation,
+)
+from training.evaluate import (  # noqa: E402
+    ThresholdPolicy,
+    band,
+    choose_threshold,
+    classification_metrics,
+    risk_tiers,
+    segment_metrics,
+    write_plots,
+)
+from training.model import HyperParameters  # noqa: E402
+
+log = logging.getLogger("churnguard.train")
+
+EXIT_BAD_INPUT = 2
+EXIT_EXPORT_FAILED = 3
+MODEL_FILES = ("model.tflite", "model_dynamic_range.tflite", "feature_spec.json")
+
+# Random-search space for --hpo-trials (validation only). Mirrored by infra/sagemaker/hpo.json.
+SEARCH_SPACE: dict[str, list] = {
+    "conv_filters": [16, 32, 64],
+    "lstm_units": [16, 32, 64],
+    "lstm_units_2": [8, 16, 32],
+    "static_units": [16, 32, 64],
+    "head_units": [16, 32, 64],
+    "dropout": [0.0, 0.1, 0.2, 0.3],
+    "l2": [0.0, 1e-5, 1e-4, 1e-3],
+    "learning_rate": [3e-4, 1e-3, 3e-3],
+    "batch_size": [128, 256, 512],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    env = os.environ.get
+    p.add_argument("--train", default=env("SM_CHANNEL_TRAIN"), help="directory of event files; default: CDNOW")
+    p.add_argument("--validation", default=env("SM_CHANNEL_VALIDATION"), help="optional validation event files")
+    p.add_argument("--model-dir", default=env("SM_MODEL_DIR", "artifacts/model"))
+    p.add_argument("--output-data-dir", default=env("SM_OUTPUT_DATA_DIR"), help="copy of report/ (SageMaker)")
+    p.add_argument("--as-of", default=None, help="cutoff (exclusive end of observation), YYYY-MM-DD; "
+                   "default: 1997-10-01 on CDNOW, else the latest cutoff with a full horizon")
+    p.add_argument("--horizon-weeks", type=int, default=39)
+    p.add_argument("--weeks", type=int, default=39, help="length of the weekly sequence")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--validation-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=42)
+    defaults = HyperParameters()
+    for name in HyperParameters.names():
+        value = getattr(defaults, name)
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=value)
+    p.add_argument("--threshold-policy", choices=["max_f1", "min_cost"], default="max_f1")
+    p.add_argument("--promotion-cost", type=float, default=5.0)
+    p.add_argument("--customer-value", type=float, default=60.0)
+    p.add_argument("--uplift", type=float, default=0.15)
+    p.add_argument("--hpo-trials", type=int, default=0, help="random-search trials on validation (0 = off)")
+    p.add_argument("--snapshots", type=int, default=0, help="extra earlier cutoffs of training customers")
+    p.add_argument("--snapshot-step-weeks", type=int, default=4)
+    p.add_argument("--max-reject-fraction", type=float, default=0.05)
+    p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0 silent, 2 one line per epoch)")
+    args, unknown = p.parse_known_args(argv)
+    if unknown:  # SageMaker passes only declared hyperparameters; anything else is a typo
+        p.error(f"unknown arguments: {unknown}")
+    return args
+
+
+def hyperparameters_from(args: argparse.Namespace) -> HyperParameters:
+    return HyperParameters(**{name: getattr(args, name) for name in HyperParameters.names()})
+
+
+def code_version() -> str:
+    if os.environ.get("CHURNGUARD_CODE_VERSION"):
+        return os.environ["CHURNGUARD_CODE_VERSION"]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        if sha:
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from churnguard import __version__
+
+    return f"churnguard-{__version__}"
+
+
+@dataclass
+class FitResult:
+    network: object
+    history: dict
+    val_logits: np.ndarray
+    val_auc: float
+    val_log_loss: float
+    epochs: int
+
+
+def fit_network(data: PreparedData, hp: HyperParameters, extra: list[Split], seed: int, verbose: int) -> FitResult:
+    import keras
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from training.model import build_model, fit_platt
+
+    keras.utils.set_random_seed(seed)
+    x_train = list(data.inputs(data.train))
+    y_train = data.train.labels
+    for split in extra:
+        xs, xt = data.inputs(split)
+        x_train = [np.concatenate([x_train[0], xs]), np.concatenate([x_train[1], xt])]
+        y_train = np.concatenate([y_train, split.labels])
+    x_val = list(data.inputs(data.validation))
+    y_val = data.validation.labels
+    class_weight = None
+    if hp.class_weight == "balanced":
+        pos = y_train.mean()
+        class_weight = {0: 0.5 / (1 - pos), 1: 0.5 / pos}
+    elif hp.class_weight != "none":
+        raise ValueError(f"class_weight must be 'none' or 'balanced', got {hp.class_weight!r}")
+
+    network = build_model(data.spec.weeks, data.spec.n_channels, data.spec.n_static, hp)
+    network.compile(
+        optimizer=keras.optimizers.Adam(hp.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[keras.metrics.AUC(name="auc", from_logits=True)],
+    )
+    history = network.fit(
+        x_train, y_train,
+        validation_data=(x_val, y_val),
+        epochs=hp.epochs,
+        batch_size=hp.batch_size,
+        class_weight=class_weight,
+        shuffle=True,
+        verbose=verbose,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)],
+    )
+    logits = network.predict(x_val, batch_size=4096, verbose=0).reshape(-1)
+    a, b = fit_platt(logits, y_val)
+    probs = 1 / (1 + np.exp(-(a * logits + b)))
+    return FitResult(
+        network=network,
+        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        val_logits=logits,
+        val_auc=float(roc_auc_score(y_val, logits)),
+        val_log_loss=float(log_loss(y_val, np.clip(probs, 1e-7, 1 - 1e-7))),
+        epochs=len(history.history["loss"]),
+    )
+
+
+def random_search(data: PreparedData, base: HyperParameters, trials: int, extra: list[Split], seed: int,
+                  verbose: int) -> tuple[HyperParameters, FitResult, list[dict]]:
+    rng = np.random.default_rng(seed)
+    best: tuple[HyperParameters, FitResult] | None = None
+    table = []
+    candidates = [base] + [
+        HyperParameters(**{**base.to_dict(), **{k: v[rng.integers(len(v))] for k, v in SEARCH_SPACE.items()}})
+        for _ in range(trials - 1)
+    ]
+    for i, hp in enumerate(candidates, 1):
+        started = time.time()
+        result = fit_network(data, hp, extra, seed, verbose=0 if verbose < 2 else verbose)
+        row = {"trial": i, **{k: getattr(hp, k) for k in SEARCH_SPACE}, "val_auc": result.val_auc,
+               "val_log_loss": result.val_log_loss, "epochs": result.epochs, "seconds": time.time() - started}
+        table.append(row)
+        log.info("hpo trial %d/%d val_auc=%.4f val_log_loss=%.4f %s", i, len(candidates), result.val_auc,
+                 result.val_log_loss, {k: getattr(hp, k) for k in SEARCH_SPACE})
+        if best is None or result.val_log_loss < best[1].val_log_loss:
+            best = (hp, result)
+    assert best is not None
+    return best[0], best[1], table
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def publish(staging: Path, model_dir: Path) -> None:
+    """Move a finished model directory into place; metadata.json last marks it complete."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("metadata.json", *MODEL_FILES):
+        (model_dir / name).unlink(missing_ok=True)
+    if (model_dir / "report").exists():
+        shutil.rmtree(model_dir / "report")
+    for item in staging.iterdir():
+        if item.name != "metadata.json":
+            shutil.move(str(item), str(model_dir / item.name))
+    shutil.move(str(staging / "metadata.json"), str(model_dir / "metadata.json"))
+
+
+def run(args: argparse.Namespace) -> dict:
+    started = time.time()
+    hp = hyperparameters_from(args)
+    if args.train:
+        source = load_channel(args.train, channel="train", max_reject_fraction=args.max_reject_fraction)
+        as_of = args.as_of or default_as_of(source.events, args.horizon_weeks)
+    else:
+        source = load_cdnow_source()
+        as_of = args.as_of or CDNOW_PROTOCOL.as_of
+    validation_source = (
+        load_channel(args.validation, channel="validation", max_reject_fraction=args.max_reject_fraction)
+        if args.validation else None
+    )
+    protocol = Protocol(as_of=as_of, horizon_weeks=args.horizon_weeks, test_fraction=args.test_fraction,
+                        validation_fraction=args.validation_fraction, seed=args.seed)
+    from churnguard.features import FeatureConfig
+
+    config = FeatureConfig(weeks=args.weeks, trend_weeks=min(13, args.weeks // 2),
+                           recent_windows=tuple(k for k in (4, 13, 26) if k <= args.weeks))
+    data = prepare(source, protocol, config=config, validation_source=validation_source)
+    log.info("data %s: %d rows (%d rejected), %d event types %s; cutoff %s, horizon %d weeks",
+             source.name, source.rows_in, source.rows_rejected, len(data.event_types), data.event_types,
+             protocol.as_of, protocol.horizon_weeks)
+    log.info("customers: train %d, validation %d, test %d; churn rate %.4f",
+             len(data.train.labels), len(data.validation.labels), len(data.test.labels),
+             float(np.concatenate([data.train.labels, data.validation.labels, data.test.labels]).mean()))
+    for name, split in (("train", data.train), ("validation", data.validation)):
+        if len(np.unique(split.labels)) < 2:
+            raise EventLogError(f"the {name} split has a single class; need more customers")
+
+    extra = snapshot_augmentation(data, args.snapshots, args.snapshot_step_weeks) if args.snapshots else []
+    if extra:
+        log.info("snapshot augmentation: +%d training rows", sum(len(s.labels) for s in extra))
+
+    hpo_table: list[dict] = []
+    if args.hpo_trials > 1:
+        hp, fit, hpo_table = random_search(data, hp, args.hpo_trials, extra, args.seed, args.verbose)
+    else:
+        fit = fit_network(data, hp, extra, args.seed, args.verbose)
+    log.info("validation_auc=%.5f validation_log_loss=%.5f epochs=%d", fit.val_auc, fit.val_log_loss, fit.epochs)
+
+    from training.export import export_all
+    from training.model import fit_platt, with_calibration
+
+    slope, intercept = fit_platt(fit.val_logits, data.validation.labels)
+    serving_model = with_calibration(fit.network, slope, intercept)
+    x_val = data.inputs(data.validation)
+    x_test = data.inputs(data.test)
+    float_model, dr_model = export_all(serving_model, *x_test)
+    log.info("export: builtin ops %s; parity float32 %.2e, dynamic range %.2e",
+             float_model.ops, float_model.max_abs_diff, dr_model.max_abs_diff)
+
+    # Thresholds and every reported number come from the exported float32 TFLite model.
+    from churnguard.scorer import TFLiteScorer
+
+    scorer = TFLiteScorer(float_model.content)
+    p_val = scorer.predict(*x_val)
+    p_test = scorer.predict(*x_test)
+    policy = ThresholdPolicy(args.threshold_policy, args.promotion_cost, args.customer_value, args.uplift)
+    threshold = choose_threshold(data.validation.labels, p_val, policy)
+    tiers = risk_tiers(p_val, threshold)
+
+    names = list(data.spec.static_names)
+    raw_test = data.test.raw.static
+    tenure_w = raw_test[:, names.index("tenure_days")] / 7
+    spend = raw_test[:, names.index("total_spend")]
+    spend_edges = np.quantile(data.train.raw.static[:, names.index("total_spend")], [1 / 3, 2 / 3]).tolist()
+    segments = {
+        "tenure_band": band(tenure_w, [13, 26, 39], ["<13w", "13-26w", "26-39w", ">=39w"]),
+        "value_band": band(spend, spend_edges, ["low", "mid", "high"]),
+    }
+    metrics = {
+        "model": "model.tflite",
+        "validation": classification_metrics(data.validation.labels, p_val, threshold),
+        "test": classification_metrics(data.test.labels, p_test, threshold),
+        "test_dynamic_range": classification_metrics(
+            data.test.labels, TFLiteScorer(dr_model.content).predict(*x_test), threshold),
+        "test_by_segment": segment_metrics(data.test.labels, p_test, threshold, segments),
+        "segment_edges": {"tenure_weeks": [13, 26, 39], "total_spend": spend_edges},
+    }
+    test = metrics["test"]
+    log.info("test_auc=%.5f test_log_loss=%.5f test_pr_auc=%.5f test_f1=%.5f test_ece=%.5f threshold=%.4f",
+             test["roc_auc"], test["log_loss"], test["pr_auc_churn"], test["f1"], test["ece"], threshold)
+
+    model_dir = Path(args.model_dir)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir.parent))
+    try:
+        report = staging / "report"
+        report.mkdir()
+        plots = write_plots(str(report), data.test.labels, p_test, threshold, fit.history)
+        (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (report / "history.json").write_text(json.dumps(fit.history, indent=2))
+        if hpo_table:
+            (report / "hpo_trials.json").write_text(json.dumps(hpo_table, indent=2))
+        spec_json = data.spec.to_json()
+        (staging / "feature_spec.json").write_text(spec_json)
+        (staging / "model.tflite").write_bytes(float_model.content)
+        (staging / "model_dynamic_range.tflite").write_bytes(dr_model.content)
+
+        x_train_seq, x_train_static = data.inputs(data.train)
+        created = dt.datetime.now(dt.UTC)
+        metadata = {
+            "format": "churnguard-model",
+            "format_version": 1,
+            "model_version": f"{created:%Y%m%dT%H%M%SZ}-{float_model.sha256[:8]}",
+            "created_at": created.isoformat(timespec="seconds"),
+            "code_version": code_version(),
+            "data": {
+                "source": source.name,
+                "sha256": source.data_sha256,
+                "rows_in": source.rows_in,
+                "rows_rejected": source.rows_rejected,
+                "event_types": list(data.event_types),
+                "customers": {"train": len(data.train.labels), "validation": len(data.validation.labels),
+                              "test": len(data.test.labels)},
+                "augmentation_rows": sum(len(s.labels) for s in extra),
+            },
+            "protocol": protocol.to_dict(),
+            "hyperparameters": hp.to_dict(),
+            "hpo_trials": len(hpo_table),
+            "epochs_trained": fit.epochs,
+            "calibration": {"method": "platt", "slope": slope, "intercept": intercept},
+            "thresholds": {"policy": policy.to_dict(), "decision": threshold, "promotion": threshold,
+                           "risk_tiers": tiers},
+            "metrics": {
+                split: {k: metrics[split][k] for k in
+                        ("roc_auc", "pr_auc_churn", "pr_auc_active", "log_loss", "brier", "ece", "f1",
+                         "precision", "recall", "accuracy")}
+                for split in ("validation", "test")
+            },
+            "inputs": {
+                "sequence": [None, data.spec.weeks, data.spec.n_channels],
+                "static": [None, data.spec.n_static],
+            },
+            "reason_baseline": {
+                "static": np.median(x_train_static, axis=0).astype(float).tolist(),
+                "sequence": np.median(x_train_seq, axis=0).astype(float).tolist(),
+            },
+            "files": {
+                "feature_spec.json": {"sha256": _sha256(spec_json.encode()), "bytes": len(spec_json.encode())},
+                **{
+                    m.name: {"sha256": m.sha256, "bytes": len(m.content), "ops": m.ops,
+                             "parity_max_abs_diff": m.max_abs_diff, "parity_tolerance": m.tolerance}
+                    for m in (float_model, dr_model)
+                },
+            },
+            "report": sorted(["metrics.json", "history.json", *plots]),
+            "training_seconds": round(time.time() - started, 1),
+            "runtime": {"python": sys.version.split()[0], "numpy": np.__version__,
+                        "tensorflow": __import__("tensorflow").__version__, "tflite_runtime": scorer.runtime},
+        }
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))
+        publish(staging, model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if args.output_data_dir:
+        out = Path(args.output_data_dir) / "report"
+        shutil.copytree(model_dir / "report", out, dirs_exist_ok=True)
+    log.info("model %s written to %s in %.0fs", metadata["model_version"], model_dir, time.time() - started)
+    return metadata
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    args = parse_args(argv)
+    from training.export import ExportError
+
+    try:
+        run(args)
+    except (EventLogError, FeatureSpecError, ValueError) as exc:
+        log.error("bad input: %s", exc)
+        print(f"churnguard-train: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ExportError as exc:
+        log.error("export failed: %s", exc)
+        print(f"churnguard-train: export failed: {exc}", file=sys.stderr)
+        return EXIT_EXPORT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
