@@ -88,9 +88,9 @@ def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> Valida
         )
     n = len(frame)
     source_row = np.arange(first_row_number, first_row_number + n, dtype=np.int64)
-    reasons = pd.Series([""] * n, index=frame.index, dtype="object")
+    reasons = np.full(n, "", dtype=object)
 
-    def flag(mask: pd.Series | np.ndarray, reason: str) -> None:
+    def flag(mask: pd.Series | np.ndarray, reason: str | np.ndarray) -> None:
         mask = np.asarray(mask, dtype=bool)
         if mask.any():
             current = reasons[mask]
@@ -112,10 +112,7 @@ def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> Valida
             [f"unknown event_type '{v}' (expected one of {', '.join(EVENT_TYPES)})" for v in shown[bad_type]],
             dtype=object,
         )
-        current = reasons.to_numpy(dtype=object)
-        idx = np.flatnonzero(bad_type)
-        current[idx] = np.where(current[idx] == "", bad_reason, current[idx] + "; " + bad_reason)
-        reasons = pd.Series(current, index=frame.index, dtype="object")
+        flag(bad_type, bad_reason)
 
     columns = {}
     for name, default in (("amount", 0.0), ("quantity", 1.0)):
@@ -138,7 +135,7 @@ def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> Valida
         duplicated = (event_id.duplicated(keep="first") & has_id).to_numpy(dtype=bool)
         flag(duplicated, "duplicate event_id")
 
-    valid = (reasons == "").to_numpy()
+    valid = reasons == ""
     profile_columns = tuple(c for c in frame.columns if c not in (*CANONICAL_COLUMNS, "event_id", "source_row"))
     events = pd.DataFrame(
         {
@@ -152,7 +149,7 @@ def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> Valida
     )
     for column in profile_columns:
         events[column] = frame[column].to_numpy()[valid]
-    rejected = pd.DataFrame({"source_row": source_row[~valid], "reason": reasons.to_numpy()[~valid]})
+    rejected = pd.DataFrame({"source_row": source_row[~valid], "reason": reasons[~valid]})
     return ValidatedEvents(events=events.reset_index(drop=True), rejected=rejected, profile_columns=profile_columns)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -555,9 +556,11 @@ def fit_feature_spec(
 
     kinds = tuple(_static_transform_kind(n) for n in raw.static_names)
     static = _apply_kind(raw.static, kinds)
-    low = np.nanquantile(np.where(np.isnan(static), np.nan, static), clip_quantiles[0], axis=0)
-    high = np.nanquantile(np.where(np.isnan(static), np.nan, static), clip_quantiles[1], axis=0)
-    median = np.nanmedian(static, axis=0)
+    with warnings.catch_warnings():  # a feature undefined for every customer is expected (e.g. no repeats)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanquantile(static, clip_quantiles[0], axis=0)
+        high = np.nanquantile(static, clip_quantiles[1], axis=0)
+        median = np.nanmedian(static, axis=0)
     all_nan = np.isnan(median)
     low, high, median = (np.where(all_nan, 0.0, a) for a in (low, high, median))
     impute = np.array(

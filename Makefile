@@ -1,0 +1,42 @@
+# ChurnGuard — every entry point installs what it needs into .venv first (Python 3.11 + make only).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Re-install whenever pyproject.toml changes.
+STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
+PYTEST_ARGS ?=
+
+.PHONY: install demo train test lint bench-quality clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[train,serve,dev]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## The main job on the embedded default: train on CDNOW, evaluate, export, print the metrics table.
+demo: install
+	$(PY) -m infra.demo
+
+## Train on CDNOW (or SM_CHANNEL_TRAIN); writes the model directory to artifacts/model/.
+train: install
+	$(PY) -m training.train --model-dir artifacts/model
+
+## The test suite (unit + integration); see README for the layers.
+test: install
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+## Quality benchmark on the fixed CDNOW protocol -> benchmarks/results/quality.{md,json}
+bench-quality: install
+	$(PY) -m benchmarks.quality
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache
