@@ -139,16 +139,13 @@ def default_as_of(events: pd.DataFrame, horizon_weeks: int) -> str:
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out), held_out holding ``fraction`` of each class."""
-    rng = np.random.default_rng(seed)
-    held = []
-    for cls in np.unique(labels):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        held.append(idx[: round(fraction * len(idx))])
-    held_out = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
-    keep = np.setdiff1d(np.arange(len(labels)), held_out)
-    return keep, held_out
+    """Indices (keep, held_out), stratified by label: scikit-learn's split with ``random_state=seed``."""
+    from sklearn.model_selection import train_test_split
+
+    keep, held_out = train_test_split(
+        np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed
+    )
+    return np.sort(keep), np.sort(held_out)
 
 
 @dataclass

@@ -74,17 +74,9 @@ def with_calibration(network: keras.Model, slope: float, intercept: float) -> ke
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Logistic regression of labels on the logit (unregularised Newton steps)."""
-    z = np.asarray(logits, dtype=np.float64).ravel()
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    a, b = 1.0, 0.0
-    for _ in range(100):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
-        w = p * (1 - p) + 1e-12
-        g = np.array([np.sum((p - y) * z), np.sum(p - y)])
-        H = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
-        step = np.linalg.solve(H + 1e-9 * np.eye(2), g)
-        a, b = a - step[0], b - step[1]
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return float(a), float(b)
+    """Platt scaling: an unregularised logistic regression of the labels on the logit."""
+    from sklearn.linear_model import LogisticRegression
+
+    z = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
+    fit = LogisticRegression(penalty=None, max_iter=1000).fit(z, np.asarray(labels).ravel())
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])

@@ -50,7 +50,7 @@ def customer_events(
     """
     ids = events["user_id"].to_numpy(dtype=object)
     if user_ids is None:
-        user_ids = np.unique(ids.astype(str)).astype(object) if len(ids) else np.array([], dtype=object)
+        user_ids = natural_order(ids)
     user_ids = np.asarray(user_ids, dtype=object)
     index = pd.Index(user_ids).get_indexer(ids)
     keep = index >= 0
@@ -94,11 +94,19 @@ def raw_features_for(
     return customers.user_ids, raw
 
 
+def natural_order(user_ids: np.ndarray) -> np.ndarray:
+    """Distinct ids sorted numerically when every id is a whole number (CDNOW), else as text."""
+    ids = np.unique(np.asarray(user_ids, dtype=object).astype(str))
+    if len(ids) and all(i.isdigit() for i in ids):
+        ids = ids[np.argsort(ids.astype(np.int64), kind="stable")]
+    return ids.astype(object)
+
+
 def cohort(events: pd.DataFrame, as_of: str | pd.Timestamp) -> np.ndarray:
-    """Customers with at least one order strictly before ``as_of`` (sorted ids)."""
+    """Customers with at least one order strictly before ``as_of`` (in ``natural_order``)."""
     cutoff = np.datetime64(pd.Timestamp(as_of).to_datetime64(), "ns")
     mask = (events["event_type"].to_numpy() == EVENT_TYPE_ORDER) & (events["timestamp"].to_numpy() < cutoff)
-    return np.unique(events.loc[mask, "user_id"].to_numpy(dtype=object).astype(str)).astype(object)
+    return natural_order(events.loc[mask, "user_id"].to_numpy(dtype=object))
 
 
 def churn_labels(
