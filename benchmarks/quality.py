@@ -21,20 +21,20 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
+import numpy as np
+from churnguard.features import FeatureSpec, build_raw_features
+from churnguard.scorer import TFLiteScorer
+from churnguard.tabular import customer_events, to_epoch_seconds
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, roc_auc_score
 
-from churnguard.features import FeatureSpec, build_raw_features  # noqa: E402
-from churnguard.scorer import TFLiteScorer  # noqa: E402
-from churnguard.tabular import customer_events, to_epoch_seconds  # noqa: E402
-from training.data import CDNOW_PROTOCOL, PreparedData, load_cdnow_source, prepare  # noqa: E402
-from training.evaluate import (  # noqa: E402
+from training.data import CDNOW_PROTOCOL, PreparedData, load_cdnow_source, prepare
+from training.evaluate import (
     ThresholdPolicy,
     choose_threshold,
     classification_metrics,
 )
-from training.model import fit_platt  # noqa: E402
+from training.model import fit_platt
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_DIR = Path("artifacts/bench-model")
@@ -53,11 +53,14 @@ def _col(data: PreparedData, split, name: str) -> np.ndarray:
 
 def recency_rule(data: PreparedData) -> tuple[np.ndarray, np.ndarray]:
     """Days since the last purchase; mapped to probabilities by a 1-D logistic fit on validation."""
+
     def score(split):
         return np.log1p(_col(data, split, "recency_days"))
 
-    return (_platt_probs(score(data.validation), data.validation.labels, score(data.validation)),
-            _platt_probs(score(data.validation), data.validation.labels, score(data.test)))
+    return (
+        _platt_probs(score(data.validation), data.validation.labels, score(data.validation)),
+        _platt_probs(score(data.validation), data.validation.labels, score(data.test)),
+    )
 
 
 def _bgnbd_inputs(data: PreparedData, split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,18 +96,22 @@ def bgnbd(data: PreparedData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     ev, et = neg_expected(data.validation), neg_expected(data.test)
     return {
         "bgnbd_p_no_purchase": (pv, pt),
-        "bgnbd_neg_expected_purchases": (_platt_probs(ev, data.validation.labels, ev),
-                                         _platt_probs(ev, data.validation.labels, et)),
+        "bgnbd_neg_expected_purchases": (
+            _platt_probs(ev, data.validation.labels, ev),
+            _platt_probs(ev, data.validation.labels, et),
+        ),
     }
 
 
 def _rfm(data: PreparedData, split) -> np.ndarray:
-    return np.column_stack([
-        np.log1p(_col(data, split, "recency_days")),
-        np.log1p(_col(data, split, "n_order_days") - 1),
-        np.log1p(_col(data, split, "avg_order_value")),
-        np.log1p(_col(data, split, "first_order_age_days")),
-    ])
+    return np.column_stack(
+        [
+            np.log1p(_col(data, split, "recency_days")),
+            np.log1p(_col(data, split, "n_order_days") - 1),
+            np.log1p(_col(data, split, "avg_order_value")),
+            np.log1p(_col(data, split, "first_order_age_days")),
+        ]
+    )
 
 
 def logistic_rfm(data: PreparedData) -> tuple[np.ndarray, np.ndarray]:
@@ -131,17 +138,38 @@ def lightgbm_static(data: PreparedData) -> tuple[np.ndarray, np.ndarray, dict]:
         for min_child in (20, 50, 100):
             for lr in (0.02, 0.05):
                 model = lgb.LGBMClassifier(
-                    n_estimators=2000, learning_rate=lr, num_leaves=num_leaves, min_child_samples=min_child,
-                    subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
-                    n_jobs=1, random_state=42, verbose=-1,
+                    n_estimators=2000,
+                    learning_rate=lr,
+                    num_leaves=num_leaves,
+                    min_child_samples=min_child,
+                    subsample=0.8,
+                    subsample_freq=1,
+                    colsample_bytree=0.8,
+                    reg_lambda=1.0,
+                    n_jobs=1,
+                    random_state=42,
+                    verbose=-1,
                 )
-                model.fit(x_train, data.train.labels, eval_set=[(x_val, data.validation.labels)],
-                          eval_metric="binary_logloss", callbacks=[lgb.early_stopping(50, verbose=False)])
+                model.fit(
+                    x_train,
+                    data.train.labels,
+                    eval_set=[(x_val, data.validation.labels)],
+                    eval_metric="binary_logloss",
+                    callbacks=[lgb.early_stopping(50, verbose=False)],
+                )
                 p_val = model.predict_proba(x_val)[:, 1]
                 loss = log_loss(data.validation.labels, p_val)
                 if best is None or loss < best[0]:
-                    best = (loss, model, {"num_leaves": num_leaves, "min_child_samples": min_child,
-                                          "learning_rate": lr, "n_estimators": int(model.best_iteration_)})
+                    best = (
+                        loss,
+                        model,
+                        {
+                            "num_leaves": num_leaves,
+                            "min_child_samples": min_child,
+                            "learning_rate": lr,
+                            "n_estimators": int(model.best_iteration_),
+                        },
+                    )
     _, model, params = best
     return model.predict_proba(x_val)[:, 1], model.predict_proba(x_test)[:, 1], params
 
@@ -154,14 +182,19 @@ def churnguard_tflite(data: PreparedData, model_dir: Path) -> tuple[np.ndarray, 
     out = []
     for split in (data.validation, data.test):
         customers = customer_events(events[events["user_id"].isin(split.user_ids)], user_ids=split.user_ids)
-        raw = build_raw_features(customers.arrays, to_epoch_seconds(data.protocol.as_of),
-                                 event_types=spec.event_types, config=spec.config)
+        raw = build_raw_features(
+            customers.arrays,
+            to_epoch_seconds(data.protocol.as_of),
+            event_types=spec.event_types,
+            config=spec.config,
+        )
         out.append(scorer.predict(*spec.transform(raw)))
     return out[0], out[1]
 
 
-def paired_bootstrap_auc_diff(y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, n: int = 2000,
-                              seed: int = 0) -> dict:
+def paired_bootstrap_auc_diff(
+    y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, n: int = 2000, seed: int = 0
+) -> dict:
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(n):
@@ -170,8 +203,12 @@ def paired_bootstrap_auc_diff(y: np.ndarray, ours: np.ndarray, theirs: np.ndarra
             continue
         diffs.append(roc_auc_score(y[idx], ours[idx]) - roc_auc_score(y[idx], theirs[idx]))
     diffs = np.asarray(diffs)
-    return {"mean": float(diffs.mean()), "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
-            "resamples": len(diffs), "p_ours_not_better": float(np.mean(diffs <= 0))}
+    return {
+        "mean": float(diffs.mean()),
+        "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+        "resamples": len(diffs),
+        "p_ours_not_better": float(np.mean(diffs <= 0)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-model", action="store_true", help="score an existing model dir, don't train")
     parser.add_argument("--train-args", default="", help="extra arguments for training.train")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
+    )
     model_dir = Path(args.model_dir)
     started = time.time()
     if not args.reuse_model:
@@ -209,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (pv, pt) in scores.items():
         threshold = choose_threshold(y_val, pv, ThresholdPolicy("max_f1"))
         m = classification_metrics(y_test, pt, threshold)
-        methods[name] = {k: m[k] for k in ("roc_auc", "log_loss", "pr_auc_churn", "pr_auc_active", "f1", "ece", "brier")}
+        methods[name] = {
+            k: m[k] for k in ("roc_auc", "log_loss", "pr_auc_churn", "pr_auc_active", "f1", "ece", "brier")
+        }
         methods[name]["threshold_from_validation"] = threshold
         methods[name]["validation_roc_auc"] = float(roc_auc_score(y_val, pv))
         methods[name]["validation_log_loss"] = float(log_loss(y_val, np.clip(pv, 1e-7, 1 - 1e-7)))
@@ -229,9 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         "methods": methods,
         "best_baseline": best,
         "auc_diff_vs_best_baseline": diff,
-        "model": {"dir": str(model_dir), "model_version": metadata["model_version"],
-                  "hyperparameters": metadata["hyperparameters"], "code_version": metadata["code_version"],
-                  "augmentation_rows": metadata["data"]["augmentation_rows"]},
+        "model": {
+            "dir": str(model_dir),
+            "model_version": metadata["model_version"],
+            "hyperparameters": metadata["hyperparameters"],
+            "code_version": metadata["code_version"],
+            "augmentation_rows": metadata["data"]["augmentation_rows"],
+        },
         "lightgbm_params": lgb_params,
         "seconds": round(time.time() - started, 1),
     }
@@ -249,15 +293,17 @@ def render_markdown(result: dict) -> str:
         "# ChurnGuard quality benchmark (CDNOW)",
         "",
         f"Cutoff {p['as_of']}, holdout {p['holdout_period']}, churn rate {p['churn_rate']:.4f}; customers "
-        f"train/validation/test {p['customers']['train']}/{p['customers']['validation']}/{p['customers']['test']} "
+        f"train/validation/test {'/'.join(str(v) for v in p['customers'].values())} "
         f"(stratified, seed {p['seed']}). Test split scored once; thresholds chosen on validation (max F1).",
         "",
         "| method | ROC-AUC | log-loss | PR-AUC churn | PR-AUC active | F1 | ECE | Brier |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in sorted(result["methods"].items(), key=lambda kv: -kv[1]["roc_auc"]):
-        lines.append(f"| {name} | {m['roc_auc']:.4f} | {m['log_loss']:.4f} | {m['pr_auc_churn']:.4f} | "
-                     f"{m['pr_auc_active']:.4f} | {m['f1']:.4f} | {m['ece']:.4f} | {m['brier']:.4f} |")
+        lines.append(
+            f"| {name} | {m['roc_auc']:.4f} | {m['log_loss']:.4f} | {m['pr_auc_churn']:.4f} | "
+            f"{m['pr_auc_active']:.4f} | {m['f1']:.4f} | {m['ece']:.4f} | {m['brier']:.4f} |"
+        )
     d = result["auc_diff_vs_best_baseline"]
     lines += [
         "",

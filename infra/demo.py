@@ -16,11 +16,41 @@ MODEL_DIR = Path("artifacts/model")
 
 
 def metrics_table(metadata: dict) -> str:
-    rows = [("split", "ROC-AUC", "PR-AUC churn", "PR-AUC active", "log-loss", "Brier", "ECE", "F1", "precision", "recall")]
+    rows = [
+        (
+            "split",
+            "ROC-AUC",
+            "PR-AUC churn",
+            "PR-AUC active",
+            "log-loss",
+            "Brier",
+            "ECE",
+            "F1",
+            "precision",
+            "recall",
+        )
+    ]
     for split in ("validation", "test"):
         m = metadata["metrics"][split]
-        rows.append((split, *(f"{m[k]:.4f}" for k in ("roc_auc", "pr_auc_churn", "pr_auc_active", "log_loss",
-                                                      "brier", "ece", "f1", "precision", "recall"))))
+        rows.append(
+            (
+                split,
+                *(
+                    f"{m[k]:.4f}"
+                    for k in (
+                        "roc_auc",
+                        "pr_auc_churn",
+                        "pr_auc_active",
+                        "log_loss",
+                        "brier",
+                        "ece",
+                        "f1",
+                        "precision",
+                        "recall",
+                    )
+                ),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -34,19 +64,25 @@ def main() -> int:
     metadata = json.loads((MODEL_DIR / "metadata.json").read_text())
     cm = json.loads((MODEL_DIR / "report" / "metrics.json").read_text())["test"]["confusion_matrix"]
     print()
-    print(f"ChurnGuard model {metadata['model_version']} — CDNOW, cutoff {metadata['protocol']['as_of']}, "
-          f"horizon {metadata['protocol']['horizon_weeks']} weeks, "
-          f"customers train/val/test {'/'.join(str(v) for v in metadata['data']['customers'].values())}")
+    print(
+        f"ChurnGuard model {metadata['model_version']} — CDNOW, cutoff {metadata['protocol']['as_of']}, "
+        f"horizon {metadata['protocol']['horizon_weeks']} weeks, "
+        f"customers train/val/test {'/'.join(str(v) for v in metadata['data']['customers'].values())}"
+    )
     print()
     print(metrics_table(metadata))
     print()
     t = metadata["thresholds"]
-    print(f"decision threshold ({t['policy']['name']}, chosen on validation): {t['decision']:.4f}; "
-          f"test confusion matrix tn={cm['tn']} fp={cm['fp']} fn={cm['fn']} tp={cm['tp']}")
+    print(
+        f"decision threshold ({t['policy']['name']}, chosen on validation): {t['decision']:.4f}; "
+        f"test confusion matrix tn={cm['tn']} fp={cm['fp']} fn={cm['fn']} tp={cm['tp']}"
+    )
     files = metadata["files"]
-    print(f"TFLite parity vs Keras: float32 {files['model.tflite']['parity_max_abs_diff']:.1e}, "
-          f"dynamic range {files['model_dynamic_range.tflite']['parity_max_abs_diff']:.1e}; "
-          f"ops: {', '.join(files['model.tflite']['ops'])}")
+    print(
+        f"TFLite parity vs Keras: float32 {files['model.tflite']['parity_max_abs_diff']:.1e}, "
+        f"dynamic range {files['model_dynamic_range.tflite']['parity_max_abs_diff']:.1e}; "
+        f"ops: {', '.join(files['model.tflite']['ops'])}"
+    )
     print()
     print(f"artifacts in {MODEL_DIR.resolve()}:")
     for path in sorted(MODEL_DIR.rglob("*")):

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-
 from churnguard.datasets import cdnow_sha256, load_cdnow
 from churnguard.events import EventLogError, ValidatedEvents, read_event_file, validate_events
 from churnguard.features import FeatureConfig, FeatureSpec, RawFeatures, fit_feature_spec
@@ -70,7 +69,8 @@ def load_channel(directory: str, *, channel: str = "train", max_reject_fraction:
     if not os.path.isdir(directory):
         raise EventLogError(f"{channel} channel {directory!r} does not exist")
     paths = sorted(
-        p for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
+        p
+        for p in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
         if os.path.isfile(p) and p.lower().endswith(DATA_FILE_SUFFIXES)
     )
     if not paths:
@@ -90,18 +90,26 @@ def load_channel(directory: str, *, channel: str = "train", max_reject_fraction:
         frames.append(validated.events)
         profile_columns = tuple(dict.fromkeys((*profile_columns, *validated.profile_columns)))
     events = pd.concat(frames, ignore_index=True)
-    rejected = pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame(columns=["source_row", "reason"])
+    rejected = (
+        pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame(columns=["source_row", "reason"])
+    )
     if events.empty:
         first = rejected.head(3).to_dict("records")
         raise EventLogError(f"{channel} channel has no valid rows; first rejects: {first}")
     if len(rejected) > max_reject_fraction * rows_in:
         raise EventLogError(
-            f"{channel} channel: {len(rejected)} of {rows_in} rows are invalid (> {max_reject_fraction:.0%}); "
+            f"{channel} channel: {len(rejected)} of {rows_in} rows are invalid "
+            f"(more than {max_reject_fraction:.0%}); "
             f"first rejects: {rejected.head(5).to_dict('records')}"
         )
     if len(rejected):
-        log.warning("%s channel: %d of %d rows rejected, e.g. %s", channel, len(rejected), rows_in,
-                    rejected.head(3).to_dict("records"))
+        log.warning(
+            "%s channel: %d of %d rows rejected, e.g. %s",
+            channel,
+            len(rejected),
+            rows_in,
+            rejected.head(3).to_dict("records"),
+        )
     return EventSource(
         name=f"channel:{channel}",
         events=events,
@@ -197,10 +205,16 @@ def prepare(
         raise EventLogError(f"only {len(users)} customers ordered before {protocol.as_of}; need at least 50")
     labels = churn_labels(events, users, protocol.as_of, protocol.horizon_weeks)
     if labels.min() == labels.max():
-        raise EventLogError(f"every customer has label {labels[0]} at cutoff {protocol.as_of}: nothing to learn")
+        raise EventLogError(
+            f"every customer has label {labels[0]} at cutoff {protocol.as_of}: nothing to learn"
+        )
     _, raw = raw_features_for(
-        events, protocol.as_of, event_types=event_types, config=config,
-        profile_columns=source.profile_columns, user_ids=users,
+        events,
+        protocol.as_of,
+        event_types=event_types,
+        config=config,
+        profile_columns=source.profile_columns,
+        user_ids=users,
     )
     everything = Split(users, labels, raw)
     rest_idx, test_idx = stratified_split(labels, protocol.test_fraction, protocol.seed)
@@ -213,8 +227,12 @@ def prepare(
         v_users = cohort(validation_source.events, protocol.as_of)
         v_labels = churn_labels(validation_source.events, v_users, protocol.as_of, protocol.horizon_weeks)
         _, v_raw = raw_features_for(
-            validation_source.events, protocol.as_of, event_types=event_types, config=config,
-            profile_columns=source.profile_columns, user_ids=v_users,
+            validation_source.events,
+            protocol.as_of,
+            event_types=event_types,
+            config=config,
+            profile_columns=source.profile_columns,
+            user_ids=v_users,
         )
         validation = Split(v_users, v_labels, v_raw)
     test = everything.subset(test_idx)
@@ -222,14 +240,16 @@ def prepare(
         train.raw,
         event_types=event_types,
         config=config,
-        fitted_on={"customers": len(train.user_ids), "as_of": protocol.as_of, "data_sha256": source.data_sha256},
+        fitted_on={
+            "customers": len(train.user_ids),
+            "as_of": protocol.as_of,
+            "data_sha256": source.data_sha256,
+        },
     )
     return PreparedData(protocol, event_types, config, train, validation, test, spec, source)
 
 
-def snapshot_augmentation(
-    prepared: PreparedData, snapshots: int, step_weeks: int = 4
-) -> list[Split]:
+def snapshot_augmentation(prepared: PreparedData, snapshots: int, step_weeks: int = 4) -> list[Split]:
     """Training customers re-observed at ``snapshots`` earlier cutoffs, same horizon and features.
 
     Only training customers are used (their later behaviour is already training signal), so no
@@ -248,8 +268,12 @@ def snapshot_augmentation(
             continue
         labels = churn_labels(train_events, users, as_of, prepared.protocol.horizon_weeks)
         _, raw = raw_features_for(
-            train_events, as_of, event_types=prepared.event_types, config=prepared.config,
-            profile_columns=prepared.source.profile_columns, user_ids=users,
+            train_events,
+            as_of,
+            event_types=prepared.event_types,
+            config=prepared.config,
+            profile_columns=prepared.source.profile_columns,
+            user_ids=users,
         )
         out.append(Split(users, labels, raw))
     return out

@@ -83,7 +83,9 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, policy: ThresholdPol
     labels = np.asarray(labels).astype(int)
     if policy.name == "max_f1":
         precision, recall, thresholds = precision_recall_curve(labels, probs)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+        f1 = np.where(
+            precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0
+        )
         return float(thresholds[int(np.argmax(f1[:-1]))])
     if policy.name == "min_cost":
         order = np.argsort(-probs, kind="stable")
@@ -165,8 +167,11 @@ def write_plots(
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.plot([probs[c].mean() for c in chunks], [labels[c].mean() for c in chunks], "o-")
-    ax.set(xlabel="Predicted churn probability", ylabel="Observed churn rate",
-           title=f"Calibration (ECE {expected_calibration_error(labels, probs):.3f})")
+    ax.set(
+        xlabel="Predicted churn probability",
+        ylabel="Observed churn rate",
+        title=f"Calibration (ECE {expected_calibration_error(labels, probs):.3f})",
+    )
     save(fig, "calibration.png")
 
     cm = confusion_matrix(labels, (probs >= threshold).astype(int), labels=[0, 1])
@@ -174,8 +179,15 @@ def write_plots(
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center", color="black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["active", "churn"], yticklabels=["active", "churn"],
-           xlabel="Predicted", ylabel="Actual", title=f"Confusion @ {threshold:.3f}")
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=["active", "churn"],
+        yticklabels=["active", "churn"],
+        xlabel="Predicted",
+        ylabel="Actual",
+        title=f"Confusion @ {threshold:.3f}",
+    )
     save(fig, "confusion_matrix.png")
 
     if history:

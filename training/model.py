@@ -48,7 +48,9 @@ def build_model(weeks: int, channels: int, n_static: int, hp: HyperParameters) -
     sequence = keras.Input(shape=(weeks, channels), name="sequence")
     static = keras.Input(shape=(n_static,), name="static")
 
-    x = layers.Conv1D(hp.conv_filters, hp.kernel_size, padding="same", activation="relu", name="conv")(sequence)
+    x = layers.Conv1D(hp.conv_filters, hp.kernel_size, padding="same", activation="relu", name="conv")(
+        sequence
+    )
     x = layers.MaxPooling1D(pool_size=2, name="pool")(x)
     x = layers.LSTM(hp.lstm_units, return_sequences=True, unroll=True, name="lstm_1")(x)
     x = layers.LSTM(hp.lstm_units_2, unroll=True, name="lstm_2")(x)
@@ -78,5 +80,5 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
 
     z = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
-    fit = LogisticRegression(penalty=None, max_iter=1000).fit(z, np.asarray(labels).ravel())
+    fit = LogisticRegression(C=np.inf, max_iter=1000).fit(z, np.asarray(labels).ravel())
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])

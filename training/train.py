@@ -35,11 +35,11 @@ if __package__ in (None, ""):  # run as a script (SageMaker: python train.py ...
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
+from churnguard.events import EventLogError
+from churnguard.features import FeatureSpecError
 
-from churnguard.events import EventLogError  # noqa: E402
-from churnguard.features import FeatureSpecError  # noqa: E402
-from training.data import (  # noqa: E402
+from training.data import (
     CDNOW_PROTOCOL,
     PreparedData,
     Protocol,
@@ -50,7 +50,7 @@ from training.data import (  # noqa: E402
     prepare,
     snapshot_augmentation,
 )
-from training.evaluate import (  # noqa: E402
+from training.evaluate import (
     ThresholdPolicy,
     band,
     choose_threshold,
@@ -59,7 +59,7 @@ from training.evaluate import (  # noqa: E402
     segment_metrics,
     write_plots,
 )
-from training.model import HyperParameters  # noqa: E402
+from training.model import HyperParameters
 
 log = logging.getLogger("churnguard.train")
 
@@ -82,14 +82,24 @@ SEARCH_SPACE: dict[str, list] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     env = os.environ.get
-    p.add_argument("--train", default=env("SM_CHANNEL_TRAIN"), help="directory of event files; default: CDNOW")
-    p.add_argument("--validation", default=env("SM_CHANNEL_VALIDATION"), help="optional validation event files")
+    p.add_argument(
+        "--train", default=env("SM_CHANNEL_TRAIN"), help="directory of event files; default: CDNOW"
+    )
+    p.add_argument(
+        "--validation", default=env("SM_CHANNEL_VALIDATION"), help="optional validation event files"
+    )
     p.add_argument("--model-dir", default=env("SM_MODEL_DIR", "artifacts/model"))
     p.add_argument("--output-data-dir", default=env("SM_OUTPUT_DATA_DIR"), help="copy of report/ (SageMaker)")
-    p.add_argument("--as-of", default=None, help="cutoff (exclusive end of observation), YYYY-MM-DD; "
-                   "default: 1997-10-01 on CDNOW, else the latest cutoff with a full horizon")
+    p.add_argument(
+        "--as-of",
+        default=None,
+        help="cutoff (exclusive end of observation), YYYY-MM-DD; "
+        "default: 1997-10-01 on CDNOW, else the latest cutoff with a full horizon",
+    )
     p.add_argument("--horizon-weeks", type=int, default=39)
     p.add_argument("--weeks", type=int, default=39, help="length of the weekly sequence")
     p.add_argument("--test-fraction", type=float, default=0.2)
@@ -107,7 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snapshots", type=int, default=0, help="extra earlier cutoffs of training customers")
     p.add_argument("--snapshot-step-weeks", type=int, default=4)
     p.add_argument("--max-reject-fraction", type=float, default=0.05)
-    p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0 silent, 2 one line per epoch)")
+    p.add_argument(
+        "--verbose", type=int, default=2, help="Keras fit verbosity (0 silent, 2 one line per epoch)"
+    )
     args, unknown = p.parse_known_args(argv)
     if unknown:  # SageMaker passes only declared hyperparameters; anything else is a typo
         p.error(f"unknown arguments: {unknown}")
@@ -123,11 +135,17 @@ def code_version() -> str:
         return os.environ["CHURNGUARD_CODE_VERSION"]
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
         if sha:
@@ -149,7 +167,9 @@ class FitResult:
     epochs: int
 
 
-def fit_network(data: PreparedData, hp: HyperParameters, extra: list[Split], seed: int, verbose: int) -> FitResult:
+def fit_network(
+    data: PreparedData, hp: HyperParameters, extra: list[Split], seed: int, verbose: int
+) -> FitResult:
     import keras
     from sklearn.metrics import log_loss, roc_auc_score
 
@@ -178,14 +198,17 @@ def fit_network(data: PreparedData, hp: HyperParameters, extra: list[Split], see
         metrics=[keras.metrics.AUC(name="auc", from_logits=True)],
     )
     history = network.fit(
-        x_train, y_train,
+        x_train,
+        y_train,
         validation_data=(x_val, y_val),
         epochs=hp.epochs,
         batch_size=hp.batch_size,
         class_weight=class_weight,
         shuffle=True,
         verbose=verbose,
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)],
+        callbacks=[
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)
+        ],
     )
     logits = network.predict(x_val, batch_size=4096, verbose=0).reshape(-1)
     a, b = fit_platt(logits, y_val)
@@ -200,8 +223,9 @@ def fit_network(data: PreparedData, hp: HyperParameters, extra: list[Split], see
     )
 
 
-def random_search(data: PreparedData, base: HyperParameters, trials: int, extra: list[Split], seed: int,
-                  verbose: int) -> tuple[HyperParameters, FitResult, list[dict]]:
+def random_search(
+    data: PreparedData, base: HyperParameters, trials: int, extra: list[Split], seed: int, verbose: int
+) -> tuple[HyperParameters, FitResult, list[dict]]:
     rng = np.random.default_rng(seed)
     best: tuple[HyperParameters, FitResult] | None = None
     table = []
@@ -212,11 +236,23 @@ def random_search(data: PreparedData, base: HyperParameters, trials: int, extra:
     for i, hp in enumerate(candidates, 1):
         started = time.time()
         result = fit_network(data, hp, extra, seed, verbose=0 if verbose < 2 else verbose)
-        row = {"trial": i, **{k: getattr(hp, k) for k in SEARCH_SPACE}, "val_auc": result.val_auc,
-               "val_log_loss": result.val_log_loss, "epochs": result.epochs, "seconds": time.time() - started}
+        row = {
+            "trial": i,
+            **{k: getattr(hp, k) for k in SEARCH_SPACE},
+            "val_auc": result.val_auc,
+            "val_log_loss": result.val_log_loss,
+            "epochs": result.epochs,
+            "seconds": time.time() - started,
+        }
         table.append(row)
-        log.info("hpo trial %d/%d val_auc=%.4f val_log_loss=%.4f %s", i, len(candidates), result.val_auc,
-                 result.val_log_loss, {k: getattr(hp, k) for k in SEARCH_SPACE})
+        log.info(
+            "hpo trial %d/%d val_auc=%.4f val_log_loss=%.4f %s",
+            i,
+            len(candidates),
+            result.val_auc,
+            result.val_log_loss,
+            {k: getattr(hp, k) for k in SEARCH_SPACE},
+        )
         if best is None or result.val_log_loss < best[1].val_log_loss:
             best = (hp, result)
     assert best is not None
@@ -251,21 +287,41 @@ def run(args: argparse.Namespace) -> dict:
         as_of = args.as_of or CDNOW_PROTOCOL.as_of
     validation_source = (
         load_channel(args.validation, channel="validation", max_reject_fraction=args.max_reject_fraction)
-        if args.validation else None
+        if args.validation
+        else None
     )
-    protocol = Protocol(as_of=as_of, horizon_weeks=args.horizon_weeks, test_fraction=args.test_fraction,
-                        validation_fraction=args.validation_fraction, seed=args.seed)
+    protocol = Protocol(
+        as_of=as_of,
+        horizon_weeks=args.horizon_weeks,
+        test_fraction=args.test_fraction,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+    )
     from churnguard.features import FeatureConfig
 
-    config = FeatureConfig(weeks=args.weeks, trend_weeks=min(13, args.weeks // 2),
-                           recent_windows=tuple(k for k in (4, 13, 26) if k <= args.weeks))
+    config = FeatureConfig(
+        weeks=args.weeks,
+        trend_weeks=min(13, args.weeks // 2),
+        recent_windows=tuple(k for k in (4, 13, 26) if k <= args.weeks),
+    )
     data = prepare(source, protocol, config=config, validation_source=validation_source)
-    log.info("data %s: %d rows (%d rejected), %d event types %s; cutoff %s, horizon %d weeks",
-             source.name, source.rows_in, source.rows_rejected, len(data.event_types), data.event_types,
-             protocol.as_of, protocol.horizon_weeks)
-    log.info("customers: train %d, validation %d, test %d; churn rate %.4f",
-             len(data.train.labels), len(data.validation.labels), len(data.test.labels),
-             float(np.concatenate([data.train.labels, data.validation.labels, data.test.labels]).mean()))
+    log.info(
+        "data %s: %d rows (%d rejected), %d event types %s; cutoff %s, horizon %d weeks",
+        source.name,
+        source.rows_in,
+        source.rows_rejected,
+        len(data.event_types),
+        data.event_types,
+        protocol.as_of,
+        protocol.horizon_weeks,
+    )
+    log.info(
+        "customers: train %d, validation %d, test %d; churn rate %.4f",
+        len(data.train.labels),
+        len(data.validation.labels),
+        len(data.test.labels),
+        float(np.concatenate([data.train.labels, data.validation.labels, data.test.labels]).mean()),
+    )
     for name, split in (("train", data.train), ("validation", data.validation)):
         if len(np.unique(split.labels)) < 2:
             raise EventLogError(f"the {name} split has a single class; need more customers")
@@ -279,7 +335,9 @@ def run(args: argparse.Namespace) -> dict:
         hp, fit, hpo_table = random_search(data, hp, args.hpo_trials, extra, args.seed, args.verbose)
     else:
         fit = fit_network(data, hp, extra, args.seed, args.verbose)
-    log.info("validation_auc=%.5f validation_log_loss=%.5f epochs=%d", fit.val_auc, fit.val_log_loss, fit.epochs)
+    log.info(
+        "validation_auc=%.5f validation_log_loss=%.5f epochs=%d", fit.val_auc, fit.val_log_loss, fit.epochs
+    )
 
     from training.export import export_all
     from training.model import fit_platt, with_calibration
@@ -289,8 +347,12 @@ def run(args: argparse.Namespace) -> dict:
     x_val = data.inputs(data.validation)
     x_test = data.inputs(data.test)
     float_model, dr_model = export_all(serving_model, *x_test)
-    log.info("export: builtin ops %s; parity float32 %.2e, dynamic range %.2e",
-             float_model.ops, float_model.max_abs_diff, dr_model.max_abs_diff)
+    log.info(
+        "export: builtin ops %s; parity float32 %.2e, dynamic range %.2e",
+        float_model.ops,
+        float_model.max_abs_diff,
+        dr_model.max_abs_diff,
+    )
 
     # Thresholds and every reported number come from the exported float32 TFLite model.
     from churnguard.scorer import TFLiteScorer
@@ -316,13 +378,21 @@ def run(args: argparse.Namespace) -> dict:
         "validation": classification_metrics(data.validation.labels, p_val, threshold),
         "test": classification_metrics(data.test.labels, p_test, threshold),
         "test_dynamic_range": classification_metrics(
-            data.test.labels, TFLiteScorer(dr_model.content).predict(*x_test), threshold),
+            data.test.labels, TFLiteScorer(dr_model.content).predict(*x_test), threshold
+        ),
         "test_by_segment": segment_metrics(data.test.labels, p_test, threshold, segments),
         "segment_edges": {"tenure_weeks": [13, 26, 39], "total_spend": spend_edges},
     }
     test = metrics["test"]
-    log.info("test_auc=%.5f test_log_loss=%.5f test_pr_auc=%.5f test_f1=%.5f test_ece=%.5f threshold=%.4f",
-             test["roc_auc"], test["log_loss"], test["pr_auc_churn"], test["f1"], test["ece"], threshold)
+    log.info(
+        "test_auc=%.5f test_log_loss=%.5f test_pr_auc=%.5f test_f1=%.5f test_ece=%.5f threshold=%.4f",
+        test["roc_auc"],
+        test["log_loss"],
+        test["pr_auc_churn"],
+        test["f1"],
+        test["ece"],
+        threshold,
+    )
 
     model_dir = Path(args.model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -354,8 +424,11 @@ def run(args: argparse.Namespace) -> dict:
                 "rows_in": source.rows_in,
                 "rows_rejected": source.rows_rejected,
                 "event_types": list(data.event_types),
-                "customers": {"train": len(data.train.labels), "validation": len(data.validation.labels),
-                              "test": len(data.test.labels)},
+                "customers": {
+                    "train": len(data.train.labels),
+                    "validation": len(data.validation.labels),
+                    "test": len(data.test.labels),
+                },
                 "augmentation_rows": sum(len(s.labels) for s in extra),
             },
             "protocol": protocol.to_dict(),
@@ -363,12 +436,28 @@ def run(args: argparse.Namespace) -> dict:
             "hpo_trials": len(hpo_table),
             "epochs_trained": fit.epochs,
             "calibration": {"method": "platt", "slope": slope, "intercept": intercept},
-            "thresholds": {"policy": policy.to_dict(), "decision": threshold, "promotion": threshold,
-                           "risk_tiers": tiers},
+            "thresholds": {
+                "policy": policy.to_dict(),
+                "decision": threshold,
+                "promotion": threshold,
+                "risk_tiers": tiers,
+            },
             "metrics": {
-                split: {k: metrics[split][k] for k in
-                        ("roc_auc", "pr_auc_churn", "pr_auc_active", "log_loss", "brier", "ece", "f1",
-                         "precision", "recall", "accuracy")}
+                split: {
+                    k: metrics[split][k]
+                    for k in (
+                        "roc_auc",
+                        "pr_auc_churn",
+                        "pr_auc_active",
+                        "log_loss",
+                        "brier",
+                        "ece",
+                        "f1",
+                        "precision",
+                        "recall",
+                        "accuracy",
+                    )
+                }
                 for split in ("validation", "test")
             },
             "inputs": {
@@ -380,17 +469,29 @@ def run(args: argparse.Namespace) -> dict:
                 "sequence": np.median(x_train_seq, axis=0).astype(float).tolist(),
             },
             "files": {
-                "feature_spec.json": {"sha256": _sha256(spec_json.encode()), "bytes": len(spec_json.encode())},
+                "feature_spec.json": {
+                    "sha256": _sha256(spec_json.encode()),
+                    "bytes": len(spec_json.encode()),
+                },
                 **{
-                    m.name: {"sha256": m.sha256, "bytes": len(m.content), "ops": m.ops,
-                             "parity_max_abs_diff": m.max_abs_diff, "parity_tolerance": m.tolerance}
+                    m.name: {
+                        "sha256": m.sha256,
+                        "bytes": len(m.content),
+                        "ops": m.ops,
+                        "parity_max_abs_diff": m.max_abs_diff,
+                        "parity_tolerance": m.tolerance,
+                    }
                     for m in (float_model, dr_model)
                 },
             },
             "report": sorted(["metrics.json", "history.json", *plots]),
             "training_seconds": round(time.time() - started, 1),
-            "runtime": {"python": sys.version.split()[0], "numpy": np.__version__,
-                        "tensorflow": __import__("tensorflow").__version__, "tflite_runtime": scorer.runtime},
+            "runtime": {
+                "python": sys.version.split()[0],
+                "numpy": np.__version__,
+                "tensorflow": __import__("tensorflow").__version__,
+                "tflite_runtime": scorer.runtime,
+            },
         }
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))
         publish(staging, model_dir)
@@ -404,8 +505,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
+    )
     args = parse_args(argv)
     from training.export import ExportError
 

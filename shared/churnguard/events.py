@@ -119,7 +119,9 @@ def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> Valida
         if name in frame.columns:
             raw = frame[name]
             value = _numeric(raw)
-            raw_missing = raw.isna().to_numpy() | (raw.astype("string").str.strip() == "").fillna(True).to_numpy()
+            raw_missing = (
+                raw.isna().to_numpy() | (raw.astype("string").str.strip() == "").fillna(True).to_numpy()
+            )
             not_number = value.isna().to_numpy() & ~raw_missing
             flag(not_number, f"{name} is not a number")
             finite = np.isfinite(value.to_numpy(dtype="float64", na_value=0.0))
@@ -136,7 +138,9 @@ def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> Valida
         flag(duplicated, "duplicate event_id")
 
     valid = reasons == ""
-    profile_columns = tuple(c for c in frame.columns if c not in (*CANONICAL_COLUMNS, "event_id", "source_row"))
+    profile_columns = tuple(
+        c for c in frame.columns if c not in (*CANONICAL_COLUMNS, "event_id", "source_row")
+    )
     events = pd.DataFrame(
         {
             "user_id": user_id.to_numpy(dtype=object)[valid],
@@ -150,7 +154,9 @@ def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> Valida
     for column in profile_columns:
         events[column] = frame[column].to_numpy()[valid]
     rejected = pd.DataFrame({"source_row": source_row[~valid], "reason": reasons[~valid]})
-    return ValidatedEvents(events=events.reset_index(drop=True), rejected=rejected, profile_columns=profile_columns)
+    return ValidatedEvents(
+        events=events.reset_index(drop=True), rejected=rejected, profile_columns=profile_columns
+    )
 
 
 def read_event_file(path: str, *, columns: list[str] | None = None) -> pd.DataFrame:

@@ -168,7 +168,9 @@ def build_raw_features(
     W = config.weeks
     event_types = tuple(event_types)
     if EVENT_TYPE_ORDER not in event_types:
-        raise FeatureSpecError("the feature vocabulary must contain 'order' events (churn is defined on orders)")
+        raise FeatureSpecError(
+            "the feature vocabulary must contain 'order' events (churn is defined on orders)"
+        )
     as_of = np.broadcast_to(np.asarray(as_of_s, dtype=np.float64), (n,))
 
     type_code = np.full(len(events.user_index), -1, dtype=np.int64)
@@ -457,7 +459,9 @@ class FeatureSpec:
         if data.get("format") != SPEC_FORMAT:
             raise FeatureSpecError(f"not a ChurnGuard feature spec (format={data.get('format')!r})")
         if data.get("version") != SPEC_VERSION:
-            raise FeatureSpecError(f"feature spec version {data.get('version')} unsupported (want {SPEC_VERSION})")
+            raise FeatureSpecError(
+                f"feature spec version {data.get('version')} unsupported (want {SPEC_VERSION})"
+            )
         try:
             config = FeatureConfig(
                 weeks=int(data["config"]["weeks"]),
@@ -516,7 +520,10 @@ class FeatureSpec:
 
 def _one_hot(values: np.ndarray, vocab: Sequence[str]) -> np.ndarray:
     labels = np.array(
-        [MISSING_CATEGORY if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values],
+        [
+            MISSING_CATEGORY if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+            for v in values
+        ],
         dtype=object,
     )
     known = set(vocab)
@@ -564,7 +571,10 @@ def fit_feature_spec(
     all_nan = np.isnan(median)
     low, high, median = (np.where(all_nan, 0.0, a) for a in (low, high, median))
     impute = np.array(
-        [high[j] if name.endswith(_IMPUTE_HIGH_SUFFIX) else median[j] for j, name in enumerate(raw.static_names)]
+        [
+            high[j] if name.endswith(_IMPUTE_HIGH_SUFFIX) else median[j]
+            for j, name in enumerate(raw.static_names)
+        ]
     )
     filled = np.clip(np.where(np.isnan(static), impute, static), low, high)
     mean = filled.mean(axis=0)
@@ -575,7 +585,9 @@ def fit_feature_spec(
     numeric: dict[str, dict[str, float]] = {}
     for column, values in sorted(raw.profile.items()):
         as_float = _to_float(values, len(values))
-        non_missing = np.array([v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values])
+        non_missing = np.array(
+            [v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values]
+        )
         if non_missing.any() and np.all(np.isfinite(as_float[non_missing])):
             x = as_float[non_missing]
             lo, hi = np.quantile(x, clip_quantiles)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from churnguard.events import validate_events
 from churnguard.features import FeatureSpec, build_raw_features
 from churnguard.scorer import TFLiteScorer
 from churnguard.tabular import customer_events, to_epoch_seconds
+
 from training.data import EventSource, Protocol, prepare
 from training.export import DYNAMIC_RANGE_TOLERANCE, FLOAT32_TOLERANCE, export_all
 from training.model import HyperParameters, fit_platt, with_calibration
@@ -41,7 +41,9 @@ def serving_inputs(data, spec_json: str, user_ids, events=None):
     """What a scoring Lambda does: raw events of these customers + spec from JSON -> model inputs."""
     spec = FeatureSpec.from_json(spec_json)
     events = data.source.events if events is None else events
-    customers = customer_events(events[events["user_id"].isin(user_ids)], user_ids=np.asarray(user_ids, dtype=object))
+    customers = customer_events(
+        events[events["user_id"].isin(user_ids)], user_ids=np.asarray(user_ids, dtype=object)
+    )
     as_of = np.full(len(user_ids), to_epoch_seconds(data.protocol.as_of))
     raw = build_raw_features(customers.arrays, as_of, event_types=spec.event_types, config=spec.config)
     return spec.transform(raw)
@@ -69,7 +71,9 @@ def test_tflite_dynamic_range_stays_within_its_tolerance(trained):
     data, model, _, dr_model = trained
     x = data.inputs(data.test)
     keras_scores = np.asarray(model([*x], training=False)).ravel()
-    assert np.max(np.abs(TFLiteScorer(dr_model.content).predict(*x) - keras_scores)) <= DYNAMIC_RANGE_TOLERANCE
+    assert (
+        np.max(np.abs(TFLiteScorer(dr_model.content).predict(*x) - keras_scores)) <= DYNAMIC_RANGE_TOLERANCE
+    )
 
 
 def test_scoring_the_same_customer_twice_in_a_warm_interpreter_gives_the_same_number(trained):
@@ -88,9 +92,19 @@ def test_an_event_after_as_of_does_not_change_the_served_score(trained):
     user = data.test.user_ids[0]
     spec_json = data.spec.to_json()
     before = serving_inputs(data, spec_json, [user])
-    future = pd.DataFrame({"user_id": [user], "timestamp": [pd.Timestamp("1997-12-01")], "event_type": ["order"],
-                           "amount": [99.0], "quantity": [3.0], "source_row": [0]})
-    after = serving_inputs(data, spec_json, [user], events=pd.concat([data.source.events, future], ignore_index=True))
+    future = pd.DataFrame(
+        {
+            "user_id": [user],
+            "timestamp": [pd.Timestamp("1997-12-01")],
+            "event_type": ["order"],
+            "amount": [99.0],
+            "quantity": [3.0],
+            "source_row": [0],
+        }
+    )
+    after = serving_inputs(
+        data, spec_json, [user], events=pd.concat([data.source.events, future], ignore_index=True)
+    )
     scorer = TFLiteScorer(float_model.content)
     assert scorer.predict(*before)[0] == scorer.predict(*after)[0]
 
@@ -101,8 +115,20 @@ def _runtime_214_python() -> Path:
     marker = RUNTIME_214_ENV / ".ready"
     if not marker.exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(RUNTIME_214_ENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "tflite-runtime==2.14.0", "numpy<2"], check=True, timeout=600)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "tflite-runtime==2.14.0",
+                "numpy<2",
+            ],
+            check=True,
+            timeout=600,
+        )
         marker.touch()
     return python
 
@@ -135,9 +161,18 @@ def test_exported_files_load_and_score_identically_in_tflite_runtime_2_14(traine
         paths.append(str(path))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "shared")}
     result = subprocess.run(
-        [str(_runtime_214_python()), "-c", SCORE_IN_214, str(tmp_path / "seq.npy"), str(tmp_path / "static.npy"),
-         *paths],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            str(_runtime_214_python()),
+            "-c",
+            SCORE_IN_214,
+            str(tmp_path / "seq.npy"),
+            str(tmp_path / "static.npy"),
+            *paths,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from churnguard.scorer import TFLiteScorer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +26,11 @@ def run_train(opt_ml: Path, *extra: str) -> subprocess.CompletedProcess:
     # Run by path from another directory, like SageMaker's `python train.py ...` in /opt/ml/code.
     return subprocess.run(
         [sys.executable, str(ROOT / "training/train.py"), *FAST, *extra],
-        cwd=opt_ml, env=env, capture_output=True, text=True, timeout=600,
+        cwd=opt_ml,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -57,8 +60,14 @@ def test_model_directory_has_every_artifact_with_matching_hashes(trained):
     for name in ("model.tflite", "model_dynamic_range.tflite", "feature_spec.json"):
         digest = hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
         assert metadata["files"][name]["sha256"] == digest, name
-    for name in ("metrics.json", "roc.png", "pr.png", "calibration.png", "confusion_matrix.png",
-                 "learning_curves.png"):
+    for name in (
+        "metrics.json",
+        "roc.png",
+        "pr.png",
+        "calibration.png",
+        "confusion_matrix.png",
+        "learning_curves.png",
+    ):
         assert (model_dir / "report" / name).stat().st_size > 0, name
     assert (opt_ml / "output/data/report/metrics.json").exists()  # SM_OUTPUT_DATA_DIR copy
     assert not list(opt_ml.glob(".staging-*"))
@@ -87,8 +96,10 @@ def test_exported_model_is_builtin_only_and_resizes(trained):
         scorer = TFLiteScorer.from_file(str(opt_ml / "model" / name), max_batch=4096)
         assert not [op for op in scorer.op_names() if op.startswith("Flex") or op == "CUSTOM"]
         for batch in (1, 256, 4096):
-            out = scorer.predict(np.zeros((batch, scorer.weeks, scorer.channels), np.float32),
-                                 np.zeros((batch, scorer.n_static), np.float32))
+            out = scorer.predict(
+                np.zeros((batch, scorer.weeks, scorer.channels), np.float32),
+                np.zeros((batch, scorer.n_static), np.float32),
+            )
             assert out.shape == (batch,) and np.all((out > 0) & (out < 1))
 
 

@@ -1,9 +1,7 @@
 """The canonical event schema: every awkward-row rule, and the rows-in = valid + rejected invariant."""
 
-import numpy as np
 import pandas as pd
 import pytest
-
 from churnguard.events import EventLogError, read_event_file, validate_events
 
 
@@ -21,12 +19,16 @@ def test_missing_required_column_names_the_column():
 
 
 def test_timestamps_with_offsets_are_converted_to_utc_and_naive_ones_taken_as_utc():
-    result = validate_events(frame([
-        ["a", "2024-03-01T10:00:00+02:00", "order", "5", "1"],
-        ["a", "2024-03-01T08:00:00Z", "order", "5", "1"],
-        ["a", "2024-03-01 08:00:00", "order", "5", "1"],
-        ["a", "2024-03-01", "view", None, None],
-    ]))
+    result = validate_events(
+        frame(
+            [
+                ["a", "2024-03-01T10:00:00+02:00", "order", "5", "1"],
+                ["a", "2024-03-01T08:00:00Z", "order", "5", "1"],
+                ["a", "2024-03-01 08:00:00", "order", "5", "1"],
+                ["a", "2024-03-01", "view", None, None],
+            ]
+        )
+    )
     assert result.rejected.empty
     ts = result.events["timestamp"].tolist()
     assert ts[0] == ts[1] == ts[2] == pd.Timestamp("2024-03-01 08:00:00")
@@ -34,38 +36,57 @@ def test_timestamps_with_offsets_are_converted_to_utc_and_naive_ones_taken_as_ut
 
 
 def test_unparseable_and_missing_timestamps_are_rejected_with_row_numbers():
-    result = validate_events(frame([
-        ["a", "2024-03-01", "order", "5", "1"],
-        ["a", "yesterday", "order", "5", "1"],
-        ["a", None, "order", "5", "1"],
-    ]), first_row_number=10)
+    result = validate_events(
+        frame(
+            [
+                ["a", "2024-03-01", "order", "5", "1"],
+                ["a", "yesterday", "order", "5", "1"],
+                ["a", None, "order", "5", "1"],
+            ]
+        ),
+        first_row_number=10,
+    )
     assert reasons(result) == {11: "timestamp is not ISO-8601", 12: "timestamp is missing"}
     assert result.events["source_row"].tolist() == [10]
 
 
 def test_unknown_event_type_is_rejected_but_case_and_blanks_are_ignored():
-    result = validate_events(frame([
-        ["a", "2024-03-01", " ORDER ", "5", "1"],
-        ["a", "2024-03-01", "purchase", "5", "1"],
-    ]))
+    result = validate_events(
+        frame(
+            [
+                ["a", "2024-03-01", " ORDER ", "5", "1"],
+                ["a", "2024-03-01", "purchase", "5", "1"],
+            ]
+        )
+    )
     assert result.events["event_type"].tolist() == ["order"]
     assert "unknown event_type 'purchase'" in reasons(result)[2]
 
 
 def test_amount_rules_missing_is_zero_negative_and_text_rejected_zero_kept():
-    result = validate_events(frame([
-        ["a", "2024-03-01", "order", None, "1"],
-        ["a", "2024-03-01", "order", "0", "1"],
-        ["a", "2024-03-01", "order", "-3.5", "1"],
-        ["a", "2024-03-01", "order", "ten", "1"],
-        ["a", "2024-03-01", "order", "inf", "1"],
-    ]))
+    result = validate_events(
+        frame(
+            [
+                ["a", "2024-03-01", "order", None, "1"],
+                ["a", "2024-03-01", "order", "0", "1"],
+                ["a", "2024-03-01", "order", "-3.5", "1"],
+                ["a", "2024-03-01", "order", "ten", "1"],
+                ["a", "2024-03-01", "order", "inf", "1"],
+            ]
+        )
+    )
     assert result.events["amount"].tolist() == [0.0, 0.0]
-    assert reasons(result) == {3: "amount is negative", 4: "amount is not a number", 5: "amount is not finite"}
+    assert reasons(result) == {
+        3: "amount is negative",
+        4: "amount is not a number",
+        5: "amount is not finite",
+    }
 
 
 def test_quantity_defaults_to_one_and_negative_is_rejected():
-    result = validate_events(frame([["a", "2024-03-01", "order", "5", None], ["a", "2024-03-01", "order", "5", "-1"]]))
+    result = validate_events(
+        frame([["a", "2024-03-01", "order", "5", None], ["a", "2024-03-01", "order", "5", "-1"]])
+    )
     assert result.events["quantity"].tolist() == [1.0]
     assert reasons(result) == {2: "quantity is negative"}
 
@@ -73,7 +94,12 @@ def test_quantity_defaults_to_one_and_negative_is_rejected():
 def test_several_problems_in_one_row_are_all_reported():
     result = validate_events(frame([[None, "nope", "click", "-1", "1"]]))
     reason = reasons(result)[1]
-    for part in ("user_id is missing", "timestamp is not ISO-8601", "unknown event_type 'click'", "amount is negative"):
+    for part in (
+        "user_id is missing",
+        "timestamp is not ISO-8601",
+        "unknown event_type 'click'",
+        "amount is negative",
+    ):
         assert part in reason
 
 
@@ -83,18 +109,25 @@ def test_identical_rows_without_event_id_are_separate_events():
 
 
 def test_repeated_event_id_is_one_event_and_the_repeat_is_rejected():
-    result = validate_events(frame(
-        [["a", "2024-03-01", "order", "5", "1", "e1"], ["a", "2024-03-01", "order", "5", "1", "e1"],
-         ["a", "2024-03-02", "order", "5", "1", "e2"]],
-        columns=("user_id", "timestamp", "event_type", "amount", "quantity", "event_id"),
-    ))
+    result = validate_events(
+        frame(
+            [
+                ["a", "2024-03-01", "order", "5", "1", "e1"],
+                ["a", "2024-03-01", "order", "5", "1", "e1"],
+                ["a", "2024-03-02", "order", "5", "1", "e2"],
+            ],
+            columns=("user_id", "timestamp", "event_type", "amount", "quantity", "event_id"),
+        )
+    )
     assert len(result.events) == 2
     assert reasons(result) == {2: "duplicate event_id"}
 
 
 def test_extra_columns_are_profile_columns_and_rows_are_conserved():
-    raw = frame([["a", "2024-03-01", "order", "5", "1", "US"], ["b", "bad", "order", "5", "1", "DE"]],
-                columns=("user_id", "timestamp", "event_type", "amount", "quantity", "country"))
+    raw = frame(
+        [["a", "2024-03-01", "order", "5", "1", "US"], ["b", "bad", "order", "5", "1", "DE"]],
+        columns=("user_id", "timestamp", "event_type", "amount", "quantity", "country"),
+    )
     result = validate_events(raw)
     assert result.profile_columns == ("country",)
     assert result.events["country"].tolist() == ["US"]
@@ -102,15 +135,24 @@ def test_extra_columns_are_profile_columns_and_rows_are_conserved():
 
 
 def test_datetime_columns_with_timezone_are_accepted(tmp_path):
-    raw = pd.DataFrame({
-        "user_id": ["a", "b"],
-        "timestamp": pd.to_datetime(["2024-03-01 12:00", "2024-03-02 12:00"]).tz_localize("Europe/Berlin"),
-        "event_type": ["order", "order"], "amount": [1.0, 2.0], "quantity": [1, 1],
-    })
+    raw = pd.DataFrame(
+        {
+            "user_id": ["a", "b"],
+            "timestamp": pd.to_datetime(["2024-03-01 12:00", "2024-03-02 12:00"]).tz_localize(
+                "Europe/Berlin"
+            ),
+            "event_type": ["order", "order"],
+            "amount": [1.0, 2.0],
+            "quantity": [1, 1],
+        }
+    )
     path = tmp_path / "events.parquet"
     raw.to_parquet(path)
     result = validate_events(read_event_file(str(path)))
-    assert result.events["timestamp"].tolist() == [pd.Timestamp("2024-03-01 11:00"), pd.Timestamp("2024-03-02 11:00")]
+    assert result.events["timestamp"].tolist() == [
+        pd.Timestamp("2024-03-01 11:00"),
+        pd.Timestamp("2024-03-02 11:00"),
+    ]
 
 
 def test_reading_an_empty_or_unsupported_file_is_a_clear_error(tmp_path):

@@ -5,9 +5,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from churnguard.events import validate_events
 from churnguard.features import (
     EventArrays,
@@ -18,6 +15,8 @@ from churnguard.features import (
     fit_feature_spec,
 )
 from churnguard.tabular import churn_labels, cohort, raw_features_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 CONFIG = FeatureConfig()
 AS_OF = "1997-10-01"
@@ -36,8 +35,9 @@ def events(rows, profile=None):
 
 
 def raw_for(df, event_types=ORDER_ONLY, user_ids=None, as_of=AS_OF, profile_columns=()):
-    ids, raw = raw_features_for(df, as_of, event_types=event_types, config=CONFIG, user_ids=user_ids,
-                                profile_columns=profile_columns)
+    ids, raw = raw_features_for(
+        df, as_of, event_types=event_types, config=CONFIG, user_ids=user_ids, profile_columns=profile_columns
+    )
     return ids, raw
 
 
@@ -46,8 +46,14 @@ def static(raw, name, row=0):
 
 
 def test_week_boundaries_last_week_is_the_seven_days_before_as_of_and_day_one_fits_in_39_weeks():
-    df = events([["a", "1997-09-30", "order", 10, 1], ["a", "1997-09-24", "order", 5, 2],
-                 ["a", "1997-09-23", "order", 1, 1], ["a", "1997-01-01", "order", 7, 1]])
+    df = events(
+        [
+            ["a", "1997-09-30", "order", 10, 1],
+            ["a", "1997-09-24", "order", 5, 2],
+            ["a", "1997-09-23", "order", 1, 1],
+            ["a", "1997-01-01", "order", 7, 1],
+        ]
+    )
     _, raw = raw_for(df)
     counts = raw.sequence[0, :, raw.sequence_channels.index("order_count")]
     assert counts[38] == 2  # 09-30 (1 day before) and 09-24 (7 days before)
@@ -59,8 +65,13 @@ def test_week_boundaries_last_week_is_the_seven_days_before_as_of_and_day_one_fi
 
 def test_events_on_or_after_as_of_are_ignored():
     before = events([["a", "1997-09-01", "order", 10, 1]])
-    after = events([["a", "1997-09-01", "order", 10, 1], ["a", "1997-10-01", "order", 99, 1],
-                    ["a", "1998-01-01", "view", 0, 1]])
+    after = events(
+        [
+            ["a", "1997-09-01", "order", 10, 1],
+            ["a", "1997-10-01", "order", 99, 1],
+            ["a", "1998-01-01", "view", 0, 1],
+        ]
+    )
     _, raw_before = raw_for(before, event_types=ALL_TYPES)
     _, raw_after = raw_for(after, event_types=ALL_TYPES)
     np.testing.assert_array_equal(raw_before.sequence, raw_after.sequence)
@@ -68,8 +79,13 @@ def test_events_on_or_after_as_of_are_ignored():
 
 
 def test_same_day_orders_are_one_purchase_occasion_but_count_and_spend_fully():
-    df = events([["a", "1997-09-01", "order", 10, 1], ["a", "1997-09-01", "order", 20, 1],
-                 ["a", "1997-09-11", "order", 30, 1]])
+    df = events(
+        [
+            ["a", "1997-09-01", "order", 10, 1],
+            ["a", "1997-09-01", "order", 20, 1],
+            ["a", "1997-09-11", "order", 30, 1],
+        ]
+    )
     _, raw = raw_for(df)
     assert static(raw, "n_orders") == 3
     assert static(raw, "n_order_days") == 2
@@ -79,8 +95,14 @@ def test_same_day_orders_are_one_purchase_occasion_but_count_and_spend_fully():
 
 
 def test_one_event_customer_has_undefined_gaps_that_the_spec_imputes():
-    df = events([["a", "1997-09-01", "order", 10, 1], ["b", "1997-05-01", "order", 10, 1],
-                 ["b", "1997-06-01", "order", 10, 1], ["b", "1997-09-15", "order", 10, 1]])
+    df = events(
+        [
+            ["a", "1997-09-01", "order", 10, 1],
+            ["b", "1997-05-01", "order", 10, 1],
+            ["b", "1997-06-01", "order", 10, 1],
+            ["b", "1997-09-15", "order", 10, 1],
+        ]
+    )
     _, raw = raw_for(df)
     assert np.isnan(static(raw, "ipt_mean_days", 0)) and static(raw, "has_repeat_order", 0) == 0
     spec = fit_feature_spec(raw, event_types=ORDER_ONLY, config=CONFIG)
@@ -90,7 +112,7 @@ def test_one_event_customer_has_undefined_gaps_that_the_spec_imputes():
 
 def test_customer_with_no_events_gets_empty_activity_and_far_recency():
     df = events([["a", "1997-09-01", "order", 10, 1], ["b", "1997-03-01", "order", 5, 1]])
-    ids, raw = raw_for(df, user_ids=np.array(["a", "b", "ghost"], dtype=object))
+    _, raw = raw_for(df, user_ids=np.array(["a", "b", "ghost"], dtype=object))
     assert raw.sequence[2].sum() == 0
     assert np.isnan(static(raw, "recency_days", 2))
     spec = fit_feature_spec(raw, event_types=ORDER_ONLY, config=CONFIG)
@@ -107,8 +129,14 @@ def test_event_types_outside_the_model_vocabulary_are_ignored():
 
 
 def test_multi_channel_features_count_views_carts_and_returns():
-    df = events([["a", "1997-09-01", "order", 10, 1], ["a", "1997-09-20", "view", 0, 1],
-                 ["a", "1997-09-21", "view", 0, 1], ["a", "1997-09-22", "return", 10, 1]])
+    df = events(
+        [
+            ["a", "1997-09-01", "order", 10, 1],
+            ["a", "1997-09-20", "view", 0, 1],
+            ["a", "1997-09-21", "view", 0, 1],
+            ["a", "1997-09-22", "return", 10, 1],
+        ]
+    )
     _, raw = raw_for(df, event_types=ALL_TYPES)
     assert static(raw, "view_count") == 2
     assert static(raw, "view_recency_days") == 10
@@ -124,15 +152,22 @@ def test_tenure_mask_marks_weeks_since_the_first_event():
 
 
 def test_per_customer_as_of_gives_the_same_features_as_separate_runs():
-    df = events([["a", "1997-06-01", "order", 10, 1], ["a", "1997-08-01", "order", 10, 1],
-                 ["b", "1997-07-01", "order", 5, 1]])
+    df = events(
+        [
+            ["a", "1997-06-01", "order", 10, 1],
+            ["a", "1997-08-01", "order", 10, 1],
+            ["b", "1997-07-01", "order", 5, 1],
+        ]
+    )
     _, raw_a = raw_for(df[df.user_id == "a"], as_of="1997-07-01")
     _, raw_b = raw_for(df[df.user_id == "b"], as_of="1997-10-01")
     arrays = EventArrays(
-        user_index=np.array([0, 0, 1]), n_users=2,
+        user_index=np.array([0, 0, 1]),
+        n_users=2,
         timestamp_s=df["timestamp"].to_numpy().astype("datetime64[s]").astype(np.float64),
         event_type=df["event_type"].to_numpy(dtype=object),
-        amount=df["amount"].to_numpy(), quantity=df["quantity"].to_numpy(),
+        amount=df["amount"].to_numpy(),
+        quantity=df["quantity"].to_numpy(),
     )
     as_of = np.array([pd.Timestamp("1997-07-01").value / 1e9, pd.Timestamp("1997-10-01").value / 1e9])
     joint = build_raw_features(arrays, as_of, event_types=ORDER_ONLY, config=CONFIG)
@@ -141,9 +176,16 @@ def test_per_customer_as_of_gives_the_same_features_as_separate_runs():
 
 
 def test_labels_are_orders_in_the_horizon_after_as_of():
-    df = events([["a", "1997-09-01", "order", 10, 1], ["a", "1998-06-29", "order", 10, 1],
-                 ["b", "1997-09-01", "order", 10, 1], ["b", "1998-07-01", "order", 10, 1],
-                 ["c", "1997-09-01", "order", 10, 1], ["c", "1997-12-01", "view", 0, 1]])
+    df = events(
+        [
+            ["a", "1997-09-01", "order", 10, 1],
+            ["a", "1998-06-29", "order", 10, 1],
+            ["b", "1997-09-01", "order", 10, 1],
+            ["b", "1998-07-01", "order", 10, 1],
+            ["c", "1997-09-01", "order", 10, 1],
+            ["c", "1997-12-01", "view", 0, 1],
+        ]
+    )
     users = cohort(df, AS_OF)
     assert users.tolist() == ["a", "b", "c"]
     # a bought inside the 39-week horizon; b only after it; c only browsed.
@@ -167,8 +209,13 @@ def test_profile_fields_are_one_hot_encoded_with_other_and_missing_buckets():
 
 
 def test_spec_round_trips_through_json_and_transforms_identically():
-    df = events([["a", "1997-09-01", "order", 10, 1], ["b", "1997-03-01", "order", 5, 3],
-                 ["b", "1997-04-01", "order", 5, 1]])
+    df = events(
+        [
+            ["a", "1997-09-01", "order", 10, 1],
+            ["b", "1997-03-01", "order", 5, 3],
+            ["b", "1997-04-01", "order", 5, 1],
+        ]
+    )
     _, raw = raw_for(df)
     spec = fit_feature_spec(raw, event_types=ORDER_ONLY, config=CONFIG)
     again = FeatureSpec.from_json(spec.to_json())
@@ -197,7 +244,10 @@ def test_preprocessing_is_fitted_on_training_customers_only():
     _, x = spec.transform(raw_huge)
     spend = list(spec.static_names).index("total_spend")
     # Clipped to the training range: the outlier cannot blow up the model input.
-    assert x[0, spend] <= (spec.static_clip_high[spend] - spec.static_mean[spend]) / spec.static_std[spend] + 1e-9
+    assert (
+        x[0, spend]
+        <= (spec.static_clip_high[spend] - spec.static_mean[spend]) / spec.static_std[spend] + 1e-9
+    )
 
 
 event_rows = st.lists(
@@ -216,13 +266,15 @@ event_rows = st.lists(
 
 def _frame(rows):
     base = pd.Timestamp("1997-01-01")
-    return pd.DataFrame({
-        "user_id": [r[0] for r in rows],
-        "timestamp": [base + pd.Timedelta(days=r[1], seconds=r[2]) for r in rows],
-        "event_type": [r[3] for r in rows],
-        "amount": [r[4] for r in rows],
-        "quantity": [float(r[5]) for r in rows],
-    })
+    return pd.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "timestamp": [base + pd.Timedelta(days=r[1], seconds=r[2]) for r in rows],
+            "event_type": [r[3] for r in rows],
+            "amount": [r[4] for r in rows],
+            "quantity": [float(r[5]) for r in rows],
+        }
+    )
 
 
 @settings(max_examples=60, deadline=None)

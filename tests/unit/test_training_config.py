@@ -1,0 +1,44 @@
+"""The SageMaker HPO definition and train.py's CLI must stay in step."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from training.train import SEARCH_SPACE, parse_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_tuned_hyperparameter_is_a_train_py_argument_with_the_right_type():
+    hpo = json.loads((ROOT / "infra/sagemaker/hpo.json").read_text())
+    ranges = hpo["ParameterRanges"]
+    for kind in ("IntegerParameterRanges", "ContinuousParameterRanges", "CategoricalParameterRanges"):
+        for param in ranges[kind]:
+            value = param["Values"][0] if "Values" in param else param["MinValue"]
+            args = parse_args([f"--{param['Name']}", value])
+            assert str(getattr(args, param["Name"].replace("-", "_"))) in (
+                value,
+                str(float(value)),
+                str(int(float(value))),
+            )
+
+
+def test_hpo_metric_regexes_parse_the_training_log_line():
+    hpo = json.loads((ROOT / "infra/sagemaker/hpo.json").read_text())
+    line = "INFO churnguard.train: validation_auc=0.78123 validation_log_loss=0.47712 epochs=17"
+    found = {m["Name"]: float(re.search(m["Regex"], line).group(1)) for m in hpo["MetricDefinitions"]}
+    assert found == {"validation:auc": 0.78123, "validation:log_loss": 0.47712}
+    assert hpo["HyperParameterTuningJobObjective"]["MetricName"] in found
+
+
+def test_random_search_space_only_names_known_hyperparameters():
+    args = parse_args([])
+    for name in SEARCH_SPACE:
+        assert hasattr(args, name)
+
+
+def test_unknown_hyperparameter_is_rejected_not_ignored():
+    with pytest.raises(SystemExit):
+        parse_args(["--lstm-unitz", "8"])
