@@ -104,13 +104,21 @@ def bgnbd(data: PreparedData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _rfm(data: PreparedData, split) -> np.ndarray:
-    return np.column_stack(
-        [
-            np.log1p(_col(data, split, "recency_days")),
-            np.log1p(_col(data, split, "n_order_days") - 1),
-            np.log1p(_col(data, split, "avg_order_value")),
-            np.log1p(_col(data, split, "first_order_age_days")),
-        ]
+    """Recency both ways (days since last order, first-to-last span), frequency, monetary, T."""
+    first = _col(data, split, "first_order_age_days")
+    last = _col(data, split, "recency_days")
+    return np.log1p(
+        np.column_stack(
+            [
+                last,
+                first - last,
+                _col(data, split, "n_order_days") - 1,
+                _col(data, split, "n_orders"),
+                _col(data, split, "avg_order_value"),
+                _col(data, split, "total_spend"),
+                first,
+            ]
+        )
     )
 
 

@@ -182,3 +182,23 @@ def test_exported_files_load_and_score_identically_in_tflite_runtime_2_14(traine
     for model, path, atol in ((float_model, paths[0], 1e-6), (dr_model, paths[1], 1e-4)):
         litert = TFLiteScorer(model.content).predict(seq, static)
         np.testing.assert_allclose(np.asarray(out[path], dtype=np.float32), litert, atol=atol, rtol=0)
+
+
+def test_snapshot_augmentation_uses_only_training_customers_at_earlier_cutoffs(trained):
+    from training.data import snapshot_augmentation
+
+    data = trained[0]
+    snapshots = snapshot_augmentation(data, snapshots=3, step_weeks=4)
+    assert len(snapshots) == 3
+    train_users = set(data.train.user_ids)
+    tenure = list(data.train.raw.static_names).index("tenure_days")
+    row_now = {u: i for i, u in enumerate(data.train.user_ids)}
+    for k, snap in enumerate(snapshots, 1):
+        assert set(snap.user_ids) <= train_users
+        assert 0 < snap.labels.mean() < 1
+        # Same customers, cutoff 4k weeks earlier: tenure is exactly 28k days shorter.
+        rows_then = np.arange(len(snap.user_ids))
+        rows_now = np.array([row_now[u] for u in snap.user_ids])
+        np.testing.assert_allclose(
+            data.train.raw.static[rows_now, tenure] - snap.raw.static[rows_then, tenure], 28 * k
+        )

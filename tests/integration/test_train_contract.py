@@ -131,3 +131,31 @@ def test_bad_input_fails_with_a_clear_message_and_leaves_no_valid_model(tmp_path
     assert re.search(message, result.stderr), result.stderr[-2000:]
     assert not (tmp_path / "opt/ml/model/metadata.json").exists()
     assert list((tmp_path / "opt/ml/model").iterdir()) == []
+
+
+def test_validation_channel_and_random_search_choose_on_validation(tmp_path, cdnow_subset):
+    data = channel(tmp_path)
+    validation_dir = tmp_path / "opt/ml/input/data/validation"
+    validation_dir.mkdir(parents=True)
+    users = cdnow_subset["user_id"].unique()
+    held = set(users[: len(users) // 3])
+    is_val = cdnow_subset["user_id"].isin(held)
+    cdnow_subset[~is_val].to_csv(data / "train.csv.gz", index=False)
+    cdnow_subset[is_val].to_csv(validation_dir / "validation.csv", index=False)
+    env_extra = ["--hpo-trials", "2", "--epochs", "3", "--as-of", "1997-10-01"]
+    os.environ["SM_CHANNEL_VALIDATION"] = str(validation_dir)
+    try:
+        result = run_train(tmp_path / "opt/ml", *env_extra)
+    finally:
+        del os.environ["SM_CHANNEL_VALIDATION"]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metadata = json.loads((tmp_path / "opt/ml/model/metadata.json").read_text())
+    assert metadata["data"]["customers"]["validation"] == len(held)
+    assert metadata["data"]["customers"]["train"] + metadata["data"]["customers"]["test"] == len(users) - len(
+        held
+    )
+    trials = json.loads((tmp_path / "opt/ml/model/report/hpo_trials.json").read_text())
+    assert len(trials) == metadata["hpo_trials"] == 2
+    best = min(trials, key=lambda t: t["val_log_loss"])
+    for name in ("conv_filters", "lstm_units", "learning_rate", "batch_size"):
+        assert metadata["hyperparameters"][name] == best[name]
