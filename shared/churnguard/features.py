@@ -19,8 +19,8 @@ Time rules (each tested):
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -518,29 +518,31 @@ class FeatureSpec:
             raise FeatureSpecError("scaling std must be positive")
 
 
+def _category_labels(values: np.ndarray) -> np.ndarray:
+    """Per-user category text; None / NaN / blank become ``MISSING_CATEGORY`` (vectorised)."""
+    text = np.char.strip(np.asarray(values, dtype=object).astype(str))
+    missing = (text == "None") | (text == "nan") | (text == "") | (text == "<NA>")
+    return np.where(missing, MISSING_CATEGORY, text).astype(object)
+
+
 def _one_hot(values: np.ndarray, vocab: Sequence[str]) -> np.ndarray:
-    labels = np.array(
-        [
-            MISSING_CATEGORY if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-            for v in values
-        ],
-        dtype=object,
-    )
-    known = set(vocab)
-    labels = np.where(np.isin(labels, list(known)), labels, OTHER_CATEGORY)
+    labels = _category_labels(values)
+    labels = np.where(np.isin(labels, np.asarray(vocab, dtype=object)), labels, OTHER_CATEGORY)
     return (labels[:, None] == np.asarray(vocab, dtype=object)[None, :]).astype(np.float64)
 
 
 def _to_float(values: np.ndarray | None, n: int) -> np.ndarray:
+    """Numeric profile values; None/NaN/unparseable -> NaN. Vectorised unless text needs parsing."""
     if values is None:
         return np.full(n, np.nan)
-    out = np.full(len(values), np.nan)
-    for i, v in enumerate(values):
-        try:
-            out[i] = float(v) if v is not None else np.nan
-        except (TypeError, ValueError):
-            out[i] = np.nan
-    return out
+    try:
+        return np.asarray(values, dtype=np.float64)  # None -> nan; numeric text parses too
+    except (TypeError, ValueError):
+        out = np.full(len(values), np.nan)
+        for i, v in enumerate(values):  # only reached when some value is non-numeric text
+            with contextlib.suppress(TypeError, ValueError):
+                out[i] = float(v)
+        return out
 
 
 def fit_feature_spec(
@@ -585,9 +587,8 @@ def fit_feature_spec(
     numeric: dict[str, dict[str, float]] = {}
     for column, values in sorted(raw.profile.items()):
         as_float = _to_float(values, len(values))
-        non_missing = np.array(
-            [v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values]
-        )
+        labels = _category_labels(values)
+        non_missing = labels != MISSING_CATEGORY
         if non_missing.any() and np.all(np.isfinite(as_float[non_missing])):
             x = as_float[non_missing]
             lo, hi = np.quantile(x, clip_quantiles)
@@ -601,11 +602,9 @@ def fit_feature_spec(
                 "std": float(clipped.std()) if clipped.std() > 1e-9 else 1.0,
             }
         else:
-            labels, counts = np.unique(
-                np.array([str(v) for v in values[non_missing]], dtype=object), return_counts=True
-            )
+            names, counts = np.unique(labels[non_missing].astype(str), return_counts=True)
             order = np.argsort(-counts, kind="stable")
-            vocab = [str(labels[i]) for i in order if counts[i] >= min_category_count][:max_categories]
+            vocab = [str(names[i]) for i in order if counts[i] >= min_category_count][:max_categories]
             categorical[column] = [*vocab, OTHER_CATEGORY, MISSING_CATEGORY]
 
     spec = FeatureSpec(

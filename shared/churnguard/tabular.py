@@ -70,7 +70,7 @@ def customer_events(
         last = last.reindex(user_ids)
         for column in profile_columns:
             values = last[column].to_numpy(dtype=object)
-            profile[column] = np.array([None if pd.isna(v) else v for v in values], dtype=object)
+            profile[column] = np.where(pd.isna(values), None, values).astype(object)
     return CustomerEvents(user_ids=user_ids, arrays=arrays, profile=profile)
 
 

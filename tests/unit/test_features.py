@@ -292,3 +292,20 @@ def test_property_row_order_does_not_matter_and_inputs_are_finite(rows, seed):
     assert x_seq.shape == (4, CONFIG.weeks, spec.n_channels) and x_seq.dtype == np.float32
     assert x_static.shape == (4, spec.n_static) and x_static.dtype == np.float32
     assert np.isfinite(x_seq).all() and np.isfinite(x_static).all()
+
+
+def test_numeric_profile_fields_are_imputed_clipped_scaled_with_a_missing_flag():
+    rows = [[f"u{i}", "1997-09-01", "order", 10, 1] for i in range(50)]
+    ages = [str(20 + i) for i in range(48)] + [None, "n/a"]
+    df = events(rows, profile={"age": ages})
+    ids, raw = raw_for(df, profile_columns=("age",))
+    row = {u: i for i, u in enumerate(ids)}
+    spec = fit_feature_spec(raw, event_types=ORDER_ONLY, config=CONFIG)
+    assert "age" in spec.profile_numeric and "age" not in spec.profile_categorical
+    _, x = spec.transform(raw)
+    names = list(spec.model_static_names)
+    value, flag = names.index("profile:age"), names.index("profile:age:missing")
+    assert x[row["u48"], flag] == 1 and x[row["u49"], flag] == 1 and x[row["u0"], flag] == 0
+    stats = spec.profile_numeric["age"]
+    assert x[row["u48"], value] == pytest.approx((stats["median"] - stats["mean"]) / stats["std"], abs=1e-6)
+    assert x[row["u0"], value] < x[row["u47"], value]
