@@ -34,6 +34,9 @@ SECONDS_PER_DAY = 86_400.0
 EVENT_TYPE_ORDER = "order"
 MISSING_CATEGORY = "__missing__"
 OTHER_CATEGORY = "__other__"
+# A profile column is numeric when this share of its non-missing values parses as a number; the
+# rest (typos like "n/a") then count as missing rather than turning the column categorical.
+NUMERIC_PROFILE_SHARE = 0.95
 
 
 class FeatureSpecError(ValueError):
@@ -589,8 +592,9 @@ def fit_feature_spec(
         as_float = _to_float(values, len(values))
         labels = _category_labels(values)
         non_missing = labels != MISSING_CATEGORY
-        if non_missing.any() and np.all(np.isfinite(as_float[non_missing])):
-            x = as_float[non_missing]
+        parsed = np.isfinite(as_float) & non_missing
+        if non_missing.any() and parsed.sum() >= NUMERIC_PROFILE_SHARE * non_missing.sum():
+            x = as_float[parsed]
             lo, hi = np.quantile(x, clip_quantiles)
             med = float(np.median(x))
             clipped = np.clip(np.where(np.isnan(as_float), med, as_float), lo, hi)
