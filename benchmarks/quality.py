@@ -22,12 +22,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from churnguard.features import FeatureSpec, build_raw_features
-from churnguard.scorer import TFLiteScorer
-from churnguard.tabular import customer_events, to_epoch_seconds
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 
+from churnguard.features import FeatureSpec, build_raw_features
+from churnguard.scorer import TFLiteScorer
+from churnguard.tabular import customer_events, to_epoch_seconds
 from training.data import CDNOW_PROTOCOL, PreparedData, load_cdnow_source, prepare
 from training.evaluate import (
     ThresholdPolicy,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
 from churnguard.datasets import cdnow_sha256, load_cdnow
 from churnguard.events import EventLogError, ValidatedEvents, read_event_file, validate_events
 from churnguard.features import FeatureConfig, FeatureSpec, RawFeatures, fit_feature_spec

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
-from churnguard.scorer import TFLiteScorer
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from churnguard.scorer import TFLiteScorer
 
 FLOAT32_TOLERANCE = 1e-5
 DYNAMIC_RANGE_TOLERANCE = 5e-3

@@ -36,9 +36,9 @@ if __package__ in (None, ""):  # run as a script (SageMaker: python train.py ...
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+
 from churnguard.events import EventLogError
 from churnguard.features import FeatureSpecError
-
 from training.data import (
     CDNOW_PROTOCOL,
     PreparedData,

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from churnguard.events import validate_events
 from churnguard.features import FeatureSpec, build_raw_features
 from churnguard.scorer import TFLiteScorer
 from churnguard.tabular import customer_events, to_epoch_seconds
-
 from training.data import EventSource, Protocol, prepare
 from training.export import DYNAMIC_RANGE_TOLERANCE, FLOAT32_TOLERANCE, export_all
 from training.model import HyperParameters, fit_platt, with_calibration

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+
 from churnguard.datasets import CDNOW_CUSTOMERS, CDNOW_ROWS, generate_synthetic_events, load_cdnow
 from churnguard.events import validate_events
 from churnguard.tabular import churn_labels, cohort

@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+
 from churnguard.events import EventLogError, read_event_file, validate_events
 
 

@@ -5,6 +5,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from churnguard.events import validate_events
 from churnguard.features import (
     EventArrays,
@@ -15,8 +18,6 @@ from churnguard.features import (
     fit_feature_spec,
 )
 from churnguard.tabular import churn_labels, cohort, raw_features_for
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 CONFIG = FeatureConfig()
 AS_OF = "1997-10-01"
