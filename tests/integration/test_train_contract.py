@@ -160,3 +160,31 @@ def test_validation_channel_and_random_search_choose_on_validation(tmp_path, cdn
     best = min(trials, key=lambda t: t["val_log_loss"])
     for name in ("conv_filters", "lstm_units", "learning_rate", "batch_size"):
         assert metadata["hyperparameters"][name] == best[name]
+
+
+def test_model_directory_loads_as_a_verified_bundle_and_tampering_is_refused(trained):
+    from churnguard.bundle import ModelBundle
+    from churnguard.scorer import ModelLoadError
+
+    model_dir = trained[0] / "model"
+    bundle = ModelBundle.from_directory(model_dir)
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert bundle.version == metadata["model_version"]
+    assert bundle.thresholds.promotion == metadata["thresholds"]["decision"]
+    files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    ModelBundle.from_files(files, model_file="model_dynamic_range.tflite")
+
+    corrupt = {**files, "model.tflite": files["model.tflite"][:-100] + b"\0" * 100}
+    with pytest.raises(ModelLoadError, match=r"model.tflite: sha256"):
+        ModelBundle.from_files(corrupt)
+    spec = json.loads(files["feature_spec.json"])
+    spec["config"]["weeks"] = 20
+    respec = json.dumps(spec).encode()
+    meta = json.loads(files["metadata.json"])
+    meta["files"]["feature_spec.json"]["sha256"] = hashlib.sha256(respec).hexdigest()
+    with pytest.raises(ModelLoadError, match=r"does not fit|feature_spec\.json refused"):
+        ModelBundle.from_files(
+            {**files, "feature_spec.json": respec, "metadata.json": json.dumps(meta).encode()}
+        )
+    with pytest.raises(ModelLoadError, match="missing"):
+        ModelBundle.from_files({k: v for k, v in files.items() if k != "feature_spec.json"})
