@@ -1,0 +1,82 @@
+"""Score customers with a ModelBundle: features -> TFLite -> risk tier -> reasons (numpy only).
+
+Used by the HTTP and batch Lambdas alike. When every customer needs reasons, the original inputs are
+block 0 of the occlusion stack, so one interpreter call scores and explains (and a single-customer
+request always has the same batch size: the interpreter is never re-allocated on the warm path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from churnguard.bundle import ModelBundle
+from churnguard.features import EventArrays, build_raw_features
+from churnguard.reasons import Reason
+
+
+class ReasonsFor(str, Enum):
+    ALL = "all"
+    PROMOTED = "promoted"  # customers at or above the promotion threshold
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    user_ids: Sequence[str]
+    churn_probability: np.ndarray  # float32 [n]
+    risk_tier: np.ndarray  # object [n]: low | medium | high
+    at_or_above_promotion: np.ndarray  # bool [n]
+    reasons: list[list[Reason]]  # [] where not computed
+    features: dict[str, np.ndarray]  # a few raw features the promotion policy needs, per customer
+    model_version: str
+
+
+POLICY_FEATURES = ("total_spend", "tenure_days", "recency_days", "n_orders")
+
+
+def score_customers(
+    bundle: ModelBundle,
+    user_ids: Sequence[str],
+    events: EventArrays,
+    as_of_s: np.ndarray | float,
+    *,
+    profile: dict[str, np.ndarray] | None = None,
+    reasons_for: ReasonsFor = ReasonsFor.ALL,
+    top_k: int = 3,
+) -> ScoredBatch:
+    n = len(user_ids)
+    if events.n_users != n:
+        raise ValueError(f"events index {events.n_users} customers but {n} user ids were given")
+    spec = bundle.spec
+    raw = build_raw_features(events, as_of_s, event_types=spec.event_types, config=spec.config, profile=profile)
+    sequence, static = spec.transform(raw)
+    explainer = bundle.explainer
+    reasons: list[list[Reason]] = [[] for _ in range(n)]
+    if reasons_for is ReasonsFor.ALL and n:
+        stacked = bundle.scorer.predict(*explainer.occluded_inputs(sequence, static))
+        probabilities = stacked[:n]
+        reasons = explainer.top_reasons(explainer.contributions(stacked, n), top_k)
+    else:
+        probabilities = bundle.scorer.predict(sequence, static)
+    promoted = probabilities >= bundle.thresholds.promotion
+    if reasons_for is ReasonsFor.PROMOTED and promoted.any():
+        rows = np.flatnonzero(promoted)
+        stacked = bundle.scorer.predict(*explainer.occluded_inputs(sequence[rows], static[rows]))
+        for row, row_reasons in zip(
+            rows, explainer.top_reasons(explainer.contributions(stacked, len(rows)), top_k), strict=True
+        ):
+            reasons[row] = row_reasons
+    names = list(raw.static_names)
+    return ScoredBatch(
+        user_ids=user_ids,
+        churn_probability=probabilities,
+        risk_tier=bundle.thresholds.tier(probabilities),
+        at_or_above_promotion=promoted,
+        reasons=reasons,
+        features={name: raw.static[:, names.index(name)] for name in POLICY_FEATURES},
+        model_version=bundle.version,
+    )
