@@ -78,10 +78,12 @@ def main() -> int:
         f"test confusion matrix tn={cm['tn']} fp={cm['fp']} fn={cm['fn']} tp={cm['tp']}"
     )
     files = metadata["files"]
+    dynamic = files.get("model_dynamic_range.tflite")
+    refused = metadata.get("dynamic_range_refused")
+    dynamic_text = f"{dynamic['parity_max_abs_diff']:.1e}" if dynamic else f"refused ({refused})"
     print(
         f"TFLite parity vs Keras: float32 {files['model.tflite']['parity_max_abs_diff']:.1e}, "
-        f"dynamic range {files['model_dynamic_range.tflite']['parity_max_abs_diff']:.1e}; "
-        f"ops: {', '.join(files['model.tflite']['ops'])}"
+        f"dynamic range {dynamic_text}; ops: {', '.join(files['model.tflite']['ops'])}"
     )
     print()
     print(f"artifacts in {MODEL_DIR.resolve()}:")

@@ -346,12 +346,15 @@ def run(args: argparse.Namespace) -> dict:
     serving_model = with_calibration(fit.network, slope, intercept)
     x_val = data.inputs(data.validation)
     x_test = data.inputs(data.test)
-    float_model, dr_model = export_all(serving_model, *x_test)
+    exports = export_all(serving_model, *x_test)
+    float_model, dr_model = exports.float32, exports.dynamic_range
+    if dr_model is None:
+        log.warning("dynamic-range model refused, not written: %s", exports.dynamic_range_refusal)
     log.info(
-        "export: builtin ops %s; parity float32 %.2e, dynamic range %.2e",
+        "export: builtin ops %s; parity float32 %.2e, dynamic range %s",
         float_model.ops,
         float_model.max_abs_diff,
-        dr_model.max_abs_diff,
+        f"{dr_model.max_abs_diff:.2e}" if dr_model else "refused",
     )
 
     # Thresholds and every reported number come from the exported float32 TFLite model.
@@ -379,7 +382,9 @@ def run(args: argparse.Namespace) -> dict:
         "test": classification_metrics(data.test.labels, p_test, threshold),
         "test_dynamic_range": classification_metrics(
             data.test.labels, TFLiteScorer(dr_model.content).predict(*x_test), threshold
-        ),
+        )
+        if dr_model
+        else None,
         "test_by_segment": segment_metrics(data.test.labels, p_test, threshold, segments),
         "segment_edges": {"tenure_weeks": [13, 26, 39], "total_spend": spend_edges},
     }
@@ -408,7 +413,8 @@ def run(args: argparse.Namespace) -> dict:
         spec_json = data.spec.to_json()
         (staging / "feature_spec.json").write_text(spec_json)
         (staging / "model.tflite").write_bytes(float_model.content)
-        (staging / "model_dynamic_range.tflite").write_bytes(dr_model.content)
+        if dr_model:
+            (staging / "model_dynamic_range.tflite").write_bytes(dr_model.content)
 
         x_train_seq, x_train_static = data.inputs(data.train)
         created = dt.datetime.now(dt.UTC)
@@ -482,8 +488,10 @@ def run(args: argparse.Namespace) -> dict:
                         "parity_tolerance": m.tolerance,
                     }
                     for m in (float_model, dr_model)
+                    if m is not None
                 },
             },
+            "dynamic_range_refused": exports.dynamic_range_refusal,
             "report": sorted(["metrics.json", "history.json", *plots]),
             "training_seconds": round(time.time() - started, 1),
             "runtime": {

@@ -192,7 +192,8 @@ class SqsPromotionsPublisher:
                 chunk = {k: chunk[k] for k in retryable}
                 if len(retryable) < len(failed):
                     for k in set(failed) - retryable:
-                        result.failed.append({"user_id": messages[start + int(k)]["user_id"], **last_errors[k]})
+                        user_id = messages[start + int(k)]["user_id"]
+                        result.failed.append({"user_id": user_id, **last_errors[k]})
             for k in chunk:
                 if k in last_errors:
                     result.failed.append({"user_id": chunk[k]["user_id"], **last_errors[k]})

@@ -125,4 +125,5 @@ class TFLiteScorer:
     def op_names(self) -> list[str]:
         """Operator names in the graph (builtin ops by name; custom/Flex ops show as such)."""
         details = self._interpreter._get_ops_details()  # no public API lists ops
-        return sorted({d["op_name"] for d in details})
+        # After allocation XNNPACK shows up as a DELEGATE node: the runtime's, not the file's.
+        return sorted({d["op_name"] for d in details} - {"DELEGATE"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from churnguard.features import EventArrays, build_raw_features
 from churnguard.reasons import Reason
 
 
-class ReasonsFor(str, Enum):
+class ReasonsFor(StrEnum):
     ALL = "all"
     PROMOTED = "promoted"  # customers at or above the promotion threshold
     NONE = "none"
@@ -52,7 +52,9 @@ def score_customers(
     if events.n_users != n:
         raise ValueError(f"events index {events.n_users} customers but {n} user ids were given")
     spec = bundle.spec
-    raw = build_raw_features(events, as_of_s, event_types=spec.event_types, config=spec.config, profile=profile)
+    raw = build_raw_features(
+        events, as_of_s, event_types=spec.event_types, config=spec.config, profile=profile
+    )
     sequence, static = spec.transform(raw)
     explainer = bundle.explainer
     reasons: list[list[Reason]] = [[] for _ in range(n)]

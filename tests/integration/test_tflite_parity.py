@@ -29,8 +29,9 @@ def trained(cdnow_subset):
     fit = fit_network(data, HyperParameters(epochs=15, patience=3, batch_size=64), [], seed=3, verbose=0)
     slope, intercept = fit_platt(fit.val_logits, data.validation.labels)
     model = with_calibration(fit.network, slope, intercept)
-    float_model, dr_model = export_all(model, *data.inputs(data.test))
-    return data, model, float_model, dr_model
+    exports = export_all(model, *data.inputs(data.test))
+    assert exports.dynamic_range is not None, exports.dynamic_range_refusal
+    return data, model, exports.float32, exports.dynamic_range
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,3 +203,23 @@ def test_snapshot_augmentation_uses_only_training_customers_at_earlier_cutoffs(t
         np.testing.assert_allclose(
             data.train.raw.static[rows_now, tenure] - snap.raw.static[rows_then, tenure], 28 * k
         )
+
+
+def test_a_dynamic_range_model_over_tolerance_is_refused_without_blocking_float32(trained, monkeypatch):
+    from training import export
+
+    data, model, _, _ = trained
+    monkeypatch.setattr(export, "DYNAMIC_RANGE_TOLERANCE", 1e-9)
+    exports = export.export_all(model, *data.inputs(data.test))
+    assert exports.dynamic_range is None
+    assert "model_dynamic_range.tflite" in exports.dynamic_range_refusal
+    assert exports.float32.max_abs_diff <= FLOAT32_TOLERANCE
+
+
+def test_a_float32_parity_failure_is_fatal(trained, monkeypatch):
+    from training import export
+
+    data, model, _, _ = trained
+    monkeypatch.setattr(export, "FLOAT32_TOLERANCE", 0.0)
+    with pytest.raises(export.ExportError, match=r"model\.tflite: max"):
+        export.export_all(model, *data.inputs(data.test))  # any float rounding exceeds a zero tolerance
