@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-EVENT_TYPES: tuple[str, ...] = ("order", "view", "cart", "return")
+from churnguard.features import EVENT_TYPES  # defined beside the numpy-only feature path
+
 REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "timestamp", "event_type")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("amount", "quantity", "event_id")
 CANONICAL_COLUMNS: tuple[str, ...] = ("user_id", "timestamp", "event_type", "amount", "quantity")

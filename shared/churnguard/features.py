@@ -32,6 +32,7 @@ SPEC_FORMAT = "churnguard-feature-spec"
 SPEC_VERSION = 1
 SECONDS_PER_DAY = 86_400.0
 EVENT_TYPE_ORDER = "order"
+EVENT_TYPES: tuple[str, ...] = ("order", "view", "cart", "return")  # the canonical schema's types
 MISSING_CATEGORY = "__missing__"
 OTHER_CATEGORY = "__other__"
 # A profile column is numeric when this share of its non-missing values parses as a number; the

@@ -1,0 +1,218 @@
+"""HTTP scoring Lambda (API Gateway REST, proxy integration): POST /v1/scores, GET /v1/model, GET /v1/health.
+
+Thin: Powertools parses and validates, ``churnguard.api.score_request`` does the work, this module
+shapes HTTP. Status codes: invalid JSON 400; schema violations 422 naming the field path; too many
+customers or too large a body 413 naming the limit; unknown route 404; no loadable model 503; any
+other fault 500 with the correlation id (also in the log).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import ServiceError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from churnguard.api import DuplicateCustomerError, ScoreRequest, ScoreResponse, model_summary, score_request
+from churnguard.model_provider import DirectoryModelProvider, ModelProvider, ModelUnavailableError
+from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
+from churnguard.settings import ServingSettings
+
+SERVICE = "churnguard-score-api"
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
+app = APIGatewayRestResolver(enable_validation=True)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: ServingSettings
+    models: ModelProvider
+    publisher: PromotionsPublisher | None
+    policy: PromotionPolicy
+
+
+@functools.cache
+def runtime() -> Runtime:
+    """Cold-start wiring: settings validated once, adapters built once per container."""
+    settings = ServingSettings.from_env()
+    if settings.model_dir:
+        models: ModelProvider = DirectoryModelProvider(settings.model_dir, model_file=settings.model_file)
+    else:
+        from churnguard.model_store import S3PointerModelProvider
+
+        models = S3PointerModelProvider.from_settings(settings)
+    publisher = None
+    if settings.promotions_queue_url:
+        import boto3
+
+        publisher = SqsPromotionsPublisher(boto3.client("sqs"), settings.promotions_queue_url)
+    policy = PromotionPolicy(
+        value_horizon_weeks=settings.value_horizon_weeks, min_customer_value=settings.min_customer_value
+    )
+    return Runtime(settings, models, publisher, policy)
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+@app.exception_handler(RequestValidationError)
+def _invalid_request(error: RequestValidationError) -> Response:
+    errors = error.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
+        return _json(HTTPStatus.BAD_REQUEST, {"message": f"request body is not valid JSON: {detail}"})
+    fields = [{"field": _field_path(tuple(e["loc"])), "message": e["msg"], "type": e["type"]} for e in errors]
+    return _json(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        {"message": f"invalid request: {fields[0]['field']}: {fields[0]['message']}", "errors": fields},
+    )
+
+
+@app.exception_handler(ModelUnavailableError)
+def _no_model(error: ModelUnavailableError) -> Response:
+    logger.error("no model available", extra={"error": str(error)})
+    metrics.add_metric(name="ModelUnavailable", unit=MetricUnit.Count, value=1)
+    return _json(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        {"message": "no model is available; retry later", "correlation_id": logger.get_correlation_id()},
+    )
+
+
+@app.exception_handler(Exception)
+def _fault(error: Exception) -> Response:
+    if isinstance(error, ServiceError):  # Powertools' own HTTP errors (404 for unknown routes, ...)
+        return _json(error.status_code, {"message": error.msg})
+    logger.exception("unhandled error")
+    return _json(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        {"message": "internal error", "correlation_id": logger.get_correlation_id()},
+    )
+
+
+@app.post(
+    "/v1/scores",
+    summary="Score up to 100 customers",
+    responses={
+        200: {"description": "scores", "content": {"application/json": {"model": ScoreResponse}}},
+        400: {"description": "body is not valid JSON"},
+        413: {"description": "too many customers or body too large"},
+        422: {"description": "schema violation; the message names the field"},
+        503: {"description": "no model available"},
+    },
+)
+def post_scores(request: ScoreRequest):
+    rt = runtime()
+    limit = rt.settings.max_customers_per_request
+    if len(request.customers) > limit:
+        return _json(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            {
+                "message": f"at most {limit} customers per request (got {len(request.customers)})",
+                "limit": limit,
+            },
+        )
+    started = time.perf_counter()
+    bundle = rt.models.current()
+    try:
+        response = score_request(
+            request,
+            bundle,
+            now=dt.datetime.now(dt.UTC),
+            policy=rt.policy,
+            publisher=rt.publisher,
+            top_k=rt.settings.reasons_top_k,
+        )
+    except DuplicateCustomerError as exc:
+        return _json(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            {"message": f"invalid request: {exc}", "errors": [{"field": exc.field, "message": str(exc)}]},
+        )
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    high = sum(c.risk_tier == "high" for c in response.customers)
+    queued = sum(c.queued for c in response.customers)
+    metrics.add_metric(name="CustomersScored", unit=MetricUnit.Count, value=len(response.customers))
+    metrics.add_metric(name="HighRiskCustomers", unit=MetricUnit.Count, value=high)
+    metrics.add_metric(name="PromotionsQueued", unit=MetricUnit.Count, value=queued)
+    metrics.add_metric(name="ScoringLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+    if response.promotion_failures:
+        metrics.add_metric(name="PromotionFailures", unit=MetricUnit.Count, value=response.promotion_failures)
+        logger.error("promotions not sent", extra={"failed": response.promotion_failures})
+    logger.info(
+        "scored",
+        extra={
+            "customers": len(response.customers),
+            "high_risk": high,
+            "queued": queued,
+            "model_version": response.model_version,
+            "ms": round(elapsed_ms, 2),
+        },
+    )
+    return _json(HTTPStatus.OK, response.model_dump())
+
+
+@app.get("/v1/model", summary="The serving model: version, metrics, thresholds, features")
+def get_model():
+    return _json(HTTPStatus.OK, model_summary(runtime().models.current()))
+
+
+@app.get("/v1/health", summary="Liveness and the model version being served")
+def get_health():
+    try:
+        version = runtime().models.current().version
+    except ModelUnavailableError as exc:
+        return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unavailable", "reason": str(exc)})
+    return _json(HTTPStatus.OK, {"status": "ok", "model_version": version})
+
+
+def _body_bytes(event: dict[str, Any]) -> int:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        return len(body) * 3 // 4
+    return len(body.encode("utf-8"))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    limit = runtime().settings.max_body_bytes
+    size = _body_bytes(event)
+    if size > limit:
+        return {
+            "statusCode": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            "headers": {"Content-Type": content_types.APPLICATION_JSON},
+            "body": json.dumps(
+                {"message": f"request body is {size} bytes; the limit is {limit}", "limit": limit}
+            ),
+            "isBase64Encoded": False,
+        }
+    return app.resolve(event, context)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3 description generated from the real routes (committed as openapi.json)."""
+    return json.loads(app.get_openapi_json_schema(title="ChurnGuard scoring API", version="1.0.0"))
+
+
+__all__ = ["app", "lambda_handler", "openapi_document"]

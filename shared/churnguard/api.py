@@ -1,0 +1,192 @@
+"""The HTTP scoring contract (pydantic) and the domain function behind ``POST /v1/scores``.
+
+Events use the canonical schema (see README). Timestamps are ISO-8601 (offsets converted to UTC,
+naive taken as UTC); ``as_of`` defaults to the request time, and events at or after it are ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from churnguard.bundle import ModelBundle
+from churnguard.features import EVENT_TYPES, EventArrays
+from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
+from churnguard.scoring import ReasonsFor, score_customers
+
+
+def _normalise_event_type(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+EventType = Annotated[Literal["order", "view", "cart", "return"], BeforeValidator(_normalise_event_type)]
+assert set(EventType.__origin__.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
+ProfileValue = str | float | int | bool | None
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: dt.datetime = Field(description="ISO-8601; offsets are converted to UTC, naive is UTC")
+    event_type: EventType
+    amount: float | None = Field(None, ge=0, allow_inf_nan=False, description="missing -> 0")
+    quantity: float | None = Field(None, ge=0, allow_inf_nan=False, description="missing -> 1")
+
+
+class CustomerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=256)
+    as_of: dt.datetime | None = Field(None, description="exclusive end of observation; default: now")
+    events: list[EventIn] = Field(default_factory=list, max_length=20_000)
+    profile: dict[str, ProfileValue] | None = None
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customers: list[CustomerIn] = Field(min_length=1)
+
+
+class ReasonOut(BaseModel):
+    group: str
+    contribution: float
+    text: str
+
+
+class CustomerScore(BaseModel):
+    user_id: str
+    churn_probability: float
+    risk_tier: Literal["low", "medium", "high"]
+    reasons: list[ReasonOut]
+    queued: bool
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    scored_at: str
+    customers: list[CustomerScore]
+    promotion_failures: int = 0
+
+
+class DuplicateCustomerError(ValueError):
+    def __init__(self, index: int, user_id: str) -> None:
+        super().__init__(f"customers[{index}].user_id {user_id!r} appears more than once")
+        self.field = f"customers[{index}].user_id"
+
+
+def _epoch(value: dt.datetime) -> float:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+def request_arrays(
+    customers: Sequence[CustomerIn], now: dt.datetime, profile_columns: Sequence[str]
+) -> tuple[EventArrays, np.ndarray, dict[str, np.ndarray], list[str]]:
+    """Request -> feature-path arrays (one pass over the events), per-customer as_of, profile."""
+    seen: dict[str, int] = {}
+    user_index, timestamps, types, amounts, quantities = [], [], [], [], []
+    as_of = np.empty(len(customers))
+    as_of_days = []
+    for i, customer in enumerate(customers):
+        if customer.user_id in seen:
+            raise DuplicateCustomerError(i, customer.user_id)
+        seen[customer.user_id] = i
+        cutoff = customer.as_of or now
+        as_of[i] = _epoch(cutoff)
+        as_of_days.append(dt.datetime.fromtimestamp(as_of[i], dt.UTC).date().isoformat())
+        for event in customer.events:
+            user_index.append(i)
+            timestamps.append(_epoch(event.timestamp))
+            types.append(event.event_type)
+            amounts.append(0.0 if event.amount is None else event.amount)
+            quantities.append(1.0 if event.quantity is None else event.quantity)
+    arrays = EventArrays(
+        user_index=np.asarray(user_index, dtype=np.int64),
+        n_users=len(customers),
+        timestamp_s=np.asarray(timestamps, dtype=np.float64),
+        event_type=np.asarray(types, dtype=object),
+        amount=np.asarray(amounts, dtype=np.float64),
+        quantity=np.asarray(quantities, dtype=np.float64),
+    )
+    profile = {
+        column: np.asarray([(c.profile or {}).get(column) for c in customers], dtype=object)
+        for column in profile_columns
+    }
+    return arrays, as_of, profile, as_of_days
+
+
+def score_request(
+    request: ScoreRequest,
+    bundle: ModelBundle,
+    *,
+    now: dt.datetime,
+    policy: PromotionPolicy,
+    publisher: PromotionsPublisher | None,
+    top_k: int = 3,
+) -> ScoreResponse:
+    spec = bundle.spec
+    profile_columns = [*spec.profile_categorical, *spec.profile_numeric]
+    arrays, as_of, profile, as_of_days = request_arrays(request.customers, now, profile_columns)
+    user_ids = [c.user_id for c in request.customers]
+    scored = score_customers(
+        bundle, user_ids, arrays, as_of, profile=profile, reasons_for=ReasonsFor.ALL, top_k=top_k
+    )
+    scored_at = now.astimezone(dt.UTC).isoformat(timespec="seconds")
+    queued: set[str] = set()
+    failures = 0
+    if publisher is not None:
+        messages = build_messages(scored, policy, source="api", scored_at=scored_at, as_of=as_of_days)
+        if messages:
+            result = publisher.publish(messages)
+            failed = {f["user_id"] for f in result.failed}
+            failures = len(failed)
+            queued = {m["user_id"] for m in messages} - failed
+    return ScoreResponse(
+        model_version=bundle.version,
+        scored_at=scored_at,
+        customers=[
+            CustomerScore(
+                user_id=user_id,
+                churn_probability=round(float(scored.churn_probability[i]), 6),
+                risk_tier=scored.risk_tier[i],
+                reasons=[ReasonOut(**r.to_dict()) for r in scored.reasons[i]],
+                queued=user_id in queued,
+            )
+            for i, user_id in enumerate(user_ids)
+        ],
+        promotion_failures=failures,
+    )
+
+
+def model_summary(bundle: ModelBundle) -> dict[str, Any]:
+    """``GET /v1/model``: what a caller needs to trust and interpret the scores."""
+    m = bundle.metadata
+    spec = bundle.spec
+
+    def clean(values: dict) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+
+    return {
+        "model_version": bundle.version,
+        "trained_at": m.get("created_at"),
+        "code_version": m.get("code_version"),
+        "data": {k: m["data"][k] for k in ("source", "sha256", "customers", "event_types") if k in m["data"]},
+        "protocol": m.get("protocol"),
+        "metrics": {split: clean(values) for split, values in m.get("metrics", {}).items()},
+        "thresholds": m.get("thresholds"),
+        "features": {
+            "weeks": spec.weeks,
+            "event_types": list(spec.event_types),
+            "sequence_channels": list(spec.sequence_channels),
+            "static": list(spec.model_static_names),
+            "reason_groups": list(bundle.explainer.groups),
+            "profile_fields": [*spec.profile_categorical, *spec.profile_numeric],
+        },
+    }

@@ -1,0 +1,44 @@
+"""Where the serving functions get their current model from (a port with small adapters)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from churnguard.bundle import ModelBundle
+from churnguard.scorer import ModelLoadError
+
+log = logging.getLogger("churnguard.model")
+
+
+class ModelUnavailableError(RuntimeError):
+    """No model could be loaded at all (nothing to fall back to)."""
+
+
+class ModelProvider(Protocol):
+    def current(self) -> ModelBundle: ...
+
+
+class DirectoryModelProvider:
+    """A model directory on local disk, loaded once (tests, the local stack, container images)."""
+
+    def __init__(self, directory: str | Path, *, model_file: str = "model.tflite") -> None:
+        self._directory = Path(directory)
+        self._model_file = model_file
+        self._bundle: ModelBundle | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> ModelBundle:
+        if self._bundle is None:
+            with self._lock:
+                if self._bundle is None:
+                    try:
+                        self._bundle = ModelBundle.from_directory(
+                            self._directory, model_file=self._model_file
+                        )
+                    except (ModelLoadError, OSError) as exc:
+                        raise ModelUnavailableError(f"model in {self._directory} refused: {exc}") from exc
+                    log.info("model %s loaded from %s", self._bundle.version, self._directory)
+        return self._bundle

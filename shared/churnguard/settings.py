@@ -1,0 +1,57 @@
+"""One typed settings object for the scoring functions, validated at cold start.
+
+Read from the environment by the handlers (never at import time of domain code). A bad value fails
+the cold start with a message naming the variable, rather than a confusing error on the first call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SettingsError(RuntimeError):
+    pass
+
+
+class ServingSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    # Where the model comes from: a local directory (tests, local stack) or an SSM pointer to S3.
+    model_dir: str | None = Field(None, alias="CHURNGUARD_MODEL_DIR")
+    model_pointer_parameter: str | None = Field(None, alias="CHURNGUARD_MODEL_POINTER")
+    model_pointer_max_age_s: int = Field(60, alias="CHURNGUARD_MODEL_POINTER_MAX_AGE", ge=0)
+    model_cache_dir: str = Field("/tmp/churnguard-models", alias="CHURNGUARD_MODEL_CACHE_DIR")
+    model_file: Literal["model.tflite", "model_dynamic_range.tflite"] = Field(
+        "model.tflite", alias="CHURNGUARD_MODEL_FILE"
+    )
+
+    promotions_queue_url: str | None = Field(None, alias="CHURNGUARD_PROMOTIONS_QUEUE_URL")
+
+    max_customers_per_request: int = Field(100, alias="CHURNGUARD_MAX_CUSTOMERS", ge=1, le=1000)
+    max_body_bytes: int = Field(1_048_576, alias="CHURNGUARD_MAX_BODY_BYTES", ge=1024)
+    reasons_top_k: int = Field(3, alias="CHURNGUARD_REASONS_TOP_K", ge=1, le=10)
+
+    # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
+    value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)
+    min_customer_value: float = Field(10.0, alias="CHURNGUARD_MIN_CUSTOMER_VALUE", ge=0)
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> ServingSettings:
+        if bool(self.model_dir) == bool(self.model_pointer_parameter):
+            raise ValueError("set exactly one of CHURNGUARD_MODEL_DIR or CHURNGUARD_MODEL_POINTER")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
+        environ = os.environ if environ is None else environ
+        try:
+            return cls.model_validate({k: v for k, v in environ.items() if k.startswith("CHURNGUARD_")})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            raise SettingsError(f"invalid ChurnGuard settings: {problems}") from exc

@@ -1,0 +1,260 @@
+"""POST /v1/scores, GET /v1/model, GET /v1/health through lambda_handler (no network: no queue)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, FakeLambdaContext, load_event, load_handler
+
+FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
+
+
+@pytest.fixture
+def api(monkeypatch):
+    monkeypatch.setenv("CHURNGUARD_MODEL_DIR", str(FIXTURE_MODEL))
+    monkeypatch.delenv("CHURNGUARD_PROMOTIONS_QUEUE_URL", raising=False)
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "ChurnGuardTest")
+    module = load_handler("score_api")
+    yield module
+    module.runtime.cache_clear()
+
+
+def call(api, event):
+    response = api.lambda_handler(event, FakeLambdaContext())
+    return response["statusCode"], json.loads(response["body"])
+
+
+def post(api, body, raw=None):
+    event = load_event("score_api/post_scores.json")
+    event["body"] = raw if raw is not None else json.dumps(body)
+    return call(api, event)
+
+
+def test_scores_every_customer_with_tier_reasons_and_model_version(api):
+    status, body = call(api, load_event("score_api/post_scores.json"))
+    assert status == 200
+    model = json.loads((FIXTURE_MODEL / "metadata.json").read_text())
+    assert body["model_version"] == model["model_version"]
+    assert [c["user_id"] for c in body["customers"]] == ["c-1001", "c-1002"]
+    thresholds = model["thresholds"]["risk_tiers"]
+    for customer in body["customers"]:
+        p = customer["churn_probability"]
+        assert 0 < p < 1
+        expected = "high" if p >= thresholds["high"] else "medium" if p >= thresholds["medium"] else "low"
+        assert customer["risk_tier"] == expected
+        assert customer["queued"] is False  # no promotions queue configured
+        assert all(r["contribution"] > 0 and r["text"] for r in customer["reasons"])
+    # the lapsed customer (last order in May) is riskier than the active one (ordered last week)
+    assert body["customers"][0]["churn_probability"] > body["customers"][1]["churn_probability"]
+
+
+def test_base64_encoded_body_scores_the_same(api):
+    _, plain = call(api, load_event("score_api/post_scores.json"))
+    status, encoded = call(api, load_event("score_api/post_scores_base64.json"))
+    assert status == 200
+    assert [c["churn_probability"] for c in encoded["customers"]] == [
+        c["churn_probability"] for c in plain["customers"]
+    ]
+
+
+def test_same_customer_twice_in_a_warm_container_gets_the_same_number(api):
+    first = post(
+        api,
+        {
+            "customers": [
+                {
+                    "user_id": "a",
+                    "as_of": "2024-09-30",
+                    "events": [{"timestamp": "2024-06-01", "event_type": "order", "amount": 20}],
+                }
+            ]
+        },
+    )[1]
+    post(api, json.loads(load_event("score_api/post_scores.json")["body"]))  # other traffic in between
+    again = post(
+        api,
+        {
+            "customers": [
+                {
+                    "user_id": "a",
+                    "as_of": "2024-09-30",
+                    "events": [{"timestamp": "2024-06-01", "event_type": "order", "amount": 20}],
+                }
+            ]
+        },
+    )[1]
+    assert first["customers"][0]["churn_probability"] == again["customers"][0]["churn_probability"]
+
+
+def test_invalid_json_is_a_400(api):
+    status, body = post(api, None, raw='{"customers": [')
+    assert status == 400
+    assert "not valid JSON" in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("customer", "field"),
+    [
+        (
+            {"user_id": "a", "events": [{"timestamp": "2024-01-01", "event_type": "click"}]},
+            "customers[0].events[0].event_type",
+        ),
+        (
+            {"user_id": "a", "events": [{"timestamp": "2024-01-01", "event_type": "order", "amount": -5}]},
+            "customers[0].events[0].amount",
+        ),
+        (
+            {"user_id": "a", "events": [{"timestamp": "yesterday", "event_type": "order"}]},
+            "customers[0].events[0].timestamp",
+        ),
+        ({"events": []}, "customers[0].user_id"),
+        ({"user_id": "a", "events": [], "colour": "red"}, "customers[0].colour"),
+    ],
+    ids=["unknown-event-type", "negative-amount", "bad-timestamp", "missing-user-id", "unknown-field"],
+)
+def test_schema_violations_are_422_naming_the_field(api, customer, field):
+    status, body = post(api, {"customers": [customer]})
+    assert status == 422
+    assert body["errors"][0]["field"] == field
+    assert field in body["message"]
+
+
+def test_duplicate_user_ids_are_422(api):
+    status, body = post(api, {"customers": [{"user_id": "a", "events": []}, {"user_id": "a", "events": []}]})
+    assert status == 422
+    assert body["errors"][0]["field"] == "customers[1].user_id"
+
+
+def test_too_many_customers_is_413_with_the_limit(api):
+    status, body = post(api, {"customers": [{"user_id": f"u{i}", "events": []} for i in range(101)]})
+    assert status == 413
+    assert body["limit"] == 100 and "at most 100 customers" in body["message"]
+
+
+def test_too_large_a_body_is_413_before_parsing(api, monkeypatch):
+    monkeypatch.setenv("CHURNGUARD_MAX_BODY_BYTES", "2048")
+    api.runtime.cache_clear()
+    status, body = post(api, None, raw=json.dumps({"customers": [{"user_id": "x" * 3000, "events": []}]}))
+    assert status == 413 and body["limit"] == 2048
+
+
+def test_event_case_blanks_and_offsets_are_normalised_like_the_batch_schema(api):
+    def one(event_type, timestamp):
+        status, body = post(
+            api,
+            {
+                "customers": [
+                    {
+                        "user_id": "a",
+                        "as_of": "2024-09-30",
+                        "events": [{"timestamp": timestamp, "event_type": event_type, "amount": 20}],
+                    }
+                ]
+            },
+        )
+        assert status == 200
+        return body["customers"][0]["churn_probability"]
+
+    assert one(" ORDER ", "2024-06-01T00:00:00+02:00") == one("order", "2024-05-31T22:00:00Z")
+    assert one("order", "2024-05-31T22:00:00") == one("order", "2024-05-31T22:00:00Z")  # naive is UTC
+
+
+def test_unknown_route_is_404(api):
+    event = load_event("score_api/get_health.json")
+    event["path"] = event["resource"] = "/v1/nothing"
+    status, _ = call(api, event)
+    assert status == 404
+
+
+def test_model_endpoint_describes_the_serving_model(api):
+    status, body = call(api, load_event("score_api/get_model.json"))
+    assert status == 200
+    metadata = json.loads((FIXTURE_MODEL / "metadata.json").read_text())
+    assert body["model_version"] == metadata["model_version"]
+    assert body["thresholds"]["promotion"] == metadata["thresholds"]["promotion"]
+    assert body["features"]["event_types"] == ["order", "view", "cart", "return"]
+    assert "recency" in body["features"]["reason_groups"]
+    assert body["metrics"]["test"]["roc_auc"] == metadata["metrics"]["test"]["roc_auc"]
+
+
+def test_health_reports_the_model_version_or_503_without_a_model(api, monkeypatch, tmp_path):
+    status, body = call(api, load_event("score_api/get_health.json"))
+    assert status == 200 and body["status"] == "ok"
+    monkeypatch.setenv("CHURNGUARD_MODEL_DIR", str(tmp_path))
+    api.runtime.cache_clear()
+    status, body = call(api, load_event("score_api/get_health.json"))
+    assert status == 503 and body["status"] == "unavailable"
+    status, body = call(api, load_event("score_api/post_scores.json"))
+    assert status == 503 and body["correlation_id"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+
+
+def test_a_real_fault_is_a_500_with_the_correlation_id(api, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(api, "score_request", boom)
+    status, body = call(api, load_event("score_api/post_scores.json"))
+    assert status == 500
+    assert body == {"message": "internal error", "correlation_id": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"}
+
+
+def test_http_scores_equal_the_tabular_route_for_the_same_customers(api):
+    import pandas as pd
+
+    from churnguard.bundle import ModelBundle
+    from churnguard.events import validate_events
+    from churnguard.scoring import ReasonsFor, score_customers
+    from churnguard.tabular import customer_events, to_epoch_seconds
+
+    request = json.loads(load_event("score_api/post_scores.json")["body"])
+    _, body = post(api, request)
+    rows = []
+    for customer in request["customers"]:
+        for e in customer["events"]:
+            rows.append({"user_id": customer["user_id"], **e, **customer["profile"]})
+    events = validate_events(pd.DataFrame(rows)).events
+    data = customer_events(
+        events,
+        profile_columns=("country", "acquisition_channel"),
+        user_ids=np.array(["c-1001", "c-1002"], dtype=object),
+    )
+    bundle = ModelBundle.from_directory(FIXTURE_MODEL)
+    scored = score_customers(
+        bundle,
+        list(data.user_ids),
+        data.arrays,
+        to_epoch_seconds("2024-09-30"),
+        profile=data.profile,
+        reasons_for=ReasonsFor.NONE,
+    )
+    np.testing.assert_allclose(
+        [c["churn_probability"] for c in body["customers"]], scored.churn_probability, atol=1e-6
+    )
+
+
+def test_openapi_file_matches_the_real_routes(api):
+    committed = json.loads((ROOT / "functions/score_api/openapi.json").read_text())
+    assert committed == api.openapi_document(), "regenerate: python -m functions.score_api.openapi"
+    assert set(committed["paths"]) == {"/v1/scores", "/v1/model", "/v1/health"}
+    assert "post" in committed["paths"]["/v1/scores"]
+
+
+def test_the_function_package_imports_without_tensorflow_or_pandas():
+    # As Lambda does it: the function folder and the layer on the path, then `import app`.
+    code = (
+        "import sys, app;"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras', 'pandas'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    path = f"{ROOT / 'functions/score_api'}:{ROOT / 'shared'}"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": path},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
