@@ -44,6 +44,11 @@ class Runtime:
     policy: PromotionPolicy
 
 
+def _model_event(name: str, details: dict[str, Any]) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    logger.info(name, extra=details)
+
+
 @functools.cache
 def runtime() -> Runtime:
     """Cold-start wiring: settings validated once, adapters built once per container."""
@@ -53,7 +58,7 @@ def runtime() -> Runtime:
     else:
         from churnguard.model_store import S3PointerModelProvider
 
-        models = S3PointerModelProvider.from_settings(settings)
+        models = S3PointerModelProvider.from_settings(settings, on_event=_model_event)
     publisher = None
     if settings.promotions_queue_url:
         import boto3

@@ -1,0 +1,188 @@
+"""Models in S3, located by an SSM pointer; loaded, verified, cached in /tmp and hot-swapped.
+
+Pointer (an SSM String parameter, JSON): ``{"version": "...", "s3_uri": "s3://bucket/prefix/"}``;
+the prefix holds the model directory (metadata.json, feature_spec.json, model.tflite, ...).
+
+* The pointer is read with Powertools Parameters and a max age, so a warm container notices a new
+  version within ``max_age`` seconds and moves to it on the next request — no cold start.
+* A version whose files are missing or corrupt, whose hashes do not match metadata.json, or whose
+  feature spec does not fit the model is refused: the previous model keeps serving, the refusal is
+  logged and reported through ``on_event`` (the handlers turn it into a metric), and the same version
+  is not downloaded again until the pointer changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from churnguard.bundle import REQUIRED_FILES, ModelBundle
+from churnguard.model_provider import ModelUnavailableError
+from churnguard.scorer import ModelLoadError
+
+log = logging.getLogger("churnguard.model")
+
+MODEL_FILES = (*REQUIRED_FILES, "model_dynamic_range.tflite")
+
+
+@dataclass(frozen=True)
+class ModelPointer:
+    version: str
+    s3_uri: str
+
+    @classmethod
+    def parse(cls, value: Any) -> ModelPointer:
+        data = json.loads(value) if isinstance(value, str | bytes) else value
+        try:
+            pointer = cls(version=str(data["version"]), s3_uri=str(data["s3_uri"]))
+        except (KeyError, TypeError) as exc:
+            raise ModelLoadError(
+                f"model pointer must be JSON with version and s3_uri, got {value!r}"
+            ) from exc
+        if urlparse(pointer.s3_uri).scheme != "s3":
+            raise ModelLoadError(f"model pointer s3_uri must be s3://bucket/prefix/, got {pointer.s3_uri!r}")
+        return pointer
+
+    def to_json(self) -> str:
+        return json.dumps({"version": self.version, "s3_uri": self.s3_uri})
+
+    @property
+    def bucket(self) -> str:
+        return urlparse(self.s3_uri).netloc
+
+    @property
+    def prefix(self) -> str:
+        path = urlparse(self.s3_uri).path.lstrip("/")
+        return path if not path or path.endswith("/") else path + "/"
+
+
+def download_model_files(s3_client: Any, pointer: ModelPointer, model_file: str) -> dict[str, bytes]:
+    files = {}
+    for name in (*REQUIRED_FILES[:2], model_file):
+        try:
+            obj = s3_client.get_object(Bucket=pointer.bucket, Key=pointer.prefix + name)
+        except s3_client.exceptions.NoSuchKey as exc:
+            raise ModelLoadError(f"{pointer.s3_uri}{name} does not exist") from exc
+        files[name] = obj["Body"].read()
+    return files
+
+
+class S3PointerModelProvider:
+    def __init__(
+        self,
+        *,
+        parameter_name: str,
+        s3_client: Any,
+        get_parameter: Callable[[str, int], Any],
+        max_age_s: int = 60,
+        cache_dir: str | Path = "/tmp/churnguard-models",
+        model_file: str = "model.tflite",
+        on_event: Callable[[str, dict[str, Any]], None] = lambda name, details: None,
+    ) -> None:
+        self._parameter_name = parameter_name
+        self._s3 = s3_client
+        self._get_parameter = get_parameter
+        self._max_age_s = max_age_s
+        self._cache_dir = Path(cache_dir)
+        self._model_file = model_file
+        self._on_event = on_event
+        self._bundle: ModelBundle | None = None
+        self._refused_version: str | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Any, on_event: Callable[[str, dict[str, Any]], None] | None = None):
+        import boto3
+        from aws_lambda_powertools.utilities import parameters
+
+        def get_parameter(name: str, max_age: int) -> Any:
+            return parameters.get_parameter(name, max_age=max_age)
+
+        return cls(
+            parameter_name=settings.model_pointer_parameter,
+            s3_client=boto3.client("s3"),
+            get_parameter=get_parameter,
+            max_age_s=settings.model_pointer_max_age_s,
+            cache_dir=settings.model_cache_dir,
+            model_file=settings.model_file,
+            on_event=on_event or (lambda name, details: None),
+        )
+
+    def _files_for(self, pointer: ModelPointer) -> dict[str, bytes]:
+        cached = self._cache_dir / pointer.version
+        names = (*REQUIRED_FILES[:2], self._model_file)
+        if all((cached / n).exists() for n in names):
+            return {n: (cached / n).read_bytes() for n in names}
+        files = download_model_files(self._s3, pointer, self._model_file)
+        cached.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            tmp = cached / f".{name}.part"
+            tmp.write_bytes(content)
+            tmp.replace(cached / name)
+        return files
+
+    def current(self) -> ModelBundle:
+        try:
+            pointer = ModelPointer.parse(self._get_parameter(self._parameter_name, self._max_age_s))
+        except Exception as exc:  # SSM unreachable or pointer malformed: keep serving what we have
+            if self._bundle is not None:
+                log.warning("model pointer unreadable, keeping %s: %s", self._bundle.version, exc)
+                return self._bundle
+            raise ModelUnavailableError(f"model pointer {self._parameter_name} unreadable: {exc}") from exc
+        if self._bundle is not None and pointer.version in (self._bundle.version, self._refused_version):
+            return self._bundle
+        with self._lock:
+            if self._bundle is not None and pointer.version in (self._bundle.version, self._refused_version):
+                return self._bundle
+            try:
+                bundle = ModelBundle.from_files(self._files_for(pointer), model_file=self._model_file)
+                if bundle.version != pointer.version:
+                    raise ModelLoadError(
+                        f"pointer says version {pointer.version} but the model files are {bundle.version}"
+                    )
+            except (ModelLoadError, OSError) as exc:
+                self._refused_version = pointer.version
+                previous = self._bundle.version if self._bundle else None
+                log.error("model %s refused (%s); serving %s", pointer.version, exc, previous)
+                self._on_event(
+                    "ModelRefused", {"version": pointer.version, "reason": str(exc), "serving": previous}
+                )
+                if self._bundle is None:
+                    raise ModelUnavailableError(f"model {pointer.version} refused: {exc}") from exc
+                return self._bundle
+            previous = self._bundle.version if self._bundle else None
+            self._bundle, self._refused_version = bundle, None
+            log.info("model %s loaded from %s (previous: %s)", bundle.version, pointer.s3_uri, previous)
+            self._on_event("ModelLoaded", {"version": bundle.version, "previous": previous})
+            return bundle
+
+
+def publish_model(
+    model_dir: str | Path,
+    *,
+    s3_client: Any,
+    ssm_client: Any,
+    bucket: str,
+    parameter_name: str,
+    prefix: str = "models/",
+) -> ModelPointer:
+    """Upload a model directory to ``s3://bucket/prefix/<version>/`` and move the pointer to it.
+
+    The previous pointer value is kept as an SSM parameter version, so rollback is
+    ``aws ssm label-parameter-version`` / ``put-parameter`` with the old value (see README).
+    """
+    model_dir = Path(model_dir)
+    version = json.loads((model_dir / "metadata.json").read_text())["model_version"]
+    key_prefix = f"{prefix.rstrip('/')}/{version}/"
+    names = [n for n in MODEL_FILES if (model_dir / n).exists()]
+    for name in sorted(names, key=lambda n: n == "metadata.json"):  # metadata last: marks it complete
+        s3_client.put_object(Bucket=bucket, Key=key_prefix + name, Body=(model_dir / name).read_bytes())
+    pointer = ModelPointer(version=version, s3_uri=f"s3://{bucket}/{key_prefix}")
+    ssm_client.put_parameter(Name=parameter_name, Value=pointer.to_json(), Type="String", Overwrite=True)
+    return pointer

@@ -1,0 +1,153 @@
+"""Model loading from S3 via the SSM pointer, over the real boto3 HTTP path (moto server)."""
+
+import json
+import shutil
+
+import pytest
+
+from churnguard.model_provider import ModelUnavailableError
+from churnguard.model_store import ModelPointer, S3PointerModelProvider, publish_model
+from tests.helpers import ROOT, FakeLambdaContext, load_event, load_handler
+
+FIXTURE = ROOT / "tests" / "fixtures" / "model"
+BUCKET = "churnguard-data"
+POINTER = "/churnguard/model/current"
+
+
+def model_copy(tmp_path, version, corrupt=False):
+    target = tmp_path / version
+    shutil.copytree(FIXTURE, target)
+    metadata = json.loads((target / "metadata.json").read_text())
+    metadata["model_version"] = version
+    (target / "metadata.json").write_text(json.dumps(metadata))
+    if corrupt:
+        content = (target / "model.tflite").read_bytes()
+        (target / "model.tflite").write_bytes(content[: len(content) // 2])
+    return target
+
+
+@pytest.fixture
+def store(aws, tmp_path):
+    aws["s3"].create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    events = []
+
+    def get_parameter(name, max_age):
+        return aws["ssm"].get_parameter(Name=name)["Parameter"]["Value"]
+
+    provider = S3PointerModelProvider(
+        parameter_name=POINTER,
+        s3_client=aws["s3"],
+        get_parameter=get_parameter,
+        max_age_s=0,
+        cache_dir=tmp_path / "cache",
+        on_event=lambda name, details: events.append((name, details)),
+    )
+
+    def publish(model_dir):
+        return publish_model(
+            model_dir, s3_client=aws["s3"], ssm_client=aws["ssm"], bucket=BUCKET, parameter_name=POINTER
+        )
+
+    return provider, publish, events
+
+
+def test_cold_start_loads_the_pointed_model_and_caches_it_in_tmp(store, tmp_path):
+    provider, publish, events = store
+    pointer = publish(model_copy(tmp_path, "v1"))
+    assert pointer == ModelPointer("v1", f"s3://{BUCKET}/models/v1/")
+    assert provider.current().version == "v1"
+    assert (tmp_path / "cache" / "v1" / "model.tflite").exists()
+    assert events == [("ModelLoaded", {"version": "v1", "previous": None})]
+
+
+def test_a_new_pointer_moves_the_warm_provider_to_the_new_model(store, tmp_path):
+    provider, publish, events = store
+    publish(model_copy(tmp_path, "v1"))
+    first = provider.current()
+    publish(model_copy(tmp_path, "v2"))
+    second = provider.current()
+    assert (first.version, second.version) == ("v1", "v2")
+    assert provider.current() is second  # no reload while the pointer stays
+
+
+def test_a_corrupt_model_is_refused_once_and_the_previous_keeps_serving(store, tmp_path, aws):
+    provider, publish, events = store
+    publish(model_copy(tmp_path, "v1"))
+    provider.current()
+    publish(model_copy(tmp_path, "v2-bad", corrupt=True))
+    assert provider.current().version == "v1"
+    assert provider.current().version == "v1"
+    refused = [e for e in events if e[0] == "ModelRefused"]
+    assert len(refused) == 1  # not downloaded and refused again on every request
+    assert "sha256" in refused[0][1]["reason"] and refused[0][1]["serving"] == "v1"
+    publish(model_copy(tmp_path, "v3"))
+    assert provider.current().version == "v3"  # a good version after a bad one is taken
+
+
+def test_pointer_and_files_disagreeing_on_the_version_is_refused(store, tmp_path, aws):
+    provider, publish, events = store
+    publish(model_copy(tmp_path, "v1"))
+    provider.current()
+    aws["ssm"].put_parameter(
+        Name=POINTER,
+        Type="String",
+        Overwrite=True,
+        Value=ModelPointer("v9", f"s3://{BUCKET}/models/v1/").to_json(),
+    )
+    assert provider.current().version == "v1"
+    assert "pointer says version v9" in events[-1][1]["reason"]
+
+
+def test_with_nothing_to_fall_back_to_a_refused_model_is_unavailable(store, tmp_path, aws):
+    provider, publish, _ = store
+    publish(model_copy(tmp_path, "v1-bad", corrupt=True))
+    with pytest.raises(ModelUnavailableError, match="refused"):
+        provider.current()
+    aws["ssm"].put_parameter(
+        Name=POINTER,
+        Type="String",
+        Overwrite=True,
+        Value=ModelPointer("v0", f"s3://{BUCKET}/models/missing/").to_json(),
+    )
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        provider.current()
+
+
+def test_the_api_moves_to_a_new_model_without_a_cold_start(aws, tmp_path, monkeypatch):
+    aws["s3"].create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    for version in ("v1", "v2"):
+        publish_model(
+            model_copy(tmp_path, version),
+            s3_client=aws["s3"],
+            ssm_client=aws["ssm"],
+            bucket=BUCKET,
+            parameter_name=f"{POINTER}-{version}",
+        )
+    aws["ssm"].put_parameter(
+        Name=POINTER,
+        Type="String",
+        Overwrite=True,
+        Value=aws["ssm"].get_parameter(Name=f"{POINTER}-v1")["Parameter"]["Value"],
+    )
+    monkeypatch.delenv("CHURNGUARD_MODEL_DIR", raising=False)
+    monkeypatch.setenv("CHURNGUARD_MODEL_POINTER", POINTER)
+    monkeypatch.setenv("CHURNGUARD_MODEL_POINTER_MAX_AGE", "0")
+    monkeypatch.setenv("CHURNGUARD_MODEL_CACHE_DIR", str(tmp_path / "cache"))
+    api = load_handler("score_api")
+    try:
+
+        def version():
+            response = api.lambda_handler(load_event("score_api/post_scores.json"), FakeLambdaContext())
+            assert response["statusCode"] == 200, response["body"]
+            return json.loads(response["body"])["model_version"]
+
+        assert version() == "v1"
+        aws["ssm"].put_parameter(
+            Name=POINTER,
+            Type="String",
+            Overwrite=True,
+            Value=aws["ssm"].get_parameter(Name=f"{POINTER}-v2")["Parameter"]["Value"],
+        )
+        assert version() == "v2"
+    finally:
+        api.runtime.cache_clear()
