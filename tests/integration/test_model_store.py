@@ -68,6 +68,10 @@ def test_a_new_pointer_moves_the_warm_provider_to_the_new_model(store, tmp_path)
     second = provider.current()
     assert (first.version, second.version) == ("v1", "v2")
     assert provider.current() is second  # no reload while the pointer stays
+    assert events == [
+        ("ModelLoaded", {"version": "v1", "previous": None}),
+        ("ModelLoaded", {"version": "v2", "previous": "v1"}),
+    ]
 
 
 def test_a_corrupt_model_is_refused_once_and_the_previous_keeps_serving(store, tmp_path, aws):
