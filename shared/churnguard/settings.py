@@ -35,6 +35,10 @@ class ServingSettings(BaseModel):
     max_body_bytes: int = Field(1_048_576, alias="CHURNGUARD_MAX_BODY_BYTES", ge=1024)
     reasons_top_k: int = Field(3, alias="CHURNGUARD_REASONS_TOP_K", ge=1, le=10)
 
+    # Batch scoring: which customers get reasons, and the largest object one invocation takes.
+    batch_reasons: Literal["all", "promoted", "none"] = Field("promoted", alias="CHURNGUARD_BATCH_REASONS")
+    batch_max_object_bytes: int = Field(2 * 1024**3, alias="CHURNGUARD_BATCH_MAX_OBJECT_BYTES", ge=1)
+
     # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
     value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)
     min_customer_value: float = Field(10.0, alias="CHURNGUARD_MIN_CUSTOMER_VALUE", ge=0)

@@ -1,0 +1,142 @@
+"""Batch scoring Lambda: an events file lands under incoming/ -> scored/, rejected/, summary.
+
+Topology: S3 notification -> SQS scoring-jobs queue (with DLQ) -> this function with
+ReportBatchItemFailures (Powertools BatchProcessor). A direct S3 -> Lambda event is handled too.
+Keys arrive URL-encoded and are decoded here. A bad file produces a summary with the error (the
+record succeeds: retrying cannot fix it); a transient AWS error fails the record so SQS retries it
+and, after maxReceiveCount, parks it in the DLQ.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from churnguard.batch import process_s3_object
+from churnguard.model_provider import DirectoryModelProvider, ModelProvider
+from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
+from churnguard.scoring import ReasonsFor
+from churnguard.settings import ServingSettings
+
+SERVICE = "churnguard-batch-score"
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
+processor = BatchProcessor(event_type=EventType.SQS)
+INCOMING_PREFIX = "incoming/"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: ServingSettings
+    models: ModelProvider
+    publisher: PromotionsPublisher | None
+    policy: PromotionPolicy
+    s3: Any
+
+
+@functools.cache
+def runtime() -> Runtime:
+    settings = ServingSettings.from_env()
+    if settings.model_dir:
+        models: ModelProvider = DirectoryModelProvider(settings.model_dir, model_file=settings.model_file)
+    else:
+        from churnguard.model_store import S3PointerModelProvider
+
+        models = S3PointerModelProvider.from_settings(
+            settings,
+            on_event=lambda name, details: metrics.add_metric(name=name, unit=MetricUnit.Count, value=1),
+        )
+    publisher = (
+        SqsPromotionsPublisher(boto3.client("sqs"), settings.promotions_queue_url)
+        if settings.promotions_queue_url
+        else None
+    )
+    policy = PromotionPolicy(
+        value_horizon_weeks=settings.value_horizon_weeks, min_customer_value=settings.min_customer_value
+    )
+    return Runtime(settings, models, publisher, policy, boto3.client("s3"))
+
+
+def s3_objects(notification: dict[str, Any]) -> list[tuple[str, str]]:
+    """(bucket, decoded key) of every object-created record in an S3 notification."""
+    if notification.get("Event") == "s3:TestEvent":
+        return []
+    out = []
+    for record in notification.get("Records", []):
+        if not str(record.get("eventName", "")).startswith("ObjectCreated"):
+            continue
+        out.append((record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])))
+    return out
+
+
+def score_object(bucket: str, key: str) -> None:
+    if not key.startswith(INCOMING_PREFIX):
+        logger.info("ignored: not under incoming/", extra={"key_hash": _hash(key)})
+        return
+    rt = runtime()
+    summary = process_s3_object(
+        rt.s3,
+        bucket,
+        key,
+        rt.models.current(),
+        policy=rt.policy,
+        publisher=rt.publisher,
+        reasons_for=ReasonsFor(rt.settings.batch_reasons),
+        max_object_bytes=rt.settings.batch_max_object_bytes,
+    )
+    metrics.add_metric(name="BatchRowsIn", unit=MetricUnit.Count, value=summary.rows_in)
+    metrics.add_metric(name="RejectedRows", unit=MetricUnit.Count, value=summary.rows_rejected)
+    metrics.add_metric(name="CustomersScored", unit=MetricUnit.Count, value=summary.customers_scored)
+    metrics.add_metric(
+        name="HighRiskCustomers", unit=MetricUnit.Count, value=summary.customers_at_or_above_promotion
+    )
+    metrics.add_metric(name="PromotionsQueued", unit=MetricUnit.Count, value=summary.customers_queued)
+    if summary.status != "ok":
+        metrics.add_metric(name="BatchFilesFailed", unit=MetricUnit.Count, value=1)
+        logger.error("batch file failed", extra={"error": summary.error, "source": summary.source})
+    if summary.promotion_failures:
+        metrics.add_metric(
+            name="PromotionFailures", unit=MetricUnit.Count, value=len(summary.promotion_failures)
+        )
+    logger.info(
+        "batch file scored", extra={k: v for k, v in summary.__dict__.items() if k != "promotion_failures"}
+    )
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def record_handler(record: SQSRecord) -> None:
+    try:
+        notification = json.loads(record.body)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"SQS message {record.message_id} is not an S3 notification: {exc}") from exc
+    for bucket, key in s3_objects(notification):
+        score_object(bucket, key)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    records = event.get("Records", [])
+    if records and records[0].get("eventSource") == "aws:s3":  # direct S3 -> Lambda delivery
+        for bucket, key in s3_objects(event):
+            score_object(bucket, key)
+        return {"batchItemFailures": []}
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

@@ -1,0 +1,336 @@
+"""Batch scoring of one events file: chunked read -> validate -> group by customer -> score -> outputs.
+
+Invariants (tested): rows in = rows used + rows rejected; every customer with a valid row appears
+in the scored output exactly once; a corrupt or empty file yields a summary with the error instead of
+an exception (so the queue does not retry it forever); a file above ``max_events`` fails with a
+clear message before memory runs out.
+
+Memory: the file is read in chunks of ``chunk_rows``; only the compact event columns are kept
+(about 30 bytes per valid event), and scoring runs over customer chunks of ``score_chunk_customers``.
+
+``as_of`` per file: the ``as-of`` object metadata if present, else the UTC day after the latest event
+in the file (a file is a snapshot export up to its last event).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnguard.bundle import ModelBundle
+from churnguard.events import EventLogError, validate_events
+from churnguard.features import EventArrays
+from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
+from churnguard.scoring import ReasonsFor, score_customers
+from churnguard.tabular import to_epoch_seconds
+
+SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
+
+class FileTooLargeError(EventLogError):
+    pass
+
+
+@dataclass
+class BatchSummary:
+    source: str
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    rows_in: int = 0
+    rows_used: int = 0
+    rows_rejected: int = 0
+    customers_scored: int = 0
+    customers_at_or_above_promotion: int = 0
+    customers_queued: int = 0
+    promotion_failures: list[dict[str, Any]] = field(default_factory=list)
+    model_version: str | None = None
+    as_of: str | None = None
+    duration_s: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+@dataclass
+class BatchResult:
+    summary: BatchSummary
+    scored: pd.DataFrame | None  # user_id, churn_probability, risk_tier, reasons (JSON), model_version
+    rejected: pd.DataFrame  # source_row, reason
+
+
+def file_stem(key: str) -> str:
+    name = key.rsplit("/", 1)[-1]
+    for suffix in (".csv.gz", ".parquet", ".csv"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def iter_chunks(body: bytes, key: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Raw string chunks of a CSV / CSV.gz / Parquet file (validation does the typing)."""
+    lower = key.lower()
+    if lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(io.BytesIO(body))
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+        return
+    if lower.endswith(".csv.gz"):
+        body = gzip.decompress(body)
+    elif not lower.endswith(".csv"):
+        raise EventLogError(f"unsupported file type {key!r}: expected {', '.join(SUPPORTED_SUFFIXES)}")
+    if not body.strip():
+        raise EventLogError("the file is empty")
+    yield from pd.read_csv(
+        io.BytesIO(body), dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows
+    )
+
+
+@dataclass
+class _Accumulator:
+    user_codes: list[np.ndarray] = field(default_factory=list)
+    timestamps: list[np.ndarray] = field(default_factory=list)
+    types: list[np.ndarray] = field(default_factory=list)
+    amounts: list[np.ndarray] = field(default_factory=list)
+    quantities: list[np.ndarray] = field(default_factory=list)
+    user_ids: dict[str, int] = field(default_factory=dict)
+    profile_frames: list[pd.DataFrame] = field(default_factory=list)
+    events: int = 0
+
+
+TYPE_CODES = {"order": 0, "view": 1, "cart": 2, "return": 3}
+TYPE_NAMES = np.array(list(TYPE_CODES), dtype=object)
+
+
+def score_file(
+    body: bytes,
+    key: str,
+    bundle: ModelBundle,
+    *,
+    as_of: str | None = None,
+    policy: PromotionPolicy,
+    publisher: PromotionsPublisher | None,
+    source: str,
+    reasons_for: ReasonsFor = ReasonsFor.PROMOTED,
+    chunk_rows: int = 500_000,
+    max_events: int = 60_000_000,
+    score_chunk_customers: int = 50_000,
+    now: dt.datetime | None = None,
+) -> BatchResult:
+    started = time.perf_counter()
+    summary = BatchSummary(source=source, model_version=bundle.version)
+    rejected_parts: list[pd.DataFrame] = []
+    acc = _Accumulator()
+    profile_columns = [*bundle.spec.profile_categorical, *bundle.spec.profile_numeric]
+    try:
+        row = 1
+        for chunk in iter_chunks(body, key, chunk_rows):
+            validated = validate_events(chunk, first_row_number=row)
+            row += len(chunk)
+            summary.rows_in += validated.rows_in
+            summary.rows_rejected += len(validated.rejected)
+            if len(validated.rejected):
+                rejected_parts.append(validated.rejected)
+            events = validated.events
+            acc.events += len(events)
+            if acc.events > max_events:
+                raise FileTooLargeError(
+                    f"the file has more than {max_events:,} valid events, more than one invocation can score "
+                    f"safely; split it by customer (see README: batch scoring beyond one invocation)"
+                )
+            local_codes, uniques = pd.factorize(events["user_id"])
+            # Only this chunk's distinct customers go through the dict; rows map vectorised.
+            to_global = np.array([acc.user_ids.setdefault(u, len(acc.user_ids)) for u in uniques], np.int64)
+            acc.user_codes.append(to_global[local_codes])
+            acc.timestamps.append(to_epoch_seconds(events["timestamp"].to_numpy()))
+            acc.types.append(events["event_type"].map(TYPE_CODES).to_numpy(dtype=np.int8))
+            acc.amounts.append(events["amount"].to_numpy(dtype=np.float32))
+            acc.quantities.append(events["quantity"].to_numpy(dtype=np.float32))
+            present = [c for c in profile_columns if c in events.columns]
+            if present:
+                acc.profile_frames.append(events[["user_id", "timestamp", *present]])
+        summary.rows_used = acc.events
+    except (EventLogError, ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        summary.status, summary.error = "failed", f"{type(exc).__name__}: {exc}"
+        summary.duration_s = round(time.perf_counter() - started, 3)
+        rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else _empty_rejects()
+        return BatchResult(summary, None, rejected)
+
+    rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else _empty_rejects()
+    if acc.events == 0:
+        summary.status = "failed" if summary.rows_in == 0 else "ok"
+        summary.error = "the file has no rows" if summary.rows_in == 0 else "no valid rows"
+        summary.duration_s = round(time.perf_counter() - started, 3)
+        return BatchResult(summary, _empty_scored(), rejected)
+
+    user_codes = np.concatenate(acc.user_codes)
+    timestamps = np.concatenate(acc.timestamps)
+    types = np.concatenate(acc.types)
+    amounts = np.concatenate(acc.amounts).astype(np.float64)
+    quantities = np.concatenate(acc.quantities).astype(np.float64)
+    user_ids = np.empty(len(acc.user_ids), dtype=object)
+    user_ids[list(acc.user_ids.values())] = list(acc.user_ids.keys())
+    del acc.user_codes, acc.timestamps, acc.types, acc.amounts, acc.quantities
+
+    if as_of is None:
+        as_of_ts = pd.Timestamp(dt.datetime.fromtimestamp(timestamps.max(), dt.UTC).date()) + pd.Timedelta(
+            days=1
+        )
+    else:
+        as_of_ts = pd.Timestamp(as_of)
+        if as_of_ts.tzinfo is not None:
+            as_of_ts = as_of_ts.tz_convert("UTC").tz_localize(None)
+    summary.as_of = as_of_ts.isoformat()
+    as_of_s = to_epoch_seconds(as_of_ts)
+    as_of_day = as_of_ts.date().isoformat()
+
+    profile: dict[str, np.ndarray] = {}
+    if acc.profile_frames:
+        frame = pd.concat(acc.profile_frames, ignore_index=True).sort_values("timestamp", kind="stable")
+        last = frame.groupby("user_id", sort=False).last().reindex(user_ids)
+        for column in last.columns.drop("timestamp", errors="ignore"):
+            values = last[column].to_numpy(dtype=object)
+            profile[column] = np.where(pd.isna(values), None, values).astype(object)
+
+    # Group events by customer once, then score customer chunks (bounded memory per chunk).
+    order = np.argsort(user_codes, kind="stable")
+    user_codes, timestamps, types = user_codes[order], timestamps[order], types[order]
+    amounts, quantities = amounts[order], quantities[order]
+    bounds = np.searchsorted(
+        user_codes, np.arange(0, len(user_ids) + score_chunk_customers, score_chunk_customers)
+    )
+    scored_parts = []
+    scored_at = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
+    for c, start in enumerate(range(0, len(user_ids), score_chunk_customers)):
+        stop = min(start + score_chunk_customers, len(user_ids))
+        lo, hi = bounds[c], bounds[c + 1] if c + 1 < len(bounds) else len(user_codes)
+        arrays = EventArrays(
+            user_index=user_codes[lo:hi] - start,
+            n_users=stop - start,
+            timestamp_s=timestamps[lo:hi],
+            event_type=TYPE_NAMES[types[lo:hi]],
+            amount=amounts[lo:hi],
+            quantity=quantities[lo:hi],
+        )
+        chunk_ids = user_ids[start:stop]
+        scored = score_customers(
+            bundle,
+            chunk_ids,
+            arrays,
+            as_of_s,
+            profile={k: v[start:stop] for k, v in profile.items()},
+            reasons_for=reasons_for,
+        )
+        summary.customers_scored += len(chunk_ids)
+        summary.customers_at_or_above_promotion += int(scored.at_or_above_promotion.sum())
+        if publisher is not None:
+            messages = build_messages(
+                scored, policy, source=source, scored_at=scored_at, as_of=[as_of_day] * len(chunk_ids)
+            )
+            if messages:
+                result = publisher.publish(messages)
+                summary.customers_queued += result.sent
+                summary.promotion_failures += result.failed
+        scored_parts.append(
+            pd.DataFrame(
+                {
+                    "user_id": chunk_ids.astype(str),
+                    "churn_probability": scored.churn_probability,
+                    "risk_tier": scored.risk_tier.astype(str),
+                    "reasons": [json.dumps([r.to_dict() for r in rs]) for rs in scored.reasons],
+                    "model_version": bundle.version,
+                }
+            )
+        )
+    summary.duration_s = round(time.perf_counter() - started, 3)
+    return BatchResult(summary, pd.concat(scored_parts, ignore_index=True), rejected)
+
+
+def _empty_rejects() -> pd.DataFrame:
+    return pd.DataFrame({"source_row": pd.Series(dtype="int64"), "reason": pd.Series(dtype="object")})
+
+
+def _empty_scored() -> pd.DataFrame:
+    return pd.DataFrame(columns=["user_id", "churn_probability", "risk_tier", "reasons", "model_version"])
+
+
+@dataclass(frozen=True)
+class OutputKeys:
+    scored: str
+    rejected: str
+    summary: str
+
+    @classmethod
+    def for_input(cls, key: str, incoming_prefix: str = "incoming/") -> OutputKeys:
+        relative = key[len(incoming_prefix) :] if key.startswith(incoming_prefix) else key
+        folder, _, name = relative.rpartition("/")
+        stem = (folder + "/" if folder else "") + file_stem(name)
+        return cls(f"scored/{stem}.parquet", f"rejected/{stem}.csv", f"scored/{stem}.summary.json")
+
+
+def process_s3_object(
+    s3_client: Any,
+    bucket: str,
+    key: str,
+    bundle: ModelBundle,
+    *,
+    policy: PromotionPolicy,
+    publisher: PromotionsPublisher | None,
+    reasons_for: ReasonsFor = ReasonsFor.PROMOTED,
+    max_object_bytes: int = 2 * 1024**3,
+    incoming_prefix: str = "incoming/",
+) -> BatchSummary:
+    """Score ``s3://bucket/key`` and write the scored / rejected / summary objects beside it.
+
+    Transient AWS errors propagate (the caller's queue retries); problems with the file itself end in
+    a summary with ``status: failed``.
+    """
+    outputs = OutputKeys.for_input(key, incoming_prefix)
+    source = f"s3://{bucket}/{key}"
+    head = s3_client.head_object(Bucket=bucket, Key=key)
+    if head["ContentLength"] > max_object_bytes:
+        summary = BatchSummary(
+            source=source,
+            status="failed",
+            model_version=bundle.version,
+            error=f"object is {head['ContentLength']:,} bytes; one invocation takes at most "
+            f"{max_object_bytes:,} (split it by customer)",
+        )
+        result = BatchResult(summary, None, _empty_rejects())
+    else:
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        as_of = head.get("Metadata", {}).get("as-of")
+        result = score_file(
+            body,
+            key,
+            bundle,
+            as_of=as_of,
+            policy=policy,
+            publisher=publisher,
+            source=source,
+            reasons_for=reasons_for,
+        )
+    if result.scored is not None:
+        buffer = io.BytesIO()
+        result.scored.to_parquet(buffer, index=False)
+        s3_client.put_object(Bucket=bucket, Key=outputs.scored, Body=buffer.getvalue())
+    s3_client.put_object(
+        Bucket=bucket, Key=outputs.rejected, Body=result.rejected.to_csv(index=False).encode()
+    )
+    s3_client.put_object(
+        Bucket=bucket,
+        Key=outputs.summary,
+        Body=result.summary.to_json().encode(),
+        ContentType="application/json",
+    )
+    return result.summary

@@ -1,0 +1,172 @@
+"""Batch scoring end to end over the boto3 HTTP path: S3 drop -> SQS record -> handler -> outputs."""
+
+import gzip
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from churnguard.datasets import generate_synthetic_events
+from tests.helpers import ROOT, FakeLambdaContext, load_event, load_handler
+
+BUCKET = "churnguard-data"
+KEY = "incoming/2024/démo events+v1.csv"  # what the URL-encoded key in the event fixtures decodes to
+FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
+
+
+@pytest.fixture
+def batch(aws, monkeypatch):
+    aws["s3"].create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    queue_url = aws["sqs"].create_queue(QueueName="churnguard-promotions")["QueueUrl"]
+    monkeypatch.setenv("CHURNGUARD_MODEL_DIR", str(FIXTURE_MODEL))
+    monkeypatch.setenv("CHURNGUARD_PROMOTIONS_QUEUE_URL", queue_url)
+    monkeypatch.setenv("CHURNGUARD_BATCH_REASONS", "promoted")
+    handler = load_handler("batch_score")
+    yield handler, aws, queue_url
+    handler.runtime.cache_clear()
+
+
+def events_file():
+    events = generate_synthetic_events(400, seed=5, weeks=78)
+    events = events[events["timestamp"] < "2024-09-30"].reset_index(drop=True)
+    events["timestamp"] = events["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    bad = pd.DataFrame(
+        [
+            {"user_id": "bad-1", "timestamp": "2024-05-01", "event_type": "order", "amount": -3},
+            {"user_id": "bad-2", "timestamp": "not a date", "event_type": "order", "amount": 3},
+            {"user_id": "bad-3", "timestamp": "2024-05-01", "event_type": "wishlist", "amount": 0},
+        ]
+    )
+    # bad rows at data rows 11, 12, 13 of the file
+    return pd.concat([events.iloc[:10], bad, events.iloc[10:]], ignore_index=True)
+
+
+def put(aws, frame, key=KEY, as_of="2024-09-30", body=None):
+    extra = {"Metadata": {"as-of": as_of}} if as_of else {}
+    aws["s3"].put_object(
+        Bucket=BUCKET, Key=key, Body=body if body is not None else frame.to_csv(index=False).encode(), **extra
+    )
+
+
+def read(aws, key):
+    return aws["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def drain(aws, queue_url):
+    messages = []
+    while True:
+        got = aws["sqs"].receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        if not got.get("Messages"):
+            return messages
+        messages += [json.loads(m["Body"]) for m in got["Messages"]]
+        aws["sqs"].delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got["Messages"])
+            ],
+        )
+
+
+def test_s3_drop_via_sqs_writes_scores_rejects_summary_and_promotions(batch):
+    handler, aws, queue_url = batch
+    frame = events_file()
+    put(aws, frame)
+    response = handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
+    assert response == {"batchItemFailures": []}
+
+    scored = pd.read_parquet(io.BytesIO(read(aws, "scored/2024/démo events+v1.parquet")))
+    valid_users = set(frame["user_id"]) - {"bad-1", "bad-2", "bad-3"}
+    assert set(scored["user_id"]) == valid_users and scored["user_id"].is_unique
+    assert scored["churn_probability"].between(0, 1).all()
+
+    rejected = pd.read_csv(io.BytesIO(read(aws, "rejected/2024/démo events+v1.csv")))
+    assert rejected["source_row"].tolist() == [11, 12, 13]
+    assert (
+        "amount is negative" in rejected["reason"][0]
+        and "unknown event_type 'wishlist'" in rejected["reason"][2]
+    )
+
+    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    assert summary["status"] == "ok" and summary["as_of"].startswith("2024-09-30")
+    assert summary["rows_in"] == len(frame) == summary["rows_used"] + summary["rows_rejected"]
+    assert summary["rows_rejected"] == 3 and summary["customers_scored"] == len(valid_users)
+
+    messages = drain(aws, queue_url)
+    assert len(messages) == summary["customers_queued"] > 0
+    promoted = scored.set_index("user_id")
+    for m in messages:
+        assert m["schema"] == "churnguard.promotion/v1" and m["source"] == f"s3://{BUCKET}/{KEY}"
+        assert m["reasons"] and m["expected_value"] > 0
+        assert m["churn_probability"] == pytest.approx(
+            promoted.loc[m["user_id"], "churn_probability"], abs=1e-6
+        )
+    with_reasons = scored[scored["reasons"] != "[]"]
+    assert set(m["user_id"] for m in messages) <= set(with_reasons["user_id"])
+
+
+def test_direct_s3_event_and_parquet_input_work_too(batch):
+    handler, aws, _ = batch
+    frame = events_file()
+    frame = frame[~frame["user_id"].str.startswith("bad")]
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    put(aws, frame, key="incoming/2024/démo events+v1.csv", body=frame.to_csv(index=False).encode())
+    assert handler.lambda_handler(load_event("batch_score/s3_put.json"), FakeLambdaContext()) == {
+        "batchItemFailures": []
+    }
+    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    assert summary["rows_rejected"] == 0 and summary["customers_scored"] == frame["user_id"].nunique()
+
+    event = load_event("batch_score/s3_put.json")
+    event["Records"][0]["s3"]["object"]["key"] = "incoming/weekly.parquet"
+    put(aws, frame, key="incoming/weekly.parquet", body=buffer.getvalue())
+    handler.lambda_handler(event, FakeLambdaContext())
+    parquet_summary = json.loads(read(aws, "scored/weekly.summary.json"))
+    assert parquet_summary["customers_scored"] == summary["customers_scored"]
+
+
+def test_the_s3_test_event_is_ignored(batch):
+    handler, aws, _ = batch
+    response = handler.lambda_handler(load_event("batch_score/sqs_s3_test_event.json"), FakeLambdaContext())
+    assert response == {"batchItemFailures": []}
+    assert aws["s3"].list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"", "empty"),
+        (b"user_id,timestamp\n1,2024-01-01\n", "missing required column"),
+        (gzip.compress(b"\x00\xff garbage"), ""),
+    ],
+    ids=["empty", "wrong-columns", "not-a-csv"],
+)
+def test_a_bad_file_gets_a_failed_summary_not_a_retry_loop(batch, body, error):
+    handler, aws, _ = batch
+    put(aws, None, body=body)
+    response = handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
+    assert response == {"batchItemFailures": []}  # retrying cannot fix the file
+    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    assert summary["status"] == "failed" and error in summary["error"]
+
+
+def test_a_file_beyond_one_invocation_fails_with_a_clear_message(batch, monkeypatch):
+    handler, aws, _ = batch
+    monkeypatch.setenv("CHURNGUARD_BATCH_MAX_OBJECT_BYTES", "100")
+    handler.runtime.cache_clear()
+    put(aws, events_file())
+    handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
+    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    assert summary["status"] == "failed" and "split it by customer" in summary["error"]
+
+
+def test_a_message_that_is_not_an_s3_notification_is_reported_for_retry_and_dlq(batch):
+    handler, aws, _ = batch
+    put(aws, events_file())
+    event = load_event("batch_score/sqs_s3_put.json")
+    broken = {**event["Records"][0], "messageId": "broken-1", "body": "{not json"}
+    event["Records"].append(broken)
+    response = handler.lambda_handler(event, FakeLambdaContext())
+    assert response == {"batchItemFailures": [{"itemIdentifier": "broken-1"}]}
+    assert json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))["status"] == "ok"
