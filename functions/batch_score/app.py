@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -44,6 +44,8 @@ class Runtime:
     publisher: PromotionsPublisher | None
     policy: PromotionPolicy
     s3: Any
+    idempotency: Any = None  # IdempotencyConfig when a table is configured
+    process: Any = None  # (bucket, key, etag) -> summary dict
 
 
 @functools.cache
@@ -66,26 +68,44 @@ def runtime() -> Runtime:
     policy = PromotionPolicy(
         value_horizon_weeks=settings.value_horizon_weeks, min_customer_value=settings.min_customer_value
     )
-    return Runtime(settings, models, publisher, policy, boto3.client("s3"))
+    rt = Runtime(settings, models, publisher, policy, boto3.client("s3"))
+    process = lambda bucket, key, etag: _score_object(rt, bucket, key)  # noqa: E731
+    idempotency = None
+    if settings.idempotency_table:
+        from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+        from churnguard.idempotency import idempotency_config, once_per_object
+
+        idempotency = idempotency_config("[bucket, key, etag]")
+        process = once_per_object(
+            lambda bucket, key: _score_object(rt, bucket, key),
+            DynamoDBPersistenceLayer(table_name=settings.idempotency_table),
+            idempotency,
+        )
+    return Runtime(settings, models, publisher, policy, rt.s3, idempotency, process)
 
 
-def s3_objects(notification: dict[str, Any]) -> list[tuple[str, str]]:
-    """(bucket, decoded key) of every object-created record in an S3 notification."""
+def s3_objects(notification: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(bucket, decoded key, eTag) of every object-created record in an S3 notification."""
     if notification.get("Event") == "s3:TestEvent":
         return []
     out = []
     for record in notification.get("Records", []):
         if not str(record.get("eventName", "")).startswith("ObjectCreated"):
             continue
-        out.append((record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])))
+        obj = record["s3"]["object"]
+        out.append((record["s3"]["bucket"]["name"], unquote_plus(obj["key"]), str(obj.get("eTag", ""))))
     return out
 
 
-def score_object(bucket: str, key: str) -> None:
+def score_object(bucket: str, key: str, etag: str) -> None:
     if not key.startswith(INCOMING_PREFIX):
         logger.info("ignored: not under incoming/", extra={"key_hash": _hash(key)})
         return
-    rt = runtime()
+    runtime().process(bucket, key, etag)
+
+
+def _score_object(rt: Runtime, bucket: str, key: str) -> dict[str, Any]:
     summary = process_s3_object(
         rt.s3,
         bucket,
@@ -110,9 +130,9 @@ def score_object(bucket: str, key: str) -> None:
         metrics.add_metric(
             name="PromotionFailures", unit=MetricUnit.Count, value=len(summary.promotion_failures)
         )
-    logger.info(
-        "batch file scored", extra={k: v for k, v in summary.__dict__.items() if k != "promotion_failures"}
-    )
+    details = asdict(summary)
+    logger.info("batch file scored", extra={k: v for k, v in details.items() if k != "promotion_failures"})
+    return details
 
 
 def _hash(value: str) -> str:
@@ -124,18 +144,21 @@ def record_handler(record: SQSRecord) -> None:
         notification = json.loads(record.body)
     except json.JSONDecodeError as exc:
         raise ValueError(f"SQS message {record.message_id} is not an S3 notification: {exc}") from exc
-    for bucket, key in s3_objects(notification):
-        score_object(bucket, key)
+    for bucket, key, etag in s3_objects(notification):
+        score_object(bucket, key, etag)
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    rt = runtime()
+    if rt.idempotency is not None:
+        rt.idempotency.register_lambda_context(context)
     records = event.get("Records", [])
     if records and records[0].get("eventSource") == "aws:s3":  # direct S3 -> Lambda delivery
-        for bucket, key in s3_objects(event):
-            score_object(bucket, key)
+        for bucket, key, etag in s3_objects(event):
+            score_object(bucket, key, etag)
         return {"batchItemFailures": []}
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context

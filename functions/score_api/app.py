@@ -42,6 +42,7 @@ class Runtime:
     models: ModelProvider
     publisher: PromotionsPublisher | None
     policy: PromotionPolicy
+    idempotency: Any = None  # IdempotencyConfig when a table is configured
 
 
 def _model_event(name: str, details: dict[str, Any]) -> None:
@@ -64,10 +65,20 @@ def runtime() -> Runtime:
         import boto3
 
         publisher = SqsPromotionsPublisher(boto3.client("sqs"), settings.promotions_queue_url)
+    idempotency = None
+    if publisher is not None and settings.idempotency_table:
+        from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+        from churnguard.idempotency import IdempotentPublisher, idempotency_config
+
+        idempotency = idempotency_config("@")  # the sorted list of message idempotency keys
+        publisher = IdempotentPublisher(
+            publisher, DynamoDBPersistenceLayer(table_name=settings.idempotency_table), idempotency
+        )
     policy = PromotionPolicy(
         value_horizon_weeks=settings.value_horizon_weeks, min_customer_value=settings.min_customer_value
     )
-    return Runtime(settings, models, publisher, policy)
+    return Runtime(settings, models, publisher, policy, idempotency)
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -201,7 +212,10 @@ def _body_bytes(event: dict[str, Any]) -> int:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    limit = runtime().settings.max_body_bytes
+    rt = runtime()
+    if rt.idempotency is not None:
+        rt.idempotency.register_lambda_context(context)
+    limit = rt.settings.max_body_bytes
     size = _body_bytes(event)
     if size > limit:
         return {

@@ -30,6 +30,8 @@ class ServingSettings(BaseModel):
     )
 
     promotions_queue_url: str | None = Field(None, alias="CHURNGUARD_PROMOTIONS_QUEUE_URL")
+    # DynamoDB table for Powertools idempotency (no duplicate promotions); unset = no idempotency.
+    idempotency_table: str | None = Field(None, alias="CHURNGUARD_IDEMPOTENCY_TABLE")
 
     max_customers_per_request: int = Field(100, alias="CHURNGUARD_MAX_CUSTOMERS", ge=1, le=1000)
     max_body_bytes: int = Field(1_048_576, alias="CHURNGUARD_MAX_BODY_BYTES", ge=1024)
