@@ -1,0 +1,83 @@
+"""template.yaml stays true to the code: handlers, routes, settings, and cfn-lint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from churnguard.settings import ServingSettings
+from tests.helpers import ROOT, load_handler
+
+
+class _CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _any_tag(loader, suffix, node):  # !Ref, !Sub, !GetAtt ... -> their plain value
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node, deep=True)}
+    return {suffix: loader.construct_mapping(node, deep=True)}
+
+
+_CfnLoader.add_multi_constructor("!", _any_tag)
+TEMPLATE = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)
+FUNCTIONS = {k: v for k, v in TEMPLATE["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
+
+
+def test_every_function_handler_resolves_to_a_real_lambda_handler(monkeypatch):
+    monkeypatch.setenv("CHURNGUARD_MODEL_DIR", str(ROOT / "tests/fixtures/model"))
+    assert FUNCTIONS
+    for name, resource in FUNCTIONS.items():
+        code_uri = Path(resource["Properties"]["CodeUri"])
+        module, function = resource["Properties"]["Handler"].split(".")
+        assert (ROOT / code_uri / f"{module}.py").exists(), name
+        handler = load_handler(code_uri.name)
+        assert callable(getattr(handler, function)), name
+
+
+def test_api_events_are_exactly_the_openapi_routes():
+    wired = set()
+    for resource in FUNCTIONS.values():
+        for event in resource["Properties"].get("Events", {}).values():
+            if event["Type"] == "Api":
+                wired.add((event["Properties"]["Path"], event["Properties"]["Method"].lower()))
+    openapi = json.loads((ROOT / "functions/score_api/openapi.json").read_text())
+    documented = {(path, method) for path, ops in openapi["paths"].items() for method in ops}
+    assert wired == documented
+
+
+def test_the_template_environment_is_valid_settings_for_every_function():
+    env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    for name, resource in FUNCTIONS.items():
+        merged = {**env, **resource["Properties"].get("Environment", {}).get("Variables", {})}
+        churnguard = {
+            k: (v if isinstance(v, str) else "resolved-at-deploy")
+            for k, v in merged.items()
+            if k.startswith("CHURNGUARD_")
+        }
+        settings = ServingSettings.from_env(churnguard)
+        assert (
+            settings.model_pointer_parameter and settings.promotions_queue_url and settings.idempotency_table
+        ), name
+        # every CHURNGUARD_ variable in the template is one the code reads
+        known = {f.alias for f in ServingSettings.model_fields.values()}
+        assert set(churnguard) <= known, set(churnguard) - known
+
+
+def test_batch_scoring_reads_the_scoring_jobs_queue_with_partial_batch_failures():
+    events = FUNCTIONS["BatchScoreFunction"]["Properties"]["Events"]
+    sqs = next(e for e in events.values() if e["Type"] == "SQS")
+    assert sqs["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    notification = TEMPLATE["Resources"]["DataBucket"]["Properties"]["NotificationConfiguration"]
+    rule = notification["QueueConfigurations"][0]["Filter"]["S3Key"]["Rules"][0]
+    assert rule == {"Name": "prefix", "Value": "incoming/"}
+
+
+def test_cfn_lint_passes():
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"  # the venv's console script
+    result = subprocess.run([str(cfn_lint), "template.yaml"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
