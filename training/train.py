@@ -65,7 +65,7 @@ log = logging.getLogger("churnguard.train")
 
 EXIT_BAD_INPUT = 2
 EXIT_EXPORT_FAILED = 3
-MODEL_FILES = ("model.tflite", "model_dynamic_range.tflite", "feature_spec.json")
+MODEL_FILES = ("model.tflite", "model_dynamic_range.tflite", "feature_spec.json", "model.keras")
 
 # Random-search space for --hpo-trials (validation only). Mirrored by infra/sagemaker/hpo.json.
 SEARCH_SPACE: dict[str, list] = {
@@ -413,6 +413,8 @@ def run(args: argparse.Namespace) -> dict:
         spec_json = data.spec.to_json()
         (staging / "feature_spec.json").write_text(spec_json)
         (staging / "model.tflite").write_bytes(float_model.content)
+        # The Keras model, for parity checks (benchmarks, promotion gate); serving never loads it.
+        serving_model.save(staging / "model.keras")
         if dr_model:
             (staging / "model_dynamic_range.tflite").write_bytes(dr_model.content)
 
@@ -492,6 +494,7 @@ def run(args: argparse.Namespace) -> dict:
                 },
             },
             "dynamic_range_refused": exports.dynamic_range_refusal,
+            "keras_model": {"file": "model.keras", "sha256": _sha256((staging / "model.keras").read_bytes())},
             "report": sorted(["metrics.json", "history.json", *plots]),
             "training_seconds": round(time.time() - started, 1),
             "runtime": {

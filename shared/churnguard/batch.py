@@ -18,10 +18,13 @@ import datetime as dt
 import gzip
 import io
 import json
+import shutil
+import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -75,25 +78,42 @@ def file_stem(key: str) -> str:
     return name
 
 
-def iter_chunks(body: bytes, key: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Raw string chunks of a CSV / CSV.gz / Parquet file (validation does the typing)."""
+def iter_chunks(source: bytes | BinaryIO, key: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Raw string chunks of a CSV / CSV.gz / Parquet file, streamed (validation does the typing).
+
+    CSV and CSV.gz are read straight from the stream; Parquet needs random access, so a
+    non-seekable stream is spooled to a temporary file (Lambda: /tmp, sized by EphemeralStorage).
+    """
+    stream: BinaryIO = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     lower = key.lower()
     if lower.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        # fastparquet, not pyarrow: pandas + pyarrow would not fit the 250 MB Lambda package (README).
+        import fastparquet
 
-        parquet = pq.ParquetFile(io.BytesIO(body))
-        for batch in parquet.iter_batches(batch_size=chunk_rows):
-            yield batch.to_pandas()
+        if not (hasattr(stream, "seekable") and stream.seekable()):
+            spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024**2)  # noqa: SIM115 (lives with the reader)
+            shutil.copyfileobj(stream, spool, length=8 * 1024**2)
+            spool.seek(0)
+            stream = spool
+        try:
+            parquet = fastparquet.ParquetFile(stream)
+        except Exception as exc:  # fastparquet raises assorted errors on non-Parquet bytes
+            raise EventLogError(f"not a readable Parquet file: {exc}") from exc
+        for group in parquet.iter_row_groups():  # one row group at a time bounds memory
+            for start in range(0, len(group), chunk_rows):
+                yield group.iloc[start : start + chunk_rows]
         return
     if lower.endswith(".csv.gz"):
-        body = gzip.decompress(body)
+        stream = gzip.GzipFile(fileobj=stream)
     elif not lower.endswith(".csv"):
         raise EventLogError(f"unsupported file type {key!r}: expected {', '.join(SUPPORTED_SUFFIXES)}")
-    if not body.strip():
-        raise EventLogError("the file is empty")
-    yield from pd.read_csv(
-        io.BytesIO(body), dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows
-    )
+    try:
+        reader = pd.read_csv(stream, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows)
+        yield from reader
+    except pd.errors.EmptyDataError as exc:
+        raise EventLogError("the file is empty") from exc
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise EventLogError(f"not a valid gzip file: {exc}") from exc
 
 
 @dataclass
@@ -113,7 +133,7 @@ TYPE_NAMES = np.array(list(TYPE_CODES), dtype=object)
 
 
 def score_file(
-    body: bytes,
+    body: bytes | BinaryIO,
     key: str,
     bundle: ModelBundle,
     *,
@@ -157,8 +177,9 @@ def score_file(
             acc.amounts.append(events["amount"].to_numpy(dtype=np.float32))
             acc.quantities.append(events["quantity"].to_numpy(dtype=np.float32))
             present = [c for c in profile_columns if c in events.columns]
-            if present:
-                acc.profile_frames.append(events[["user_id", "timestamp", *present]])
+            if present:  # keep one row per customer and chunk: the latest non-null values
+                latest = events[["user_id", "timestamp", *present]].sort_values("timestamp", kind="stable")
+                acc.profile_frames.append(latest.groupby("user_id", sort=False).last().reset_index())
         summary.rows_used = acc.events
     except (EventLogError, ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         summary.status, summary.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -308,7 +329,7 @@ def process_s3_object(
         )
         result = BatchResult(summary, None, _empty_rejects())
     else:
-        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]  # streamed, never read whole
         as_of = head.get("Metadata", {}).get("as-of")
         result = score_file(
             body,
@@ -321,9 +342,12 @@ def process_s3_object(
             reasons_for=reasons_for,
         )
     if result.scored is not None:
-        buffer = io.BytesIO()
-        result.scored.to_parquet(buffer, index=False)
-        s3_client.put_object(Bucket=bucket, Key=outputs.scored, Body=buffer.getvalue())
+        import fastparquet
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/scored.parquet"
+            fastparquet.write(path, result.scored, compression="SNAPPY", stats=False)
+            s3_client.upload_file(path, bucket, outputs.scored)  # multipart for large outputs
     s3_client.put_object(
         Bucket=bucket, Key=outputs.rejected, Body=result.rejected.to_csv(index=False).encode()
     )
