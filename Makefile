@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install demo train test lint bench-quality clean
+.PHONY: install demo train test lint bench-quality bench-serving clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -40,3 +40,7 @@ bench-quality: install
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache
+
+## Serving benchmark (warm/cold API, batch, 1M customers, Keras peer, package sizes) -> benchmarks/results/serving.{md,json}
+bench-serving: install
+	$(PY) -m benchmarks.serving

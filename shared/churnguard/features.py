@@ -338,11 +338,14 @@ def _static_transform_kind(name: str) -> str:
 
 def _apply_kind(values: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
     out = np.array(values, dtype=np.float64, copy=True)
-    for j, kind in enumerate(kinds):
-        if kind == "log1p":
-            out[:, j] = np.log1p(np.clip(out[:, j], 0.0, None))
-        elif kind == "signed_log1p":
-            out[:, j] = np.sign(out[:, j]) * np.log1p(np.abs(out[:, j]))
+    kinds = np.asarray(kinds)
+    log = kinds == "log1p"
+    if log.any():
+        out[:, log] = np.log1p(np.clip(out[:, log], 0.0, None))
+    signed = kinds == "signed_log1p"
+    if signed.any():
+        part = out[:, signed]
+        out[:, signed] = np.sign(part) * np.log1p(np.abs(part))
     return out
 
 

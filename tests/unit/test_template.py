@@ -81,3 +81,19 @@ def test_cfn_lint_passes():
     cfn_lint = Path(sys.executable).parent / "cfn-lint"  # the venv's console script
     result = subprocess.run([str(cfn_lint), "template.yaml"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_batch_function_and_the_layer_pin_the_same_numpy():
+    def numpy_pin(path):
+        return next(
+            line.split("#")[0].strip()
+            for line in (ROOT / path).read_text().splitlines()
+            if line.startswith("numpy")
+        )
+
+    # the batch package drops its own numpy and runs pandas against the layer's
+    assert numpy_pin("shared/requirements.txt") == numpy_pin("functions/batch_score/requirements.txt")
+    assert (
+        "numpy"
+        in (ROOT / "functions/batch_score/Makefile").read_text().split("PROVIDED =")[1].splitlines()[0]
+    )
