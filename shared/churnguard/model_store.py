@@ -186,3 +186,62 @@ def publish_model(
     pointer = ModelPointer(version=version, s3_uri=f"s3://{bucket}/{key_prefix}")
     ssm_client.put_parameter(Name=parameter_name, Value=pointer.to_json(), Type="String", Overwrite=True)
     return pointer
+
+
+def rollback_model(ssm_client: Any, parameter_name: str) -> ModelPointer:
+    """Point back at the model that was current before this one (the previous distinct version).
+
+    SSM keeps every value of the pointer; the newest value whose version differs from the current
+    one is restored. Serving functions follow within the pointer max age, without a cold start.
+    """
+    history: list[dict[str, Any]] = []
+    paginator = ssm_client.get_paginator("get_parameter_history")
+    for page in paginator.paginate(Name=parameter_name):
+        history += page["Parameters"]
+    history.sort(key=lambda p: p["Version"])
+    current = ModelPointer.parse(history[-1]["Value"])
+    for entry in reversed(history[:-1]):
+        try:
+            candidate = ModelPointer.parse(entry["Value"])
+        except ModelLoadError:
+            continue  # e.g. the placeholder value a fresh stack starts with
+        if candidate.version != current.version:
+            ssm_client.put_parameter(
+                Name=parameter_name, Value=candidate.to_json(), Type="String", Overwrite=True
+            )
+            return candidate
+    raise ModelLoadError(f"{parameter_name} has no earlier model version to roll back to")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m churnguard.model_store rollback POINTER`` | ``publish MODEL_DIR BUCKET POINTER``."""
+    import argparse
+
+    import boto3
+
+    parser = argparse.ArgumentParser(prog="python -m churnguard.model_store")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rollback = sub.add_parser("rollback", help="restore the previous model version")
+    rollback.add_argument("parameter")
+    publish = sub.add_parser("publish", help="upload a model directory and point at it")
+    publish.add_argument("model_dir")
+    publish.add_argument("bucket")
+    publish.add_argument("parameter")
+    args = parser.parse_args(argv)
+    ssm = boto3.client("ssm")
+    if args.command == "rollback":
+        pointer = rollback_model(ssm, args.parameter)
+    else:
+        pointer = publish_model(
+            args.model_dir,
+            s3_client=boto3.client("s3"),
+            ssm_client=ssm,
+            bucket=args.bucket,
+            parameter_name=args.parameter,
+        )
+    print(pointer.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

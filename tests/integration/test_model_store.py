@@ -155,3 +155,28 @@ def test_the_api_moves_to_a_new_model_without_a_cold_start(aws, tmp_path, monkey
         assert version() == "v2"
     finally:
         api.runtime.cache_clear()
+
+
+def test_rollback_is_one_command_that_restores_the_previous_version(store, tmp_path, aws):
+    import os
+    import subprocess
+    import sys
+
+    provider, publish, _ = store
+    aws["ssm"].put_parameter(
+        Name=POINTER, Type="String", Value='{"version": "none", "s3_uri": "s3://x/none/"}'
+    )
+    publish(model_copy(tmp_path, "v1"))
+    v2 = model_copy(tmp_path, "v2")
+    publish(v2)
+    publish(v2)  # re-publishing the same version is not a rollback target
+    assert provider.current().version == "v2"
+    result = subprocess.run(
+        [sys.executable, "-m", "churnguard.model_store", "rollback", POINTER],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["version"] == "v1"
+    assert provider.current().version == "v1"
