@@ -65,9 +65,7 @@ def runtime() -> Runtime:
         if settings.promotions_queue_url
         else None
     )
-    policy = PromotionPolicy(
-        value_horizon_weeks=settings.value_horizon_weeks, min_customer_value=settings.min_customer_value
-    )
+    policy = settings.promotion_policy()
     rt = Runtime(settings, models, publisher, policy, boto3.client("s3"))
     process = lambda bucket, key, etag: _score_object(rt, bucket, key)  # noqa: E731
     idempotency = None

@@ -75,9 +75,7 @@ def runtime() -> Runtime:
         publisher = IdempotentPublisher(
             publisher, DynamoDBPersistenceLayer(table_name=settings.idempotency_table), idempotency
         )
-    policy = PromotionPolicy(
-        value_horizon_weeks=settings.value_horizon_weeks, min_customer_value=settings.min_customer_value
-    )
+    policy = settings.promotion_policy()
     return Runtime(settings, models, publisher, policy, idempotency)
 
 

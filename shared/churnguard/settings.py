@@ -10,11 +10,22 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError, model_validator
+
+from churnguard.promotions import DEFAULT_ACTIONS, Action, PromotionPolicy
 
 
 class SettingsError(RuntimeError):
     pass
+
+
+class ActionSetting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    cost: float = Field(ge=0)
+    uplift: float = Field(gt=0, le=1)
+    min_customer_value: float = Field(0.0, ge=0)
 
 
 class ServingSettings(BaseModel):
@@ -44,6 +55,20 @@ class ServingSettings(BaseModel):
     # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
     value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)
     min_customer_value: float = Field(10.0, alias="CHURNGUARD_MIN_CUSTOMER_VALUE", ge=0)
+    # JSON list of {"name", "cost", "uplift", "min_customer_value"?}; unset = DEFAULT_ACTIONS.
+    promotion_actions: Json[list[ActionSetting]] | None = Field(None, alias="CHURNGUARD_PROMOTION_ACTIONS")
+
+    def promotion_policy(self) -> PromotionPolicy:
+        actions = (
+            tuple(Action(a.name, a.cost, a.uplift, a.min_customer_value) for a in self.promotion_actions)
+            if self.promotion_actions
+            else DEFAULT_ACTIONS
+        )
+        return PromotionPolicy(
+            actions=actions,
+            value_horizon_weeks=self.value_horizon_weeks,
+            min_customer_value=self.min_customer_value,
+        )
 
     @model_validator(mode="after")
     def _one_model_source(self) -> ServingSettings:

@@ -258,3 +258,36 @@ def test_the_function_package_imports_without_tensorflow_or_pandas():
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": path},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_batch_function_package_imports_without_tensorflow():
+    code = (
+        "import sys, app; bad = sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    path = f"{ROOT / 'functions/batch_score'}:{ROOT / 'shared'}"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "AWS_DEFAULT_REGION": "eu-west-1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promotion_actions_are_configurable_and_validated_at_cold_start():
+    from churnguard.settings import ServingSettings, SettingsError
+
+    base = {"CHURNGUARD_MODEL_DIR": "/models"}
+    custom = ServingSettings.from_env(
+        {**base, "CHURNGUARD_PROMOTION_ACTIONS": '[{"name": "voucher", "cost": 3, "uplift": 0.2}]'}
+    )
+    assert [a.name for a in custom.promotion_policy().actions] == ["voucher"]
+    assert len(ServingSettings.from_env(base).promotion_policy().actions) == 4  # documented defaults
+    with pytest.raises(SettingsError, match="CHURNGUARD_PROMOTION_ACTIONS"):
+        ServingSettings.from_env(
+            {**base, "CHURNGUARD_PROMOTION_ACTIONS": '[{"name": "x", "cost": -1, "uplift": 2}]'}
+        )
+    with pytest.raises(SettingsError, match="exactly one of"):
+        ServingSettings.from_env({})
