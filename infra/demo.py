@@ -11,46 +11,16 @@ import sys
 from pathlib import Path
 
 from training import train
+from training.evaluate import SUMMARY_METRICS
 
 MODEL_DIR = Path("artifacts/model")
 
 
 def metrics_table(metadata: dict) -> str:
-    rows = [
-        (
-            "split",
-            "ROC-AUC",
-            "PR-AUC churn",
-            "PR-AUC active",
-            "log-loss",
-            "Brier",
-            "ECE",
-            "F1",
-            "precision",
-            "recall",
-        )
-    ]
+    shown = [k for k in SUMMARY_METRICS if k != "accuracy"]
+    rows = [("split", *shown)]
     for split in ("validation", "test"):
-        m = metadata["metrics"][split]
-        rows.append(
-            (
-                split,
-                *(
-                    f"{m[k]:.4f}"
-                    for k in (
-                        "roc_auc",
-                        "pr_auc_churn",
-                        "pr_auc_active",
-                        "log_loss",
-                        "brier",
-                        "ece",
-                        "f1",
-                        "precision",
-                        "recall",
-                    )
-                ),
-            )
-        )
+        rows.append((split, *(f"{metadata['metrics'][split][k]:.4f}" for k in shown)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))

@@ -21,6 +21,20 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+# The headline metrics recorded in metadata.json and shown by `make demo`.
+SUMMARY_METRICS = (
+    "roc_auc",
+    "pr_auc_churn",
+    "pr_auc_active",
+    "log_loss",
+    "brier",
+    "ece",
+    "f1",
+    "precision",
+    "recall",
+    "accuracy",
+)
+
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
     """Equal-mass ECE: weighted |mean(p) - mean(y)| over probability deciles."""

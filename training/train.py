@@ -51,6 +51,7 @@ from training.data import (
     snapshot_augmentation,
 )
 from training.evaluate import (
+    SUMMARY_METRICS,
     ThresholdPolicy,
     band,
     choose_threshold,
@@ -451,22 +452,7 @@ def run(args: argparse.Namespace) -> dict:
                 "risk_tiers": tiers,
             },
             "metrics": {
-                split: {
-                    k: metrics[split][k]
-                    for k in (
-                        "roc_auc",
-                        "pr_auc_churn",
-                        "pr_auc_active",
-                        "log_loss",
-                        "brier",
-                        "ece",
-                        "f1",
-                        "precision",
-                        "recall",
-                        "accuracy",
-                    )
-                }
-                for split in ("validation", "test")
+                split: {k: metrics[split][k] for k in SUMMARY_METRICS} for split in ("validation", "test")
             },
             "inputs": {
                 "sequence": [None, data.spec.weeks, data.spec.n_channels],

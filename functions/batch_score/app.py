@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard.batch import process_s3_object
-from churnguard.model_provider import DirectoryModelProvider, ModelProvider
+from churnguard.model_provider import ModelProvider, provider_from_settings
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
 from churnguard.scoring import ReasonsFor
 from churnguard.settings import ServingSettings
@@ -48,18 +48,15 @@ class Runtime:
     process: Any = None  # (bucket, key, etag) -> summary dict
 
 
+def _model_event(name: str, details: dict[str, Any]) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    logger.info(name, extra=details)
+
+
 @functools.cache
 def runtime() -> Runtime:
     settings = ServingSettings.from_env()
-    if settings.model_dir:
-        models: ModelProvider = DirectoryModelProvider(settings.model_dir, model_file=settings.model_file)
-    else:
-        from churnguard.model_store import S3PointerModelProvider
-
-        models = S3PointerModelProvider.from_settings(
-            settings,
-            on_event=lambda name, details: metrics.add_metric(name=name, unit=MetricUnit.Count, value=1),
-        )
+    models = provider_from_settings(settings, on_event=_model_event)
     publisher = (
         SqsPromotionsPublisher(boto3.client("sqs"), settings.promotions_queue_url)
         if settings.promotions_queue_url

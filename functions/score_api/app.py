@@ -25,7 +25,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard.api import DuplicateCustomerError, ScoreRequest, ScoreResponse, model_summary, score_request
-from churnguard.model_provider import DirectoryModelProvider, ModelProvider, ModelUnavailableError
+from churnguard.model_provider import ModelProvider, ModelUnavailableError, provider_from_settings
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
 from churnguard.settings import ServingSettings
 
@@ -54,12 +54,7 @@ def _model_event(name: str, details: dict[str, Any]) -> None:
 def runtime() -> Runtime:
     """Cold-start wiring: settings validated once, adapters built once per container."""
     settings = ServingSettings.from_env()
-    if settings.model_dir:
-        models: ModelProvider = DirectoryModelProvider(settings.model_dir, model_file=settings.model_file)
-    else:
-        from churnguard.model_store import S3PointerModelProvider
-
-        models = S3PointerModelProvider.from_settings(settings, on_event=_model_event)
+    models = provider_from_settings(settings, on_event=_model_event)
     publisher = None
     if settings.promotions_queue_url:
         import boto3

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from churnguard.bundle import ModelBundle
 from churnguard.scorer import ModelLoadError
@@ -19,6 +20,17 @@ class ModelUnavailableError(RuntimeError):
 
 class ModelProvider(Protocol):
     def current(self) -> ModelBundle: ...
+
+
+def provider_from_settings(
+    settings: Any, on_event: Callable[[str, dict[str, Any]], None] | None = None
+) -> ModelProvider:
+    """The model source the settings name: a local directory, or the SSM pointer to S3."""
+    if settings.model_dir:
+        return DirectoryModelProvider(settings.model_dir, model_file=settings.model_file)
+    from churnguard.model_store import S3PointerModelProvider
+
+    return S3PointerModelProvider.from_settings(settings, on_event=on_event)
 
 
 class DirectoryModelProvider:
