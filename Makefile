@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install demo train test lint bench-quality bench-serving clean
+.PHONY: install demo serve train test lint bench-quality bench-serving clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -18,9 +18,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job on the embedded default: train on CDNOW, evaluate, export, print the metrics table.
+## The main job on the embedded default (no Docker, no AWS account): moto server + resources from
+## template.yaml, a CDNOW model (trained or reused), the API on 127.0.0.1, an S3 drop scored via the
+## scoring-jobs queue, promotions in the queue. `make serve` keeps the stack up until Ctrl-C.
 demo: install
-	$(PY) -m infra.demo
+	$(PY) -m infra.local_stack
+
+serve: install
+	$(PY) -m infra.local_stack --serve
 
 ## Train on CDNOW (or SM_CHANNEL_TRAIN); writes the model directory to artifacts/model/.
 train: install

@@ -5,26 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from churnguard.settings import ServingSettings
+from infra.template import load_template
 from tests.helpers import ROOT, load_handler
 
-
-class _CfnLoader(yaml.SafeLoader):
-    pass
-
-
-def _any_tag(loader, suffix, node):  # !Ref, !Sub, !GetAtt ... -> their plain value
-    if isinstance(node, yaml.ScalarNode):
-        return {suffix: loader.construct_scalar(node)}
-    if isinstance(node, yaml.SequenceNode):
-        return {suffix: loader.construct_sequence(node, deep=True)}
-    return {suffix: loader.construct_mapping(node, deep=True)}
-
-
-_CfnLoader.add_multi_constructor("!", _any_tag)
-TEMPLATE = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)
+TEMPLATE = load_template()
 FUNCTIONS = {k: v for k, v in TEMPLATE["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
 
 

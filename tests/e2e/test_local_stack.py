@@ -1,0 +1,155 @@
+"""The local stack end to end, as a user runs it: a subprocess, real HTTP, boto3 against its endpoint."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import boto3
+import pandas as pd
+import pytest
+
+from churnguard.datasets import generate_synthetic_events
+from tests.helpers import ROOT
+
+FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infra.local_stack",
+            "--serve",
+            "--no-demo",
+            "--model-dir",
+            str(FIXTURE_MODEL),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHURNGUARD_"))},
+    )
+    deadline = time.time() + 120
+    ready = None
+    while time.time() < deadline and ready is None:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        if line.startswith('{"ready"'):
+            ready = json.loads(line)
+    if ready is None:
+        process.kill()
+        pytest.fail(f"local stack did not start: {process.stdout.read()[-3000:]}")
+    yield process, ready
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+
+
+def clients(ready):
+    kwargs = {
+        "endpoint_url": ready["aws_endpoint"],
+        "region_name": ready["region"],
+        "aws_access_key_id": "local",
+        "aws_secret_access_key": "local",
+    }
+    return boto3.client("s3", **kwargs), boto3.client("sqs", **kwargs)
+
+
+def post(url, body):
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_api_answers_real_http_with_the_published_model(stack):
+    _, ready = stack
+    with urllib.request.urlopen(ready["api"] + "/v1/health", timeout=10) as response:
+        assert json.loads(response.read()) == {"status": "ok", "model_version": ready["model_version"]}
+    status, body = post(
+        ready["api"] + "/v1/scores",
+        {
+            "customers": [
+                {
+                    "user_id": "x",
+                    "as_of": "2024-09-30",
+                    "events": [
+                        {"timestamp": "2024-02-01", "event_type": "order", "amount": 900, "quantity": 3}
+                    ],
+                }
+            ]
+        },
+    )
+    assert status == 200 and body["model_version"] == ready["model_version"]
+    status, body = post(
+        ready["api"] + "/v1/scores", {"customers": [{"user_id": "x", "events": [{"event_type": "x"}]}]}
+    )
+    assert status == 422 and body["errors"][0]["field"].startswith("customers[0].events[0]")
+
+
+def test_an_s3_drop_is_scored_through_the_queue_and_promotions_arrive(stack):
+    _, ready = stack
+    s3, sqs = clients(ready)
+    events = generate_synthetic_events(300, seed=8, weeks=78)
+    events = events[events["timestamp"] < "2024-09-30"]
+    s3.put_object(
+        Bucket=ready["bucket"],
+        Key="incoming/e2e drop.csv",
+        Body=events.to_csv(index=False).encode(),
+        Metadata={"as-of": "2024-09-30"},
+    )
+    deadline = time.time() + 90
+    while True:
+        try:
+            summary = json.loads(
+                s3.get_object(Bucket=ready["bucket"], Key="scored/e2e drop.summary.json")["Body"].read()
+            )
+            break
+        except s3.exceptions.NoSuchKey:
+            assert time.time() < deadline, "the drop was not scored"
+            time.sleep(0.5)
+    assert summary["status"] == "ok" and summary["rows_in"] == len(events)
+    scored = pd.read_parquet(
+        io.BytesIO(s3.get_object(Bucket=ready["bucket"], Key="scored/e2e drop.parquet")["Body"].read())
+    )
+    assert set(scored["user_id"]) == set(events["user_id"])
+    waiting = int(
+        sqs.get_queue_attributes(
+            QueueUrl=ready["promotions_queue"], AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]["ApproximateNumberOfMessages"]
+    )
+    assert waiting >= summary["customers_queued"] > 0
+
+
+def test_the_demo_runs_the_whole_loop_and_exits_0():
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.local_stack", "--model-dir", str(FIXTURE_MODEL)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHURNGUARD_"))},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = result.stdout
+    for marker in (
+        "== HTTP scoring: POST",
+        "-> 200",
+        "curl -s -X POST",
+        "== Batch: s3://",
+        "rejected 0;",
+        "== Promotions waiting in",
+    ):
+        assert marker in out, marker
