@@ -86,3 +86,23 @@ class ServingSettings(BaseModel):
                 f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
             )
             raise SettingsError(f"invalid ChurnGuard settings: {problems}") from exc
+
+
+class GateSettings(BaseModel):
+    """Settings of the promote (champion/challenger) function."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    data_bucket: str = Field(alias="CHURNGUARD_DATA_BUCKET", min_length=3)
+    model_pointer_parameter: str = Field(alias="CHURNGUARD_MODEL_POINTER", min_length=1)
+    max_auc_drop: float = Field(0.005, alias="CHURNGUARD_GATE_MAX_AUC_DROP", ge=0)
+    max_log_loss_increase: float = Field(0.002, alias="CHURNGUARD_GATE_MAX_LOG_LOSS_INCREASE", ge=0)
+    min_holdout_customers: int = Field(200, alias="CHURNGUARD_GATE_MIN_HOLDOUT_CUSTOMERS", ge=1)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GateSettings:
+        environ = os.environ if environ is None else environ
+        try:
+            return cls.model_validate({k: v for k, v in environ.items() if k.startswith("CHURNGUARD_")})
+        except ValidationError as exc:
+            raise SettingsError(f"invalid promote settings: {exc}") from exc

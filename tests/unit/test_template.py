@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from churnguard.settings import ServingSettings
+from churnguard.settings import GateSettings, ServingSettings
 from infra.template import load_template
 from tests.helpers import ROOT, load_handler
 
@@ -45,11 +45,13 @@ def test_the_template_environment_is_valid_settings_for_every_function():
             if k.startswith("CHURNGUARD_")
         }
         settings = ServingSettings.from_env(churnguard)
+        if name == "PromoteFunction":
+            assert GateSettings.from_env(churnguard).data_bucket
         assert (
             settings.model_pointer_parameter and settings.promotions_queue_url and settings.idempotency_table
         ), name
         # every CHURNGUARD_ variable in the template is one the code reads
-        known = {f.alias for f in ServingSettings.model_fields.values()}
+        known = {f.alias for cls in (ServingSettings, GateSettings) for f in cls.model_fields.values()}
         assert set(churnguard) <= known, set(churnguard) - known
 
 
