@@ -106,3 +106,28 @@ class GateSettings(BaseModel):
             return cls.model_validate({k: v for k, v in environ.items() if k.startswith("CHURNGUARD_")})
         except ValidationError as exc:
             raise SettingsError(f"invalid promote settings: {exc}") from exc
+
+
+class RetrainSettings(BaseModel):
+    """Settings of the scheduled retrain function (one SageMaker training job per run)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    data_bucket: str = Field(alias="CHURNGUARD_DATA_BUCKET", min_length=3)
+    training_image: str = Field(alias="CHURNGUARD_TRAINING_IMAGE", min_length=1)
+    training_role_arn: str = Field(alias="CHURNGUARD_TRAINING_ROLE_ARN", pattern=r"^arn:aws[a-z-]*:iam::")
+    instance_type: str = Field("ml.m5.xlarge", alias="CHURNGUARD_TRAINING_INSTANCE_TYPE", pattern=r"^ml\.")
+    source_s3_uri: str = Field(alias="CHURNGUARD_TRAINING_SOURCE", pattern=r"^s3://.+\.tar\.gz$")
+    events_prefix: str = Field("training-events/", alias="CHURNGUARD_TRAINING_EVENTS_PREFIX")
+    max_runtime_s: int = Field(7200, alias="CHURNGUARD_TRAINING_MAX_RUNTIME", ge=600)
+    hyperparameters: Json[dict[str, str | int | float]] | None = Field(
+        None, alias="CHURNGUARD_TRAINING_HYPERPARAMETERS"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetrainSettings:
+        environ = os.environ if environ is None else environ
+        try:
+            return cls.model_validate({k: v for k, v in environ.items() if k.startswith("CHURNGUARD_")})
+        except ValidationError as exc:
+            raise SettingsError(f"invalid retrain settings: {exc}") from exc

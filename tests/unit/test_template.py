@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from churnguard.settings import GateSettings, ServingSettings
+from churnguard.settings import GateSettings, RetrainSettings, ServingSettings
 from infra.template import load_template
 from tests.helpers import ROOT, load_handler
 
@@ -35,23 +35,39 @@ def test_api_events_are_exactly_the_openapi_routes():
     assert wired == documented
 
 
+def _resolved(value):
+    """Template parameters resolve to their defaults; other intrinsics to a deploy-time placeholder."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Ref" in value and value["Ref"] in TEMPLATE.get("Parameters", {}):
+        return str(TEMPLATE["Parameters"][value["Ref"]]["Default"])
+    return "resolved-at-deploy"
+
+
 def test_the_template_environment_is_valid_settings_for_every_function():
     env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     for name, resource in FUNCTIONS.items():
         merged = {**env, **resource["Properties"].get("Environment", {}).get("Variables", {})}
-        churnguard = {
-            k: (v if isinstance(v, str) else "resolved-at-deploy")
-            for k, v in merged.items()
-            if k.startswith("CHURNGUARD_")
-        }
+        churnguard = {k: _resolved(v) for k, v in merged.items() if k.startswith("CHURNGUARD_")}
         settings = ServingSettings.from_env(churnguard)
         if name == "PromoteFunction":
             assert GateSettings.from_env(churnguard).data_bucket
+        if name == "RetrainFunction":
+            resolved = {
+                **churnguard,
+                "CHURNGUARD_TRAINING_ROLE_ARN": "arn:aws:iam::1:role/r",
+                "CHURNGUARD_TRAINING_SOURCE": "s3://b/code/churnguard-source.tar.gz",
+            }
+            assert RetrainSettings.from_env(resolved).training_image
         assert (
             settings.model_pointer_parameter and settings.promotions_queue_url and settings.idempotency_table
         ), name
         # every CHURNGUARD_ variable in the template is one the code reads
-        known = {f.alias for cls in (ServingSettings, GateSettings) for f in cls.model_fields.values()}
+        known = {
+            f.alias
+            for cls in (ServingSettings, GateSettings, RetrainSettings)
+            for f in cls.model_fields.values()
+        }
         assert set(churnguard) <= known, set(churnguard) - known
 
 

@@ -1,0 +1,86 @@
+"""Scheduled retraining: EventBridge Scheduler -> one SageMaker training job (boto3 CreateTrainingJob).
+
+The job runs training/train.py in script mode on the training-events prefix (the ``train`` channel)
+and writes model.tar.gz under ``training/<job>/output/``; its completion event triggers ``promote``.
+No sagemaker SDK here: it is ~1 GB, and CreateTrainingJob is one API call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from churnguard.settings import RetrainSettings
+
+SERVICE = "churnguard-retrain"
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
+
+# The objective lines train.py logs (same regexes as infra/sagemaker/hpo.json).
+METRIC_DEFINITIONS = [
+    {"Name": "validation:auc", "Regex": "validation_auc=([0-9.]+)"},
+    {"Name": "validation:log_loss", "Regex": "validation_log_loss=([0-9.]+)"},
+    {"Name": "test:auc", "Regex": "test_auc=([0-9.]+)"},
+    {"Name": "test:log_loss", "Regex": "test_log_loss=([0-9.]+)"},
+]
+
+
+@functools.cache
+def runtime() -> tuple[RetrainSettings, Any]:
+    return RetrainSettings.from_env(), boto3.client("sagemaker")
+
+
+def training_job_request(settings: RetrainSettings, job_name: str) -> dict[str, Any]:
+    hyperparameters = {
+        # script mode: the framework container downloads the source and runs the entry point
+        "sagemaker_program": "training/train.py",
+        "sagemaker_submit_directory": settings.source_s3_uri,
+        "verbose": "0",
+        **{k.replace("_", "-"): str(v) for k, v in (settings.hyperparameters or {}).items()},
+    }
+    return {
+        "TrainingJobName": job_name,
+        "AlgorithmSpecification": {
+            "TrainingImage": settings.training_image,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": METRIC_DEFINITIONS,
+        },
+        "RoleArn": settings.training_role_arn,
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": f"s3://{settings.data_bucket}/{settings.events_prefix}",
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+            }
+        ],
+        "OutputDataConfig": {"S3OutputPath": f"s3://{settings.data_bucket}/training/"},
+        "ResourceConfig": {"InstanceType": settings.instance_type, "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_s},
+        "HyperParameters": hyperparameters,
+        "Tags": [{"Key": "app", "Value": "churnguard"}],
+    }
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    settings, sagemaker = runtime()
+    job_name = f"churnguard-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    request = training_job_request(settings, job_name)
+    response = sagemaker.create_training_job(**request)
+    metrics.add_metric(name="TrainingJobsStarted", unit=MetricUnit.Count, value=1)
+    logger.info("training job started", extra={"job": job_name, "arn": response["TrainingJobArn"]})
+    return {"training_job": job_name, "arn": response["TrainingJobArn"]}

@@ -1,0 +1,71 @@
+"""Scheduled retraining: the CreateTrainingJob request, sent over HTTP to moto's SageMaker API."""
+
+import json
+
+import pytest
+
+from tests.helpers import ROOT, FakeLambdaContext, load_handler
+
+ENV = {
+    "CHURNGUARD_DATA_BUCKET": "churnguard-data",
+    "CHURNGUARD_TRAINING_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training:latest",
+    "CHURNGUARD_TRAINING_ROLE_ARN": "arn:aws:iam::123456789012:role/churnguard-training",
+    "CHURNGUARD_TRAINING_SOURCE": "s3://churnguard-data/code/churnguard-source.tar.gz",
+    "CHURNGUARD_TRAINING_HYPERPARAMETERS": '{"epochs": 40, "threshold_policy": "min_cost"}',
+}
+
+
+@pytest.fixture
+def retrain(aws, monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    handler = load_handler("retrain")
+    yield handler, aws
+    handler.runtime.cache_clear()
+
+
+def test_the_schedule_starts_a_script_mode_training_job_on_the_events_prefix(retrain):
+    handler, _ = retrain
+    import boto3
+
+    result = handler.lambda_handler({"source": "aws.scheduler"}, FakeLambdaContext())
+    job = boto3.client("sagemaker").describe_training_job(TrainingJobName=result["training_job"])
+    assert result["training_job"].startswith("churnguard-")  # the promote rule matches this prefix
+    channel = job["InputDataConfig"][0]
+    assert channel["ChannelName"] == "train"
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == "s3://churnguard-data/training-events/"
+    assert job["OutputDataConfig"]["S3OutputPath"] == "s3://churnguard-data/training/"
+    hp = job["HyperParameters"]
+    assert hp["sagemaker_program"] == "training/train.py"
+    assert hp["sagemaker_submit_directory"] == ENV["CHURNGUARD_TRAINING_SOURCE"]
+    assert hp["epochs"] == "40" and hp["threshold-policy"] == "min_cost"  # train.py's --threshold-policy
+
+
+def test_hyperparameters_sent_are_ones_train_py_accepts(retrain):
+    handler, _ = retrain
+    from training.train import parse_args
+
+    settings, _ = handler.runtime()
+    request = handler.training_job_request(settings, "churnguard-x")
+    argv = [
+        a
+        for k, v in request["HyperParameters"].items()
+        if not k.startswith("sagemaker_")
+        for a in (f"--{k}", v)
+    ]
+    args = parse_args(argv)  # SystemExit on an unknown or malformed hyperparameter
+    assert args.epochs == 40 and args.threshold_policy == "min_cost"
+
+
+def test_metric_definitions_cover_the_hpo_objective():
+    handler = load_handler("retrain")
+    hpo = json.loads((ROOT / "infra/sagemaker/hpo.json").read_text())
+    for metric in hpo["MetricDefinitions"]:
+        assert metric in handler.METRIC_DEFINITIONS
+
+
+def test_bad_settings_fail_the_cold_start_naming_the_variable(monkeypatch):
+    from churnguard.settings import RetrainSettings, SettingsError
+
+    with pytest.raises(SettingsError, match="CHURNGUARD_TRAINING_ROLE_ARN"):
+        RetrainSettings.from_env({**ENV, "CHURNGUARD_TRAINING_ROLE_ARN": "not-an-arn"})
