@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -97,16 +98,38 @@ class LocalResources:
     names: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     function_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # function logical id -> (queue url, queue arn) receiving what its EventBridge rules match
+    event_queues: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def resolve(self, value: Any) -> Any:
+        """!Ref / !GetAtt / !Sub against what was created; resources not emulated locally (IAM roles,
+        schedules) resolve to a local placeholder ARN."""
         if isinstance(value, dict) and len(value) == 1:
             ((kind, arg),) = value.items()
             if kind == "Ref":
-                return self.refs[arg]
+                return self.refs.get(arg, f"local-{arg}")
             if kind == "GetAtt":
                 logical, attribute = arg.split(".", 1) if isinstance(arg, str) else arg
-                return self.arns[logical] if attribute == "Arn" else self.names[logical]
+                if attribute == "Arn":
+                    return self.arns.get(logical, f"arn:aws:iam::000000000000:role/local-{logical}")
+                return self.names.get(logical, f"local-{logical}")
+            if kind == "Sub" and isinstance(arg, str):
+                return re.sub(r"\$\{([^}]+)\}", lambda m: self._sub_variable(m.group(1)), arg)
         return value
+
+    def _sub_variable(self, name: str) -> str:
+        pseudo = {
+            "AWS::Region": REGION,
+            "AWS::AccountId": "000000000000",
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackName": "churnguard-local",
+        }
+        if name in pseudo:
+            return pseudo[name]
+        if "." in name:
+            return str(self.resolve({"GetAtt": name}))
+        return str(self.resolve({"Ref": name}))
 
 
 def create_resources(
@@ -204,6 +227,22 @@ def create_resources(
                 "AWS::Serverless::LayerVersion": "the local Python environment",
                 "AWS::SQS::QueuePolicy": "moto does not enforce IAM",
             }.get(resource["Type"], "not needed locally")
+
+    # EventBridge rules from the functions' EventBridgeRule events, same patterns, each delivering to a
+    # queue the stack polls (Lambda cannot be an EventBridge target here).
+    events_client = clients.get("events")
+    for logical, resource in resources_of_type(template, "AWS::Serverless::Function").items():
+        for event_id, event in resource["Properties"].get("Events", {}).items():
+            if event["Type"] != "EventBridgeRule" or events_client is None:
+                continue
+            name = f"{prefix}-{logical}-{event_id}"
+            url = sqs.create_queue(QueueName=name)["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            events_client.put_rule(Name=name, EventPattern=json.dumps(event["Properties"]["Pattern"]))
+            events_client.put_targets(Rule=name, Targets=[{"Id": "local-queue", "Arn": arn}])
+            res.event_queues[logical] = (url, arn)
 
     globals_env = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     for logical, resource in resources_of_type(template, "AWS::Serverless::Function").items():
@@ -364,6 +403,43 @@ class ScoringJobsDelivery(threading.Thread):
         self._stopping.set()
 
 
+class EventRuleDelivery(threading.Thread):
+    """EventBridge rule -> Lambda (async): each matched event is one invocation with the event itself."""
+
+    def __init__(self, sqs: Any, queue_url: str, handler_module: Any, function_name: str) -> None:
+        super().__init__(daemon=True, name=f"events-{function_name}")
+        self._sqs, self._queue_url, self._handler, self._name = sqs, queue_url, handler_module, function_name
+        self._stopping = threading.Event()
+        self.results: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                got = self._sqs.receive_message(
+                    QueueUrl=self._queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1
+                )
+            except Exception:
+                if self._stopping.is_set():
+                    return
+                raise
+            for message in got.get("Messages", []):
+                event = json.loads(message["Body"])
+                try:
+                    self.results.append(
+                        self._handler.lambda_handler(event, LocalLambdaContext(self._name, timeout_s=300))
+                    )
+                except Exception as exc:  # async invocation: logged, not retried locally
+                    print(
+                        f"{self._name} failed on {event.get('detail-type')}: {exc!r}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
@@ -386,6 +462,40 @@ def training_inputs_hash() -> str:
 
     digest.update(CDNOW_SHA256.encode())
     return digest.hexdigest()
+
+
+def write_holdout(s3: Any, bucket: str, model_dir: Path) -> int:
+    """The labelled holdout the promote gate compares models on, matching the model's data.
+
+    CDNOW models: the benchmark protocol's test customers. Other models (e.g. the synthetic test
+    fixture): a fresh synthetic sample at the model's cutoff.
+    """
+    import pandas as pd
+
+    from churnguard.tabular import churn_labels, cohort
+
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    as_of = metadata["protocol"]["as_of"]
+    horizon = metadata["protocol"]["horizon_weeks"]
+    if metadata["data"]["source"] == "cdnow":
+        from training.data import CDNOW_PROTOCOL, load_cdnow_source, prepare
+
+        data = prepare(load_cdnow_source(), CDNOW_PROTOCOL)
+        users, labels, events = data.test.user_ids, data.test.labels, data.source.events
+        events = events[events["user_id"].isin(set(users))]
+    else:
+        from churnguard.datasets import generate_synthetic_events
+        from churnguard.events import validate_events
+
+        events = validate_events(generate_synthetic_events(800, seed=42, weeks=78)).events
+        users = cohort(events, as_of)
+        labels = churn_labels(events, users, as_of, horizon)
+    before = events[events["timestamp"] < pd.Timestamp(as_of)].drop(columns=["source_row"], errors="ignore")
+    s3.put_object(Bucket=bucket, Key="holdout/events.csv", Body=before.to_csv(index=False).encode())
+    labels_csv = pd.DataFrame({"user_id": users, "churned": labels}).to_csv(index=False)
+    s3.put_object(Bucket=bucket, Key="holdout/labels.csv", Body=labels_csv.encode())
+    s3.put_object(Bucket=bucket, Key="holdout/meta.json", Body=json.dumps({"as_of": as_of}).encode())
+    return len(users)
 
 
 def ensure_model(model_dir: Path = MODEL_DIR) -> tuple[Path, bool]:
@@ -415,12 +525,15 @@ class Stack:
     api_url: str
     server: ThreadingHTTPServer
     delivery: ScoringJobsDelivery
+    promote_delivery: EventRuleDelivery | None
     model_version: str
     model_dir: Path
     trained: bool
 
     def stop(self) -> None:
         self.delivery.stop()
+        if self.promote_delivery:
+            self.promote_delivery.stop()
         self.server.shutdown()
         self.delivery.join(timeout=5)
         self.moto.stop()
@@ -431,27 +544,31 @@ def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = Fals
     moto.start()
     try:
         os.environ.update(aws_environment(moto.url))
-        overrides = (
-            {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"} if quiet else {}
-        )
+        # Locally the pointer is re-read every 2 s (cloud: 60 s) so a promotion shows up promptly.
+        overrides = {"CHURNGUARD_MODEL_POINTER_MAX_AGE": "2"}
         if quiet:
             import logging
+            import warnings
 
+            overrides |= {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
             logging.getLogger("churnguard").setLevel(logging.WARNING)
+            warnings.filterwarnings("ignore", message="No application metrics to publish")
         import boto3
 
         from churnguard.model_store import publish_model
 
-        clients = {name: boto3.client(name) for name in ("s3", "sqs", "ssm", "dynamodb")}
+        clients = {name: boto3.client(name) for name in ("s3", "sqs", "ssm", "dynamodb", "events")}
         resources = create_resources(load_template(), clients)
         trained = False
         if model_dir is None:
             model_dir, trained = ensure_model()
+        bucket = resources.refs["DataBucket"]
+        write_holdout(clients["s3"], bucket, Path(model_dir))
         pointer = publish_model(
             model_dir,
             s3_client=clients["s3"],
             ssm_client=clients["ssm"],
-            bucket=resources.refs["DataBucket"],
+            bucket=bucket,
             parameter_name=resources.refs["ModelPointer"],
         )
         score_api = load_function("score_api", resources.function_env["ScoreApiFunction"], overrides)
@@ -462,12 +579,28 @@ def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = Fals
             clients["sqs"], resources.refs["ScoringJobsQueue"], resources.arns["ScoringJobsQueue"], batch
         )
         delivery.start()
+        promote_delivery = None
+        if "PromoteFunction" in resources.event_queues:
+            promote = load_function("promote", resources.function_env["PromoteFunction"], overrides)
+            promote_delivery = EventRuleDelivery(
+                clients["sqs"], resources.event_queues["PromoteFunction"][0], promote, "PromoteFunction"
+            )
+            promote_delivery.start()
     except BaseException:
         moto.stop()
         raise
     api_url = f"http://127.0.0.1:{server.server_address[1]}"
     return Stack(
-        moto, resources, clients, api_url, server, delivery, pointer.version, Path(model_dir), trained
+        moto,
+        resources,
+        clients,
+        api_url,
+        server,
+        delivery,
+        promote_delivery,
+        pointer.version,
+        Path(model_dir),
+        trained,
     )
 
 

@@ -153,3 +153,79 @@ def test_the_demo_runs_the_whole_loop_and_exits_0():
         "== Promotions waiting in",
     ):
         assert marker in out, marker
+
+
+def _health_version(api):
+    with urllib.request.urlopen(api + "/v1/health", timeout=10) as response:
+        return json.loads(response.read())["model_version"]
+
+
+def _training_job_completes(ready, job, model_dir):
+    """What SageMaker does at the end of a job: model.tar.gz under the output path, then the event."""
+    from tests.integration.test_promote import tarball
+
+    s3, _ = clients(ready)
+    key = f"training/{job}/output/model.tar.gz"
+    s3.put_object(Bucket=ready["bucket"], Key=key, Body=tarball(model_dir))
+    events = boto3.client(
+        "events",
+        endpoint_url=ready["aws_endpoint"],
+        region_name=ready["region"],
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    detail = {
+        "TrainingJobName": job,
+        "TrainingJobStatus": "Completed",
+        "ModelArtifacts": {"S3ModelArtifacts": f"s3://{ready['bucket']}/{key}"},
+    }
+    result = events.put_events(
+        Entries=[
+            {
+                "Source": "aws.sagemaker",
+                "DetailType": "SageMaker Training Job State Change",
+                "Detail": json.dumps(detail),
+            }
+        ]
+    )
+    assert result["FailedEntryCount"] == 0
+
+
+def _decision(ready, version, timeout_s=60):
+    s3, _ = clients(ready)
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            return json.loads(
+                s3.get_object(Bucket=ready["bucket"], Key=f"model-decisions/{version}.json")["Body"].read()
+            )
+        except s3.exceptions.NoSuchKey:
+            assert time.time() < deadline, f"no gate decision for {version}"
+            time.sleep(0.5)
+
+
+def test_retraining_cycle_promotes_a_better_model_rejects_a_degraded_one_api_follows_without_restart(
+    stack, tmp_path
+):
+    """Kept last in this file: it changes the serving model of the shared stack."""
+    from tests.integration.test_promote import model_variant
+
+    process, ready = stack
+    assert _health_version(ready["api"]) == ready["model_version"]
+
+    _training_job_completes(ready, "churnguard-e2e-1", model_variant(tmp_path, "e2e-challenger"))
+    decision = _decision(ready, "e2e-challenger")
+    assert decision["accepted"] is True, decision["reasons"]
+    deadline = time.time() + 20  # the API re-reads the pointer every 2 s locally
+    while _health_version(ready["api"]) != "e2e-challenger":
+        assert time.time() < deadline, "the API did not move to the promoted model"
+        time.sleep(0.5)
+    assert process.poll() is None  # same process: no restart, no cold start of the stack
+
+    _training_job_completes(ready, "churnguard-e2e-2", model_variant(tmp_path, "e2e-degraded", degrade=True))
+    rejected = _decision(ready, "e2e-degraded")
+    assert (
+        rejected["accepted"] is False and rejected["challenger"]["roc_auc"] < rejected["champion"]["roc_auc"]
+    )
+    time.sleep(3)
+    assert _health_version(ready["api"]) == "e2e-challenger"
