@@ -448,13 +448,11 @@ class EventRuleDelivery(threading.Thread):
 def training_inputs_hash() -> str:
     """What a trained model depends on: the feature path, the training code, the data and the deps."""
     digest = hashlib.sha256()
-    files = sorted(
-        [
-            *(ROOT / "shared" / "churnguard").glob("*.py"),
-            *(ROOT / "training").glob("*.py"),
-            ROOT / "pyproject.toml",
-        ]
-    )
+    shared = ROOT / "shared" / "churnguard"
+    used_by_training = [
+        shared / f"{name}.py" for name in ("features", "events", "tabular", "datasets", "scorer")
+    ]
+    files = sorted([*used_by_training, *(ROOT / "training").glob("*.py"), ROOT / "pyproject.toml"])
     for path in files:
         digest.update(path.relative_to(ROOT).as_posix().encode())
         digest.update(path.read_bytes())
