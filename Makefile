@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install demo serve train test lint bench-quality bench-serving clean
+.PHONY: install demo serve train test lint bench-quality bench-serving template-checks clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -49,3 +49,10 @@ clean:
 ## Serving benchmark (warm/cold API, batch, 1M customers, Keras peer, package sizes) -> benchmarks/results/serving.{md,json}
 bench-serving: install
 	$(PY) -m benchmarks.serving
+
+## sam validate --lint, cfn-lint on the translated template, checkov, sam build (no Docker) + sizes
+INFRA_VENV := .cache/venv-infra
+template-checks:
+	@test -x $(INFRA_VENV)/bin/python || $(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/requirements-checks.txt
+	$(INFRA_VENV)/bin/python infra/template_checks.py
