@@ -1,0 +1,72 @@
+"""training/launch.py (SageMaker SDK v3 ModelTrainer) against moto's SageMaker, in the SDK's own venv."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / ".cache" / "venv-sagemaker"
+IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training:latest"
+
+
+def sdk_python() -> Path:
+    python = VENV / "bin" / "python"
+    if not (VENV / ".ready").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "sagemaker==3.27.0",
+            ],
+            check=True,
+            timeout=900,
+        )
+        (VENV / ".ready").touch()
+    return python
+
+
+def test_launcher_submits_the_script_mode_job_the_promote_rule_expects(aws):
+    aws["s3"].create_bucket(
+        Bucket="churnguard-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    env = {**os.environ, "SAGEMAKER_VALIDATE_ROLE": "false"}
+    result = subprocess.run(
+        [
+            str(sdk_python()),
+            str(ROOT / "training/launch.py"),
+            "--role",
+            "arn:aws:iam::123456789012:role/churnguard",
+            "--bucket",
+            "churnguard-data",
+            "--image",
+            IMAGE,
+            "-H",
+            "epochs=40",
+            "-H",
+            "threshold-policy=min_cost",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    job_name = result.stdout.strip().splitlines()[-1]
+    assert job_name.startswith("churnguard-")
+
+    import boto3
+
+    job = boto3.client("sagemaker").describe_training_job(TrainingJobName=job_name)
+    assert job["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+    assert channels["train"] == "s3://churnguard-data/training-events/"
+    assert job["OutputDataConfig"]["S3OutputPath"] == "s3://churnguard-data/training/"
+    assert job["HyperParameters"]["epochs"] in ("40", '"40"')
+    keys = [o["Key"] for o in aws["s3"].list_objects_v2(Bucket="churnguard-data").get("Contents", [])]
+    assert any("train.py" in k or k.endswith(".tar.gz") for k in keys), keys  # the packaged source went up
