@@ -14,6 +14,7 @@ in the file (a file is a snapshot export up to its last event).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import io
@@ -37,6 +38,8 @@ from churnguard.scoring import ReasonsFor, score_customers
 from churnguard.tabular import to_epoch_seconds
 
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+SOURCE_ROW = "_source_row"  # carried by the parts of a split file
+PARTS_PREFIX = "incoming/_parts/"
 
 
 class FileTooLargeError(EventLogError):
@@ -58,6 +61,7 @@ class BatchSummary:
     model_version: str | None = None
     as_of: str | None = None
     duration_s: float = 0.0
+    parts: list[str] = field(default_factory=list)  # status "split": the part objects written
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -155,7 +159,11 @@ def score_file(
     try:
         row = 1
         for chunk in iter_chunks(body, key, chunk_rows):
-            validated = validate_events(chunk, first_row_number=row)
+            if SOURCE_ROW in chunk.columns:  # a part of a split file: keep the original row numbers
+                numbers = pd.to_numeric(chunk[SOURCE_ROW], errors="raise").to_numpy(dtype=np.int64)
+                validated = validate_events(chunk.drop(columns=SOURCE_ROW), row_numbers=numbers)
+            else:
+                validated = validate_events(chunk, first_row_number=row)
             row += len(chunk)
             summary.rows_in += validated.rows_in
             summary.rows_rejected += len(validated.rejected)
@@ -285,6 +293,50 @@ def _empty_scored() -> pd.DataFrame:
     return pd.DataFrame(columns=["user_id", "churn_probability", "risk_tier", "reasons", "model_version"])
 
 
+def split_object(
+    s3_client: Any,
+    bucket: str,
+    key: str,
+    parts: int,
+    *,
+    chunk_rows: int = 500_000,
+    tmp_dir: str | None = None,
+) -> list[str]:
+    """Split one large events object into ``parts`` gzip CSV objects by a hash of ``user_id``.
+
+    Every customer's rows land in the same part, so each part scores independently and the union of
+    the parts' outputs is the file's output. Rows keep their original number in ``_source_row``.
+    Parts go to ``incoming/_parts/<name>/part-NNNNN.csv.gz`` and are scored as ordinary drops.
+    """
+    stem = OutputKeys.for_input(key).scored[len("scored/") : -len(".parquet")]
+    prefix = f"{PARTS_PREFIX}{stem}/"
+    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp, contextlib.ExitStack() as stack:
+        paths = [f"{tmp}/part-{i:05d}.csv.gz" for i in range(parts)]
+        writers = [stack.enter_context(gzip.open(path, "wt", newline="")) for path in paths]
+        written = np.zeros(parts, dtype=bool)
+        row = 1
+        for chunk in iter_chunks(body, key, chunk_rows):
+            chunk = chunk.assign(**{SOURCE_ROW: np.arange(row, row + len(chunk))})
+            row += len(chunk)
+            ids = chunk["user_id"].astype("string").str.strip().fillna("").to_numpy(dtype=object)
+            part_of = pd.util.hash_array(ids, categorize=True) % np.uint64(parts)
+            for i in range(parts):
+                rows = chunk[part_of == i]
+                if len(rows):
+                    rows.to_csv(writers[i], header=not written[i], index=False)
+                    written[i] = True
+        for writer in writers:
+            writer.close()
+        keys = []
+        for i, path in enumerate(paths):
+            if written[i]:
+                part_key = f"{prefix}part-{i:05d}.csv.gz"
+                s3_client.upload_file(path, bucket, part_key)
+                keys.append(part_key)
+    return keys
+
+
 @dataclass(frozen=True)
 class OutputKeys:
     scored: str
@@ -319,13 +371,34 @@ def process_s3_object(
     outputs = OutputKeys.for_input(key, incoming_prefix)
     source = f"s3://{bucket}/{key}"
     head = s3_client.head_object(Bucket=bucket, Key=key)
-    if head["ContentLength"] > max_object_bytes:
+    size = head["ContentLength"]
+    if size > max_object_bytes and not key.startswith(PARTS_PREFIX):
+        # Beyond one invocation: split by customer into parts of about half the limit; each part
+        # arrives as its own drop (same queue, same function) and is scored in parallel.
+        started = time.perf_counter()
+        parts = max(2, -(-size // max(max_object_bytes // 2, 1)))
+        part_keys = split_object(s3_client, bucket, key, parts)
+        summary = BatchSummary(
+            source=source,
+            status="split",
+            model_version=bundle.version,
+            parts=part_keys,
+            duration_s=round(time.perf_counter() - started, 3),
+        )
+        s3_client.put_object(
+            Bucket=bucket,
+            Key=outputs.summary,
+            Body=summary.to_json().encode(),
+            ContentType="application/json",
+        )
+        return summary
+    if size > max_object_bytes:  # a part that is still too large: the limit is set too low
         summary = BatchSummary(
             source=source,
             status="failed",
             model_version=bundle.version,
-            error=f"object is {head['ContentLength']:,} bytes; one invocation takes at most "
-            f"{max_object_bytes:,} (split it by customer)",
+            error=f"part is {size:,} bytes, above {max_object_bytes:,}: "
+            f"raise CHURNGUARD_BATCH_MAX_OBJECT_BYTES",
         )
         result = BatchResult(summary, None, _empty_rejects())
     else:

@@ -75,11 +75,15 @@ def _numeric(values: pd.Series) -> pd.Series:
     return pd.to_numeric(text, errors="coerce").astype("float64")
 
 
-def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> ValidatedEvents:
+def validate_events(
+    frame: pd.DataFrame, *, first_row_number: int = 1, row_numbers: np.ndarray | None = None
+) -> ValidatedEvents:
     """Split a raw event frame into canonical valid rows and rejected rows with reasons.
 
     ``first_row_number`` is the source row number of ``frame``'s first row (for chunked files: the
     data row number in the file, 1-based, header excluded), so rejects point at the real line.
+    ``row_numbers`` gives every row's number explicitly instead (parts of a split file keep the
+    original file's row numbers).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -88,7 +92,11 @@ def validate_events(frame: pd.DataFrame, *, first_row_number: int = 1) -> Valida
             f"and may have {list(OPTIONAL_COLUMNS)} plus profile columns (got {list(frame.columns)})"
         )
     n = len(frame)
-    source_row = np.arange(first_row_number, first_row_number + n, dtype=np.int64)
+    source_row = (
+        np.asarray(row_numbers, dtype=np.int64)
+        if row_numbers is not None
+        else np.arange(first_row_number, first_row_number + n, dtype=np.int64)
+    )
     reasons = np.full(n, "", dtype=object)
 
     def flag(mask: pd.Series | np.ndarray, reason: str | np.ndarray) -> None:

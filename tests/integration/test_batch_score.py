@@ -3,6 +3,7 @@
 import gzip
 import io
 import json
+from urllib.parse import quote_plus
 
 import pandas as pd
 import pytest
@@ -151,14 +152,34 @@ def test_a_bad_file_gets_a_failed_summary_not_a_retry_loop(batch, body, error):
     assert summary["status"] == "failed" and error in summary["error"]
 
 
-def test_a_file_beyond_one_invocation_fails_with_a_clear_message(batch, monkeypatch):
+def test_a_file_beyond_one_invocation_is_split_by_customer_and_every_part_scored(batch, monkeypatch):
     handler, aws, _ = batch
-    monkeypatch.setenv("CHURNGUARD_BATCH_MAX_OBJECT_BYTES", "100")
+    frame = events_file()
+    body = frame.to_csv(index=False).encode()
+    monkeypatch.setenv("CHURNGUARD_BATCH_MAX_OBJECT_BYTES", str(len(body) // 3))
     handler.runtime.cache_clear()
-    put(aws, events_file())
+    put(aws, frame, body=body)
     handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
     summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
-    assert summary["status"] == "failed" and "split it by customer" in summary["error"]
+    assert summary["status"] == "split" and len(summary["parts"]) >= 6
+    assert all(p.startswith("incoming/_parts/2024/démo events+v1/part-") for p in summary["parts"])
+
+    scored, rejected, rows_in = [], [], 0
+    for part in summary["parts"]:  # in production each part's S3 notification does this
+        event = load_event("batch_score/s3_put.json")
+        event["Records"][0]["s3"]["object"]["key"] = quote_plus(part, safe="/")
+        handler.lambda_handler(event, FakeLambdaContext())
+        stem = part[len("incoming/") : -len(".csv.gz")]
+        part_summary = json.loads(read(aws, f"scored/{stem}.summary.json"))
+        assert part_summary["status"] == "ok", part_summary
+        rows_in += part_summary["rows_in"]
+        scored.append(pd.read_parquet(io.BytesIO(read(aws, f"scored/{stem}.parquet"))))
+        rejected.append(pd.read_csv(io.BytesIO(read(aws, f"rejected/{stem}.csv"))))
+    scored, rejected = pd.concat(scored), pd.concat(rejected)
+    assert rows_in == len(frame)
+    assert scored["user_id"].is_unique  # hashing put every customer in exactly one part
+    assert set(scored["user_id"]) == set(frame["user_id"]) - {"bad-1", "bad-2", "bad-3"}
+    assert sorted(rejected["source_row"]) == [11, 12, 13]  # original row numbers survive the split
 
 
 def test_a_message_that_is_not_an_s3_notification_is_reported_for_retry_and_dlq(batch):
