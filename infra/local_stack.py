@@ -739,6 +739,75 @@ def run_demo(stack: Stack, customers_in_file: int = 2000) -> None:
         )
 
 
+def run_retraining_demo(stack: Stack, reuse_model_dir: bool) -> None:
+    """A retraining cycle: a challenger, the training-job-completed event, the gate, the API following."""
+    import io
+    import shutil
+    import tarfile
+    import tempfile
+
+    s3, bucket = stack.clients["s3"], stack.resources.refs["DataBucket"]
+    with tempfile.TemporaryDirectory() as tmp:
+        challenger = Path(tmp) / "challenger"
+        if reuse_model_dir:  # a given model directory: re-version it (stands in for a retrain)
+            shutil.copytree(stack.model_dir, challenger)
+            metadata = json.loads((challenger / "metadata.json").read_text())
+            metadata["model_version"] += "-retrained"
+            (challenger / "metadata.json").write_text(json.dumps(metadata))
+            how = "a re-versioned copy of the model"
+        else:
+            from training import train
+
+            started = time.time()
+            if train.main(["--model-dir", str(challenger), "--verbose", "0", "--seed", "7"]) != 0:
+                raise SystemExit("challenger training failed")
+            how = f"CDNOW retrained with seed 7 in {time.time() - started:.0f} s"
+        version = json.loads((challenger / "metadata.json").read_text())["model_version"]
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            for path in challenger.iterdir():
+                if path.is_file():
+                    archive.add(path, arcname=path.name)
+    job = f"churnguard-demo-{int(time.time())}"
+    key = f"training/{job}/output/model.tar.gz"
+    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+    stack.clients["events"].put_events(
+        Entries=[
+            {
+                "Source": "aws.sagemaker",
+                "DetailType": "SageMaker Training Job State Change",
+                "Detail": json.dumps(
+                    {
+                        "TrainingJobName": job,
+                        "TrainingJobStatus": "Completed",
+                        "ModelArtifacts": {"S3ModelArtifacts": f"s3://{bucket}/{key}"},
+                    }
+                ),
+            }
+        ]
+    )
+    decision = json.loads(wait_for_object(s3, bucket, f"model-decisions/{version}.json", timeout_s=120))
+    print(f"\n== Retraining: challenger {version} ({how}) -> training-job-completed event -> promote")
+    for side in ("champion", "challenger"):
+        m = decision.get(side) or {}
+        if m:
+            print(
+                f"  {side:<10} holdout AUC {m['roc_auc']:.4f}  log-loss {m['log_loss']:.4f}  "
+                f"({m['customers']:,} customers)"
+            )
+    print(
+        f"  decision: {'PROMOTED' if decision['accepted'] else 'REJECTED'} — {'; '.join(decision['reasons'])}"
+    )
+    deadline = time.time() + 15
+    serving = None
+    while time.time() < deadline:
+        serving = _http("GET", f"{stack.api_url}/v1/health")[1].get("model_version")
+        if not decision["accepted"] or serving == version:
+            break
+        time.sleep(0.5)
+    print(f"  the API (same process, no restart) now serves {serving}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", action="store_true", help="keep the stack up until Ctrl-C")
@@ -774,6 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.no_demo:
             run_demo(stack)
+            run_retraining_demo(stack, reuse_model_dir=args.model_dir is not None)
         if args.serve:
             print(
                 f"\nServing until Ctrl-C. Try: export AWS_ENDPOINT_URL={stack.moto.url} "

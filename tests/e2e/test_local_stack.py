@@ -151,6 +151,9 @@ def test_the_demo_runs_the_whole_loop_and_exits_0():
         "== Batch: s3://",
         "rejected 0;",
         "== Promotions waiting in",
+        "== Retraining: challenger",
+        "decision: PROMOTED",
+        "-retrained",
     ):
         assert marker in out, marker
 
