@@ -39,3 +39,22 @@ class FakeLambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return 30_000
+
+
+def cached_venv(name: str, *requirements: str) -> Path:
+    """A tool environment under .cache/ (built once, reused): for tools whose pins fight ours."""
+    import subprocess
+
+    venv = ROOT / ".cache" / name
+    python = venv / "bin" / "python"
+    marker = venv / ".ready"
+    wanted = "\n".join(requirements)
+    if not marker.exists() or marker.read_text() != wanted:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements],
+            check=True,
+            timeout=900,
+        )
+        marker.write_text(wanted)
+    return python

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError, model_validator
 
@@ -17,6 +17,23 @@ from churnguard.promotions import DEFAULT_ACTIONS, Action, PromotionPolicy
 
 class SettingsError(RuntimeError):
     pass
+
+
+class EnvSettings(BaseModel):
+    """Settings read from CHURNGUARD_* environment variables; a bad value names the variable."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        environ = os.environ if environ is None else environ
+        try:
+            return cls.model_validate({k: v for k, v in environ.items() if k.startswith("CHURNGUARD_")})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            raise SettingsError(f"invalid {cls.__name__}: {problems}") from exc
 
 
 class ActionSetting(BaseModel):
@@ -28,9 +45,7 @@ class ActionSetting(BaseModel):
     min_customer_value: float = Field(0.0, ge=0)
 
 
-class ServingSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
+class ServingSettings(EnvSettings):
     # Where the model comes from: a local directory (tests, local stack) or an SSM pointer to S3.
     model_dir: str | None = Field(None, alias="CHURNGUARD_MODEL_DIR")
     model_pointer_parameter: str | None = Field(None, alias="CHURNGUARD_MODEL_POINTER")
@@ -76,22 +91,9 @@ class ServingSettings(BaseModel):
             raise ValueError("set exactly one of CHURNGUARD_MODEL_DIR or CHURNGUARD_MODEL_POINTER")
         return self
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
-        environ = os.environ if environ is None else environ
-        try:
-            return cls.model_validate({k: v for k, v in environ.items() if k.startswith("CHURNGUARD_")})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-            )
-            raise SettingsError(f"invalid ChurnGuard settings: {problems}") from exc
 
-
-class GateSettings(BaseModel):
+class GateSettings(EnvSettings):
     """Settings of the promote (champion/challenger) function."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     data_bucket: str = Field(alias="CHURNGUARD_DATA_BUCKET", min_length=3)
     model_pointer_parameter: str = Field(alias="CHURNGUARD_MODEL_POINTER", min_length=1)
@@ -99,19 +101,9 @@ class GateSettings(BaseModel):
     max_log_loss_increase: float = Field(0.002, alias="CHURNGUARD_GATE_MAX_LOG_LOSS_INCREASE", ge=0)
     min_holdout_customers: int = Field(200, alias="CHURNGUARD_GATE_MIN_HOLDOUT_CUSTOMERS", ge=1)
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> GateSettings:
-        environ = os.environ if environ is None else environ
-        try:
-            return cls.model_validate({k: v for k, v in environ.items() if k.startswith("CHURNGUARD_")})
-        except ValidationError as exc:
-            raise SettingsError(f"invalid promote settings: {exc}") from exc
 
-
-class RetrainSettings(BaseModel):
+class RetrainSettings(EnvSettings):
     """Settings of the scheduled retrain function (one SageMaker training job per run)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     data_bucket: str = Field(alias="CHURNGUARD_DATA_BUCKET", min_length=3)
     training_image: str = Field(alias="CHURNGUARD_TRAINING_IMAGE", min_length=1)
@@ -123,11 +115,3 @@ class RetrainSettings(BaseModel):
     hyperparameters: Json[dict[str, str | int | float]] | None = Field(
         None, alias="CHURNGUARD_TRAINING_HYPERPARAMETERS"
     )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetrainSettings:
-        environ = os.environ if environ is None else environ
-        try:
-            return cls.model_validate({k: v for k, v in environ.items() if k.startswith("CHURNGUARD_")})
-        except ValidationError as exc:
-            raise SettingsError(f"invalid retrain settings: {exc}") from exc

@@ -2,33 +2,12 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.helpers import cached_venv
+
 ROOT = Path(__file__).resolve().parents[2]
-VENV = ROOT / ".cache" / "venv-sagemaker"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training:latest"
-
-
-def sdk_python() -> Path:
-    python = VENV / "bin" / "python"
-    if not (VENV / ".ready").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "sagemaker==3.27.0",
-            ],
-            check=True,
-            timeout=900,
-        )
-        (VENV / ".ready").touch()
-    return python
 
 
 def test_launcher_submits_the_script_mode_job_the_promote_rule_expects(aws):
@@ -38,7 +17,7 @@ def test_launcher_submits_the_script_mode_job_the_promote_rule_expects(aws):
     env = {**os.environ, "SAGEMAKER_VALIDATE_ROLE": "false"}
     result = subprocess.run(
         [
-            str(sdk_python()),
+            str(cached_venv("venv-sagemaker", "sagemaker==3.27.0")),
             str(ROOT / "training/launch.py"),
             "--role",
             "arn:aws:iam::123456789012:role/churnguard",

@@ -4,7 +4,6 @@ customers exactly like the Keras model fed by the training pipeline."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from churnguard.events import validate_events
 from churnguard.features import FeatureSpec, build_raw_features
 from churnguard.scorer import TFLiteScorer
 from churnguard.tabular import customer_events, to_epoch_seconds
+from tests.helpers import cached_venv
 from training.data import EventSource, Protocol, prepare
 from training.export import DYNAMIC_RANGE_TOLERANCE, FLOAT32_TOLERANCE, export_all
 from training.model import HyperParameters, fit_platt, with_calibration
@@ -35,7 +35,6 @@ def trained(cdnow_subset):
 
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME_214_ENV = ROOT / ".cache" / "venv-tflite-runtime-2.14"
 
 
 def serving_inputs(data, spec_json: str, user_ids, events=None):
@@ -110,30 +109,6 @@ def test_an_event_after_as_of_does_not_change_the_served_score(trained):
     assert scorer.predict(*before)[0] == scorer.predict(*after)[0]
 
 
-def _runtime_214_python() -> Path:
-    """A separate small environment: tflite-runtime 2.14.0 with numpy<2, nothing else."""
-    python = RUNTIME_214_ENV / "bin" / "python"
-    marker = RUNTIME_214_ENV / ".ready"
-    if not marker.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(RUNTIME_214_ENV)], check=True)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "tflite-runtime==2.14.0",
-                "numpy<2",
-            ],
-            check=True,
-            timeout=600,
-        )
-        marker.touch()
-    return python
-
-
 SCORE_IN_214 = """
 import json, sys
 import numpy as np
@@ -163,7 +138,7 @@ def test_exported_files_load_and_score_identically_in_tflite_runtime_2_14(traine
     env = {**os.environ, "PYTHONPATH": str(ROOT / "shared")}
     result = subprocess.run(
         [
-            str(_runtime_214_python()),
+            str(cached_venv("venv-tflite-runtime-2.14", "tflite-runtime==2.14.0", "numpy<2")),
             "-c",
             SCORE_IN_214,
             str(tmp_path / "seq.npy"),
