@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from churnguard.datasets import generate_synthetic_events
-from tests.helpers import ROOT
+from tests.helpers import ROOT, model_variant, tarball
 
 FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
 
@@ -165,8 +165,6 @@ def _health_version(api):
 
 def _training_job_completes(ready, job, model_dir):
     """What SageMaker does at the end of a job: model.tar.gz under the output path, then the event."""
-    from tests.integration.test_promote import tarball
-
     s3, _ = clients(ready)
     key = f"training/{job}/output/model.tar.gz"
     s3.put_object(Bucket=ready["bucket"], Key=key, Body=tarball(model_dir))
@@ -211,8 +209,6 @@ def test_retraining_cycle_promotes_a_better_model_rejects_a_degraded_one_api_fol
     stack, tmp_path
 ):
     """Kept last in this file: it changes the serving model of the shared stack."""
-    from tests.integration.test_promote import model_variant
-
     process, ready = stack
     assert _health_version(ready["api"]) == ready["model_version"]
 

@@ -1,29 +1,15 @@
 """Model loading from S3 via the SSM pointer, over the real boto3 HTTP path (moto server)."""
 
 import json
-import shutil
 
 import pytest
 
 from churnguard.model_provider import ModelUnavailableError
 from churnguard.model_store import ModelPointer, S3PointerModelProvider, publish_model
-from tests.helpers import ROOT, FakeLambdaContext, load_event, load_handler
+from tests.helpers import FakeLambdaContext, load_event, load_handler, model_variant
 
-FIXTURE = ROOT / "tests" / "fixtures" / "model"
 BUCKET = "churnguard-data"
 POINTER = "/churnguard/model/current"
-
-
-def model_copy(tmp_path, version, corrupt=False):
-    target = tmp_path / version
-    shutil.copytree(FIXTURE, target)
-    metadata = json.loads((target / "metadata.json").read_text())
-    metadata["model_version"] = version
-    (target / "metadata.json").write_text(json.dumps(metadata))
-    if corrupt:
-        content = (target / "model.tflite").read_bytes()
-        (target / "model.tflite").write_bytes(content[: len(content) // 2])
-    return target
 
 
 @pytest.fixture
@@ -53,7 +39,7 @@ def store(aws, tmp_path):
 
 def test_cold_start_loads_the_pointed_model_and_caches_it_in_tmp(store, tmp_path):
     provider, publish, events = store
-    pointer = publish(model_copy(tmp_path, "v1"))
+    pointer = publish(model_variant(tmp_path, "v1"))
     assert pointer == ModelPointer("v1", f"s3://{BUCKET}/models/v1/")
     assert provider.current().version == "v1"
     assert (tmp_path / "cache" / "v1" / "model.tflite").exists()
@@ -62,9 +48,9 @@ def test_cold_start_loads_the_pointed_model_and_caches_it_in_tmp(store, tmp_path
 
 def test_a_new_pointer_moves_the_warm_provider_to_the_new_model(store, tmp_path):
     provider, publish, events = store
-    publish(model_copy(tmp_path, "v1"))
+    publish(model_variant(tmp_path, "v1"))
     first = provider.current()
-    publish(model_copy(tmp_path, "v2"))
+    publish(model_variant(tmp_path, "v2"))
     second = provider.current()
     assert (first.version, second.version) == ("v1", "v2")
     assert provider.current() is second  # no reload while the pointer stays
@@ -76,21 +62,21 @@ def test_a_new_pointer_moves_the_warm_provider_to_the_new_model(store, tmp_path)
 
 def test_a_corrupt_model_is_refused_once_and_the_previous_keeps_serving(store, tmp_path, aws):
     provider, publish, events = store
-    publish(model_copy(tmp_path, "v1"))
+    publish(model_variant(tmp_path, "v1"))
     provider.current()
-    publish(model_copy(tmp_path, "v2-bad", corrupt=True))
+    publish(model_variant(tmp_path, "v2-bad", corrupt=True))
     assert provider.current().version == "v1"
     assert provider.current().version == "v1"
     refused = [e for e in events if e[0] == "ModelRefused"]
     assert len(refused) == 1  # not downloaded and refused again on every request
     assert "sha256" in refused[0][1]["reason"] and refused[0][1]["serving"] == "v1"
-    publish(model_copy(tmp_path, "v3"))
+    publish(model_variant(tmp_path, "v3"))
     assert provider.current().version == "v3"  # a good version after a bad one is taken
 
 
 def test_pointer_and_files_disagreeing_on_the_version_is_refused(store, tmp_path, aws):
     provider, publish, events = store
-    publish(model_copy(tmp_path, "v1"))
+    publish(model_variant(tmp_path, "v1"))
     provider.current()
     aws["ssm"].put_parameter(
         Name=POINTER,
@@ -104,7 +90,7 @@ def test_pointer_and_files_disagreeing_on_the_version_is_refused(store, tmp_path
 
 def test_with_nothing_to_fall_back_to_a_refused_model_is_unavailable(store, tmp_path, aws):
     provider, publish, _ = store
-    publish(model_copy(tmp_path, "v1-bad", corrupt=True))
+    publish(model_variant(tmp_path, "v1-bad", corrupt=True))
     with pytest.raises(ModelUnavailableError, match="refused"):
         provider.current()
     aws["ssm"].put_parameter(
@@ -121,7 +107,7 @@ def test_the_api_moves_to_a_new_model_without_a_cold_start(aws, tmp_path, monkey
     aws["s3"].create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     for version in ("v1", "v2"):
         publish_model(
-            model_copy(tmp_path, version),
+            model_variant(tmp_path, version),
             s3_client=aws["s3"],
             ssm_client=aws["ssm"],
             bucket=BUCKET,
@@ -166,8 +152,8 @@ def test_rollback_is_one_command_that_restores_the_previous_version(store, tmp_p
     aws["ssm"].put_parameter(
         Name=POINTER, Type="String", Value='{"version": "none", "s3_uri": "s3://x/none/"}'
     )
-    publish(model_copy(tmp_path, "v1"))
-    v2 = model_copy(tmp_path, "v2")
+    publish(model_variant(tmp_path, "v1"))
+    v2 = model_variant(tmp_path, "v2")
     publish(v2)
     publish(v2)  # re-publishing the same version is not a rollback target
     assert provider.current().version == "v2"

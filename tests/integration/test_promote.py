@@ -1,50 +1,18 @@
 """Champion/challenger gate over S3 + SSM (moto server): accept not-worse, reject degraded or corrupt."""
 
-import hashlib
-import io
 import json
-import shutil
-import tarfile
 
-import numpy as np
 import pytest
 
 from churnguard.datasets import generate_synthetic_events
 from churnguard.events import validate_events
 from churnguard.model_store import publish_model
 from churnguard.tabular import churn_labels, cohort
-from tests.helpers import ROOT, FakeLambdaContext, load_event, load_handler
+from tests.helpers import FakeLambdaContext, load_event, load_handler, model_variant, tarball
 
-FIXTURE = ROOT / "tests" / "fixtures" / "model"
 BUCKET = "churnguard-data"
 POINTER = "/churnguard/model/current"
 AS_OF = "2024-09-30"
-
-
-def model_variant(tmp_path, version, degrade=False):
-    target = tmp_path / version
-    shutil.copytree(FIXTURE, target)
-    metadata = json.loads((target / "metadata.json").read_text())
-    metadata["model_version"] = version
-    if degrade:  # scramble the fitted scaling: a valid model directory with wrong inputs
-        spec = json.loads((target / "feature_spec.json").read_text())
-        rng = np.random.default_rng(0)
-        order = rng.permutation(len(spec["static"]["mean"]))
-        for key in ("mean", "std"):
-            spec["static"][key] = [spec["static"][key][i] for i in order]
-        text = json.dumps(spec, indent=2)
-        (target / "feature_spec.json").write_text(text)
-        metadata["files"]["feature_spec.json"]["sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    (target / "metadata.json").write_text(json.dumps(metadata))
-    return target
-
-
-def tarball(model_dir):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path in model_dir.iterdir():
-            archive.add(path, arcname=path.name)
-    return buffer.getvalue()
 
 
 @pytest.fixture
