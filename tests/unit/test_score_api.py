@@ -61,31 +61,18 @@ def test_base64_encoded_body_scores_the_same(api):
 
 
 def test_same_customer_twice_in_a_warm_container_gets_the_same_number(api):
-    first = post(
-        api,
-        {
-            "customers": [
-                {
-                    "user_id": "a",
-                    "as_of": "2024-09-30",
-                    "events": [{"timestamp": "2024-06-01", "event_type": "order", "amount": 20}],
-                }
-            ]
-        },
-    )[1]
+    request = {
+        "customers": [
+            {
+                "user_id": "a",
+                "as_of": "2024-09-30",
+                "events": [{"timestamp": "2024-06-01", "event_type": "order", "amount": 20}],
+            }
+        ]
+    }
+    first = post(api, request)[1]
     post(api, json.loads(load_event("score_api/post_scores.json")["body"]))  # other traffic in between
-    again = post(
-        api,
-        {
-            "customers": [
-                {
-                    "user_id": "a",
-                    "as_of": "2024-09-30",
-                    "events": [{"timestamp": "2024-06-01", "event_type": "order", "amount": 20}],
-                }
-            ]
-        },
-    )[1]
+    again = post(api, request)[1]
     assert first["customers"][0]["churn_probability"] == again["customers"][0]["churn_probability"]
 
 
