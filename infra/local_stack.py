@@ -100,12 +100,18 @@ class LocalResources:
     function_env: dict[str, dict[str, str]] = field(default_factory=dict)
     # function logical id -> (queue url, queue arn) receiving what its EventBridge rules match
     event_queues: dict[str, tuple[str, str]] = field(default_factory=dict)
+    conditions: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, value: Any) -> Any:
-        """!Ref / !GetAtt / !Sub against what was created; resources not emulated locally (IAM roles,
-        schedules) resolve to a local placeholder ARN."""
+        """!Ref / !GetAtt / !Sub / !If against what was created; resources not emulated locally (IAM
+        roles, schedules) resolve to a local placeholder ARN; ``AWS::NoValue`` resolves to None."""
         if isinstance(value, dict) and len(value) == 1:
             ((kind, arg),) = value.items()
+            if kind == "Ref" and arg == "AWS::NoValue":
+                return None
+            if kind == "If":
+                condition, if_true, if_false = arg
+                return self.resolve(if_true if self.condition(condition) else if_false)
             if kind == "Ref":
                 return self.refs.get(arg, f"local-{arg}")
             if kind == "GetAtt":
@@ -116,6 +122,19 @@ class LocalResources:
             if kind == "Sub" and isinstance(arg, str):
                 return re.sub(r"\$\{([^}]+)\}", lambda m: self._sub_variable(m.group(1)), arg)
         return value
+
+    def condition(self, name: str) -> bool:
+        def evaluate(expression: dict[str, Any]) -> bool:
+            ((kind, arg),) = expression.items()
+            if kind == "Not":
+                return not evaluate(arg[0])
+            if kind == "Equals":
+                return str(self.resolve(arg[0])) == str(self.resolve(arg[1]))
+            if kind == "Condition":
+                return self.condition(arg)
+            raise ValueError(f"condition function {kind} is not supported by the local stack")
+
+        return evaluate(self.conditions[name])
 
     def _sub_variable(self, name: str) -> str:
         pseudo = {
@@ -133,12 +152,17 @@ class LocalResources:
 
 
 def create_resources(
-    template: dict[str, Any], clients: dict[str, Any], prefix: str = "churnguard-local"
+    template: dict[str, Any],
+    clients: dict[str, Any],
+    prefix: str = "churnguard-local",
+    parameters: dict[str, str] | None = None,
 ) -> LocalResources:
-    res = LocalResources()
+    """Create what the template declares in moto; ``parameters`` override the template's defaults."""
+    res = LocalResources(conditions=template.get("Conditions", {}))
     for name, parameter in template.get("Parameters", {}).items():  # !Ref Parameter -> its default
         if "Default" in parameter:
             res.refs[name] = str(parameter["Default"])
+    res.refs.update(parameters or {})
     s3, sqs, ddb, ssm = clients["s3"], clients["sqs"], clients["dynamodb"], clients["ssm"]
     queues = resources_of_type(template, "AWS::SQS::Queue")
     # Dead-letter queues first: the others name them in their RedrivePolicy.
@@ -186,12 +210,9 @@ def create_resources(
             )
         res.refs[logical] = res.names[logical] = name
 
-    parameters = template.get("Parameters", {})
     for logical, resource in resources_of_type(template, "AWS::SSM::Parameter").items():
         props = resource["Properties"]
-        value = props["Value"]
-        if isinstance(value, dict) and "Ref" in value:
-            value = parameters[value["Ref"]]["Default"]
+        value = res.resolve(props["Value"])
         name = f"/{prefix}/{logical}"
         ssm.put_parameter(Name=name, Value=value, Type=props.get("Type", "String"), Overwrite=True)
         res.refs[logical] = res.names[logical] = name
@@ -247,7 +268,8 @@ def create_resources(
     globals_env = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     for logical, resource in resources_of_type(template, "AWS::Serverless::Function").items():
         own = resource["Properties"].get("Environment", {}).get("Variables", {})
-        res.function_env[logical] = {k: str(res.resolve(v)) for k, v in {**globals_env, **own}.items()}
+        resolved = {k: res.resolve(v) for k, v in {**globals_env, **own}.items()}
+        res.function_env[logical] = {k: str(v) for k, v in resolved.items() if v is not None}
     return res
 
 

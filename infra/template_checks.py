@@ -5,7 +5,10 @@
    misses e.g. circular dependencies between generated resources;
 3. ``checkov --skip-download``: every skipped check carries its justification in the template;
 4. ``sam build`` without Docker, and the built sizes against Lambda's limits (unzipped function +
-   layer: score <= 150 MB, batch <= 230 MB).
+   layer: score <= 150 MB, batch <= 230 MB);
+5. every shared object in the built packages loads on the python3.11 runtime's glibc (2.26, Amazon
+   Linux 2): our emulated runtime image is Debian (glibc 2.36), so this is what catches a wheel that
+   would fail with "GLIBC_2.27 not found" in AWS.
 
 Exit code 0 when all pass; each failure is printed.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,7 +28,9 @@ BIN = Path(sys.executable).parent
 # On the translated template only: W3005 flags redundant DependsOn in resources SAM itself generates
 # (usage plan key); E2533 is the python3.11 deprecation, ignored in .cfnlintrc with its reason.
 TRANSLATED_IGNORES = ["W3005", "E2533"]
-SIZE_LIMITS_MB = {"ScoreApiFunction": 150, "BatchScoreFunction": 230}
+SIZE_LIMITS_MB = {"ScoreApiFunction": 150, "BatchScoreFunction": 230, "PromoteFunction": 230}
+LAMBDA_GLIBC_MINOR = 26  # python3.11 runs on Amazon Linux 2
+_GLIBC_VERSION = re.compile(rb"GLIBC_2\.(\d+)")
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -54,6 +60,17 @@ def translated_template() -> dict:
 
 def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1024**2
+
+
+def glibc_too_new(build_dir: Path, max_minor: int = LAMBDA_GLIBC_MINOR) -> dict[str, str]:
+    """Shared objects that reference a glibc symbol version newer than 2.<max_minor> -> that version."""
+    found = {}
+    for path in build_dir.rglob("*.so*"):
+        if path.is_file() and not path.is_symlink():
+            minors = [int(m) for m in _GLIBC_VERSION.findall(path.read_bytes())]
+            if minors and max(minors) > max_minor:
+                found[str(path.relative_to(build_dir))] = f"GLIBC_2.{max(minors)}"
+    return found
 
 
 def main() -> int:
@@ -109,6 +126,10 @@ def main() -> int:
                 print(f"  {function} + layer: {size:.1f} MB (limit {limit})")
                 if size > limit:
                     failures.append(f"{function} + layer is {size:.1f} MB > {limit}")
+            too_new = glibc_too_new(Path(tmp))
+            print(f"glibc <= 2.{LAMBDA_GLIBC_MINOR} (python3.11 runtime):", "ok" if not too_new else "FAILED")
+            if too_new:
+                failures.append(f"needs a newer glibc than Lambda python3.11 has: {too_new}")
     for failure in failures:
         print("----\n" + failure, file=sys.stderr)
     return 1 if failures else 0

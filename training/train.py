@@ -10,7 +10,9 @@ Output (the model directory): model.tflite, model_dynamic_range.tflite, feature_
 metadata.json, report/. Files are written to a staging folder first and moved in only after every
 check has passed, metadata.json last, so a failed run never leaves a model directory that looks valid.
 
-Exit codes: 0 success, 2 bad input data or arguments, 3 export/parity check failed.
+Exit codes: 0 success, 1 internal error, 2 bad input data or arguments, 3 export/parity check failed.
+With ``main(failure_file=...)`` the reason for a failure is also written to that file (SageMaker's
+``/opt/ml/output/failure``, shown as the job's FailureReason; see training/sagemaker_entry.py).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 if __package__ in (None, ""):  # run as a script (SageMaker: python train.py ...)
     _root = Path(__file__).resolve().parent.parent
@@ -61,9 +65,11 @@ from training.evaluate import (
     write_plots,
 )
 from training.model import HyperParameters
+from training.sagemaker_entry import write_failure
 
 log = logging.getLogger("churnguard.train")
 
+EXIT_INTERNAL_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_EXPORT_FAILED = 3
 MODEL_FILES = ("model.tflite", "model_dynamic_range.tflite", "feature_spec.json", "model.keras")
@@ -82,8 +88,23 @@ SEARCH_SPACE: dict[str, list] = {
 }
 
 
+class BadArguments(SystemExit):
+    """argparse's exit (status 2, message printed) carrying the message, so main() can report it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_BAD_INPUT)
+        self.message = message
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise BadArguments(message)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = _ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     env = os.environ.get
@@ -501,11 +522,16 @@ def run(args: argparse.Namespace) -> dict:
     return metadata
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, failure_file: str | os.PathLike | None = None) -> int:
+    """Train; the exit code as documented above. ``failure_file``: also write the reason there."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
     )
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except BadArguments as exc:  # still exits 2 after argparse's usage message, as before
+        write_failure(failure_file, f"bad arguments: {exc.message}")
+        raise
     from training.export import ExportError
 
     try:
@@ -513,11 +539,20 @@ def main(argv: list[str] | None = None) -> int:
     except (EventLogError, FeatureSpecError, ValueError) as exc:
         log.error("bad input: %s", exc)
         print(f"churnguard-train: error: {exc}", file=sys.stderr)
+        write_failure(failure_file, f"bad input: {exc}")
         return EXIT_BAD_INPUT
     except ExportError as exc:
         log.error("export failed: %s", exc)
         print(f"churnguard-train: export failed: {exc}", file=sys.stderr)
+        write_failure(failure_file, f"export failed: {exc}")
         return EXIT_EXPORT_FAILED
+    except Exception as exc:
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        log.error("%s", message)
+        traceback.print_exc()
+        print(f"churnguard-train: {message}", file=sys.stderr)
+        write_failure(failure_file, message)
+        return EXIT_INTERNAL_ERROR
     return 0
 
 

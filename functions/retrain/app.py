@@ -1,7 +1,8 @@
 """Scheduled retraining: EventBridge Scheduler -> one SageMaker training job (boto3 CreateTrainingJob).
 
-The job runs training/train.py in script mode on the training-events prefix (the ``train`` channel)
-and writes model.tar.gz under ``training/<job>/output/``; its completion event triggers ``promote``.
+The job runs our training image (training/Containerfile: the code of the deployed commit baked in,
+SageMaker's ``train`` entry point) on the training-events prefix (the ``train`` channel) and writes
+model.tar.gz under ``training/<job>/output/``; its completion event triggers ``promote``.
 No sagemaker SDK here: it is ~1 GB, and CreateTrainingJob is one API call.
 """
 
@@ -39,9 +40,6 @@ def runtime() -> tuple[RetrainSettings, Any]:
 
 def training_job_request(settings: RetrainSettings, job_name: str) -> dict[str, Any]:
     hyperparameters = {
-        # script mode: the framework container downloads the source and runs the entry point
-        "sagemaker_program": "training/train.py",
-        "sagemaker_submit_directory": settings.source_s3_uri,
         "verbose": "0",
         **{k.replace("_", "-"): str(v) for k, v in (settings.hyperparameters or {}).items()},
     }

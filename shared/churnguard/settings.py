@@ -106,10 +106,12 @@ class RetrainSettings(EnvSettings):
     """Settings of the scheduled retrain function (one SageMaker training job per run)."""
 
     data_bucket: str = Field(alias="CHURNGUARD_DATA_BUCKET", min_length=3)
-    training_image: str = Field(alias="CHURNGUARD_TRAINING_IMAGE", min_length=1)
+    # repository URI + ":" + a tag: an empty tag means the image was never pushed (make deploy does it)
+    training_image: str = Field(
+        alias="CHURNGUARD_TRAINING_IMAGE", pattern=r"^[^\s:]+(:\d+)?/[^\s:]+:[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+    )
     training_role_arn: str = Field(alias="CHURNGUARD_TRAINING_ROLE_ARN", pattern=r"^arn:aws[a-z-]*:iam::")
     instance_type: str = Field("ml.m5.xlarge", alias="CHURNGUARD_TRAINING_INSTANCE_TYPE", pattern=r"^ml\.")
-    source_s3_uri: str = Field(alias="CHURNGUARD_TRAINING_SOURCE", pattern=r"^s3://.+\.tar\.gz$")
     events_prefix: str = Field("training-events/", alias="CHURNGUARD_TRAINING_EVENTS_PREFIX")
     max_runtime_s: int = Field(7200, alias="CHURNGUARD_TRAINING_MAX_RUNTIME", ge=600)
     hyperparameters: Json[dict[str, str | int | float]] | None = Field(

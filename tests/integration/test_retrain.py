@@ -10,7 +10,6 @@ ENV = {
     "CHURNGUARD_DATA_BUCKET": "churnguard-data",
     "CHURNGUARD_TRAINING_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training:latest",
     "CHURNGUARD_TRAINING_ROLE_ARN": "arn:aws:iam::123456789012:role/churnguard-training",
-    "CHURNGUARD_TRAINING_SOURCE": "s3://churnguard-data/code/churnguard-source.tar.gz",
     "CHURNGUARD_TRAINING_HYPERPARAMETERS": '{"epochs": 40, "threshold_policy": "min_cost"}',
 }
 
@@ -35,9 +34,9 @@ def test_the_schedule_starts_a_script_mode_training_job_on_the_events_prefix(ret
     assert channel["ChannelName"] == "train"
     assert channel["DataSource"]["S3DataSource"]["S3Uri"] == "s3://churnguard-data/training-events/"
     assert job["OutputDataConfig"]["S3OutputPath"] == "s3://churnguard-data/training/"
+    assert job["AlgorithmSpecification"]["TrainingImage"] == ENV["CHURNGUARD_TRAINING_IMAGE"]
     hp = job["HyperParameters"]
-    assert hp["sagemaker_program"] == "training/train.py"
-    assert hp["sagemaker_submit_directory"] == ENV["CHURNGUARD_TRAINING_SOURCE"]
+    assert not [k for k in hp if k.startswith("sagemaker_")]  # the code is in the image, not a tarball
     assert hp["epochs"] == "40" and hp["threshold-policy"] == "min_cost"  # train.py's --threshold-policy
 
 
@@ -47,12 +46,7 @@ def test_hyperparameters_sent_are_ones_train_py_accepts(retrain):
 
     settings, _ = handler.runtime()
     request = handler.training_job_request(settings, "churnguard-x")
-    argv = [
-        a
-        for k, v in request["HyperParameters"].items()
-        if not k.startswith("sagemaker_")
-        for a in (f"--{k}", v)
-    ]
+    argv = [a for k, v in request["HyperParameters"].items() for a in (f"--{k}", v)]
     args = parse_args(argv)  # SystemExit on an unknown or malformed hyperparameter
     assert args.epochs == 40 and args.threshold_policy == "min_cost"
 
@@ -69,3 +63,25 @@ def test_bad_settings_fail_the_cold_start_naming_the_variable(monkeypatch):
 
     with pytest.raises(SettingsError, match="CHURNGUARD_TRAINING_ROLE_ARN"):
         RetrainSettings.from_env({**ENV, "CHURNGUARD_TRAINING_ROLE_ARN": "not-an-arn"})
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training:",  # TrainingImageTag left empty
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training",
+        "",
+    ],
+)
+def test_a_training_image_without_a_pushed_tag_fails_the_cold_start(image):
+    from churnguard.settings import RetrainSettings, SettingsError
+
+    with pytest.raises(SettingsError, match="CHURNGUARD_TRAINING_IMAGE"):
+        RetrainSettings.from_env({**ENV, "CHURNGUARD_TRAINING_IMAGE": image})
+
+
+def test_a_local_registry_image_with_a_port_is_accepted():
+    from churnguard.settings import RetrainSettings
+
+    image = "localhost:5000/churnguard-training:abc123"
+    assert RetrainSettings.from_env({**ENV, "CHURNGUARD_TRAINING_IMAGE": image}).training_image == image

@@ -23,5 +23,6 @@ def test_sam_validate_translated_cfn_lint_checkov_and_sam_build_pass():
         "cfn-lint on the translated template: ok",
         "failed 0",
         "sam build (no Docker): ok",
+        "glibc <= 2.26 (python3.11 runtime): ok",
     ):
         assert line in result.stdout, result.stdout

@@ -56,7 +56,7 @@ def test_the_template_environment_is_valid_settings_for_every_function():
             resolved = {
                 **churnguard,
                 "CHURNGUARD_TRAINING_ROLE_ARN": "arn:aws:iam::1:role/r",
-                "CHURNGUARD_TRAINING_SOURCE": "s3://b/code/churnguard-source.tar.gz",
+                "CHURNGUARD_TRAINING_IMAGE": "1.dkr.ecr.eu-west-1.amazonaws.com/repo:v1",
             }
             assert RetrainSettings.from_env(resolved).training_image
         assert (
@@ -86,7 +86,7 @@ def test_cfn_lint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_batch_function_and_the_layer_pin_the_same_numpy():
+def test_the_pandas_functions_and_the_layer_pin_the_same_numpy():
     def numpy_pin(path):
         return next(
             line.split("#")[0].strip()
@@ -94,9 +94,10 @@ def test_the_batch_function_and_the_layer_pin_the_same_numpy():
             if line.startswith("numpy")
         )
 
-    # the batch package drops its own numpy and runs pandas against the layer's
-    assert numpy_pin("shared/requirements.txt") == numpy_pin("functions/batch_score/requirements.txt")
-    assert (
-        "numpy"
-        in (ROOT / "functions/batch_score/Makefile").read_text().split("PROVIDED =")[1].splitlines()[0]
-    )
+    # the batch and promote packages drop their own numpy and run pandas against the layer's
+    for function in ("batch_score", "promote"):
+        assert numpy_pin("shared/requirements.txt") == numpy_pin(f"functions/{function}/requirements.txt")
+        assert "build_pandas_function" in (ROOT / f"functions/{function}/Makefile").read_text()
+    recipe = (ROOT / "functions/lambda_build.mk").read_text().split("define build_pandas_function")[1]
+    assert "numpy numpy.libs" in recipe
+
