@@ -74,7 +74,7 @@ HOST_WHEEL_FLAGS = [
 ]
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailableError(RuntimeError):
     """No container engine can be had here; the message says why (tests print it when they skip)."""
 
 
@@ -96,15 +96,25 @@ class Engine:
             env["CONTAINERS_CONF"] = str(CACHE / "containers.conf")
         return env
 
-    def run(self, *args: str, check: bool = True, timeout: float = 1800, **kwargs) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 1800, **kwargs
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [self.cli, *args], env=self.env(), check=check, timeout=timeout, text=True, capture_output=True, **kwargs
+            [self.cli, *args],
+            env=self.env(),
+            check=check,
+            timeout=timeout,
+            text=True,
+            capture_output=True,
+            **kwargs,
         )
 
     def image_exists(self, tag: str) -> bool:
         return self.run("image", "inspect", tag, check=False).returncode == 0
 
-    def build(self, tag: str, containerfile: Path, context: Path, build_args: dict[str, str] | None = None) -> None:
+    def build(
+        self, tag: str, containerfile: Path, context: Path, build_args: dict[str, str] | None = None
+    ) -> None:
         args = ["build", "-t", tag, "-f", str(containerfile)]
         for key, value in (build_args or {}).items():
             args += ["--build-arg", f"{key}={value}"]
@@ -130,11 +140,11 @@ def _install_podman() -> None:
     if all(shutil.which(tool) for tool in ("podman", "runc", "debootstrap")):
         return
     if os.geteuid() != 0:
-        raise EngineUnavailable(
+        raise EngineUnavailableError(
             "no running Docker, and installing podman needs root (apt-get): run as root or start Docker"
         )
     if not shutil.which("apt-get"):
-        raise EngineUnavailable("no running Docker, and no apt-get to install podman (Debian/Ubuntu only)")
+        raise EngineUnavailableError("no running Docker, and no apt-get to install podman (Debian or Ubuntu)")
     _log("installing podman + runc + debootstrap (apt-get)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
@@ -172,7 +182,9 @@ def _podman_service(conf: Path) -> str:
     deadline = time.time() + 30
     while not (socket_path.exists() and answers()):
         if time.time() > deadline:
-            raise EngineUnavailable(f"podman system service did not come up (see {CACHE / 'podman-service.log'})")
+            raise EngineUnavailableError(
+                f"podman system service did not come up (see {CACHE / 'podman-service.log'})"
+            )
         time.sleep(0.3)
     return host
 
@@ -201,7 +213,16 @@ def inputs_hash(*parts: str | bytes | Path) -> str:
 def pip_target(directory: Path, *requirements: str) -> None:
     """Install manylinux cp311 wheels into ``directory`` from the host (no network in the build)."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", *HOST_WHEEL_FLAGS, "--target", str(directory), *requirements],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            *HOST_WHEEL_FLAGS,
+            "--target",
+            str(directory),
+            *requirements,
+        ],
         check=True,
         timeout=900,
     )
@@ -245,7 +266,9 @@ def _python_base(engine: Engine) -> None:
 
 def _lambda_base(engine: Engine) -> None:
     containerfile = CONTAINER_FILES / "lambda-python.Containerfile"
-    version = inputs_hash(containerfile, CONTAINER_FILES / "lambda-bootstrap", LAMBDA_RUNTIME_BOTO3, AWSLAMBDARIC)
+    version = inputs_hash(
+        containerfile, CONTAINER_FILES / "lambda-bootstrap", LAMBDA_RUNTIME_BOTO3, AWSLAMBDARIC
+    )
     marker = CACHE / "lambda-base.version"
     if engine.image_exists(LAMBDA_BASE) and marker.exists() and marker.read_text() == version:
         return
@@ -289,7 +312,7 @@ def main() -> int:
     try:
         engine = ensure_engine()
         ensure_base_images(engine)
-    except EngineUnavailable as exc:
+    except EngineUnavailableError as exc:
         print(f"no container engine: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"engine": engine.kind, "DOCKER_HOST": engine.docker_host}))

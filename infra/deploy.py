@@ -115,19 +115,19 @@ class Deploy:
         return self.options.region or "<region>"
 
     def code_version(self) -> str:
-        """The training image tag. A dry run shows ``<code version>`` if it cannot be computed."""
+        """The training image tag. A dry run shows ``<code-version>`` if it cannot be computed."""
         if self._code_version is None:
             try:
                 from infra.training_image import code_version
             except ImportError as exc:
                 if self.options.dry_run:
-                    return "<code version>"
+                    return "<code-version>"
                 raise DeployError(f"infra/training_image.py is needed for the image tag: {exc}") from exc
             try:
                 self._code_version = code_version()
             except Exception:
                 if self.options.dry_run:
-                    return "<code version>"
+                    return "<code-version>"
                 raise
         return self._code_version
 
@@ -238,9 +238,9 @@ def sam_build_command(options: Options) -> list[str]:
     return [options.sam, "build"]
 
 
-def sam_deploy_command(options: Options, code_version: str) -> list[str]:
+def sam_deploy_command(options: Options, code_version: str, guided: bool) -> list[str]:
     command = [options.sam, "deploy"]
-    if first_deploy(options):
+    if guided:
         command.append("--guided")
     if options.config_file != default_config_file():
         command += ["--config-file", str(options.config_file)]
@@ -277,7 +277,7 @@ def describe_deploy(deploy: Deploy) -> list[str]:
         why = f"guided: {relative(options.config_file)} does not exist yet; the answers are saved there"
     else:
         why = f"settings remembered in {relative(options.config_file)}"
-    return [f"({why})", shown(sam_deploy_command(options, deploy.code_version()))]
+    return [f"({why})", shown(sam_deploy_command(options, deploy.code_version(), first_deploy(options)))]
 
 
 def run_deploy(deploy: Deploy) -> None:
@@ -286,7 +286,7 @@ def run_deploy(deploy: Deploy) -> None:
     if guided and options.config_file != default_config_file() and not options.config_file.exists():
         options.config_file.parent.mkdir(parents=True, exist_ok=True)
         options.config_file.touch()  # SAM refuses a --config-file that does not exist; guided fills it
-    run_command(sam_deploy_command(options, deploy.code_version()))
+    run_command(sam_deploy_command(options, deploy.code_version(), guided))
     if guided:  # the prompts may have changed the stack name or region: samconfig has the answers
         saved = samconfig_deploy_parameters(options.config_file)
         deploy.options = dataclasses.replace(
@@ -780,7 +780,8 @@ def execute(deploy: Deploy, steps: list[Step]) -> int:
             print(f"\ndeploy interrupted at {label}", file=sys.stderr)
             return 130
         except Exception as exc:
-            print(f"\ndeploy failed at {label}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            kind = "" if isinstance(exc, DeployError) else f"{type(exc).__name__}: "
+            print(f"\ndeploy failed at {label}: {kind}{exc}", file=sys.stderr)
             return 1
     print("\ndry run complete" if deploy.options.dry_run else "\ndeployed", flush=True)
     return 0

@@ -484,25 +484,40 @@ def training_inputs_hash() -> str:
     return digest.hexdigest()
 
 
+def cdnow_holdout() -> tuple[Any, Any, Any, str]:
+    """The CDNOW benchmark protocol's test customers: (user ids, churn labels, their events, as_of)."""
+    from training.data import CDNOW_PROTOCOL, load_cdnow_source, prepare
+
+    data = prepare(load_cdnow_source(), CDNOW_PROTOCOL)
+    users, labels, events = data.test.user_ids, data.test.labels, data.source.events
+    return users, labels, events[events["user_id"].isin(set(users))], str(CDNOW_PROTOCOL.as_of)
+
+
+def put_holdout(s3: Any, bucket: str, users: Any, labels: Any, events: Any, as_of: str) -> int:
+    """Write the gate's labelled holdout: events before ``as_of``, labels, and the cutoff."""
+    import pandas as pd
+
+    before = events[events["timestamp"] < pd.Timestamp(as_of)].drop(columns=["source_row"], errors="ignore")
+    s3.put_object(Bucket=bucket, Key="holdout/events.csv", Body=before.to_csv(index=False).encode())
+    labels_csv = pd.DataFrame({"user_id": users, "churned": labels}).to_csv(index=False)
+    s3.put_object(Bucket=bucket, Key="holdout/labels.csv", Body=labels_csv.encode())
+    s3.put_object(Bucket=bucket, Key="holdout/meta.json", Body=json.dumps({"as_of": as_of}).encode())
+    return len(users)
+
+
 def write_holdout(s3: Any, bucket: str, model_dir: Path) -> int:
     """The labelled holdout the promote gate compares models on, matching the model's data.
 
     CDNOW models: the benchmark protocol's test customers. Other models (e.g. the synthetic test
     fixture): a fresh synthetic sample at the model's cutoff.
     """
-    import pandas as pd
-
     from churnguard.tabular import churn_labels, cohort
 
     metadata = json.loads((model_dir / "metadata.json").read_text())
     as_of = metadata["protocol"]["as_of"]
     horizon = metadata["protocol"]["horizon_weeks"]
     if metadata["data"]["source"] == "cdnow":
-        from training.data import CDNOW_PROTOCOL, load_cdnow_source, prepare
-
-        data = prepare(load_cdnow_source(), CDNOW_PROTOCOL)
-        users, labels, events = data.test.user_ids, data.test.labels, data.source.events
-        events = events[events["user_id"].isin(set(users))]
+        users, labels, events, _ = cdnow_holdout()
     else:
         from churnguard.datasets import generate_synthetic_events
         from churnguard.events import validate_events
@@ -510,12 +525,7 @@ def write_holdout(s3: Any, bucket: str, model_dir: Path) -> int:
         events = validate_events(generate_synthetic_events(800, seed=42, weeks=78)).events
         users = cohort(events, as_of)
         labels = churn_labels(events, users, as_of, horizon)
-    before = events[events["timestamp"] < pd.Timestamp(as_of)].drop(columns=["source_row"], errors="ignore")
-    s3.put_object(Bucket=bucket, Key="holdout/events.csv", Body=before.to_csv(index=False).encode())
-    labels_csv = pd.DataFrame({"user_id": users, "churned": labels}).to_csv(index=False)
-    s3.put_object(Bucket=bucket, Key="holdout/labels.csv", Body=labels_csv.encode())
-    s3.put_object(Bucket=bucket, Key="holdout/meta.json", Body=json.dumps({"as_of": as_of}).encode())
-    return len(users)
+    return put_holdout(s3, bucket, users, labels, events, as_of)
 
 
 def ensure_model(model_dir: Path = MODEL_DIR) -> tuple[Path, bool]:

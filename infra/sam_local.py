@@ -37,7 +37,11 @@ BUILD_DIR = ROOT / ".aws-sam" / "build"
 INFRA_VENV = ROOT / ".cache" / "venv-infra"
 MOTO_PORT_IN_CONTAINER = 5000
 # Credentials the SAM CLI hands to the function containers (moto accepts any).
-LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_SESSION_TOKEN": "local"}
+LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_SESSION_TOKEN": "local",
+}
 
 
 def sam_cli() -> str:
@@ -123,7 +127,9 @@ class MotoContainer:
                 if time.time() > deadline:
                     logs = self.engine.run("logs", self.name, check=False)
                     self.stop()
-                    raise RuntimeError(f"moto container did not answer: {logs.stdout[-2000:]}{logs.stderr[-2000:]}")
+                    raise RuntimeError(
+                        f"moto container did not answer: {logs.stdout[-2000:]}{logs.stderr[-2000:]}"
+                    ) from None
                 time.sleep(0.3)
 
     def stop(self) -> None:
@@ -187,7 +193,9 @@ class SamLocalStack:
         )
         seconds = time.time() - started
         if result.returncode:
-            raise RuntimeError(f"sam local invoke {function} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+            raise RuntimeError(
+                f"sam local invoke {function} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+            )
         lines = [line for line in result.stdout.splitlines() if line.strip()]
         try:
             response = json.loads(lines[-1]) if lines else None
@@ -196,7 +204,16 @@ class SamLocalStack:
         return Invocation(response, result.stderr, seconds)
 
     def start_api(self, port: int, warm: bool = True) -> subprocess.Popen:
-        args = [sam_cli(), "local", "start-api", "--host", "127.0.0.1", "--port", str(port), *self.common_args()]
+        args = [
+            sam_cli(),
+            "local",
+            "start-api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *self.common_args(),
+        ]
         if warm:
             args += ["--warm-containers", "EAGER"]
         log = (self.workdir / f"start-api-{port}.log").open("ab")
@@ -213,9 +230,8 @@ class SamLocalStack:
             except OSError:
                 if time.time() > deadline or process.poll() is not None:
                     stop_process(process)
-                    raise RuntimeError(
-                        f"sam local start-api did not come up: {(self.workdir / f'start-api-{port}.log').read_text()[-3000:]}"
-                    ) from None
+                    output = (self.workdir / f"start-api-{port}.log").read_text()[-3000:]
+                    raise RuntimeError(f"sam local start-api did not come up: {output}") from None
                 time.sleep(1)
 
     def publish(self, model_dir: Path) -> str:
@@ -232,6 +248,81 @@ class SamLocalStack:
 
     def stop(self) -> None:
         self.moto.stop()
+
+
+@dataclass
+class TrainingJobRun:
+    exit_code: int
+    failure: str | None  # /opt/ml/output/failure, as SageMaker reports it (FailureReason)
+    model_artifacts: str | None  # s3://.../<job>/output/model.tar.gz on success
+    opt_ml: Path
+    logs: str
+    seconds: float
+
+
+def run_training_job(engine: Engine, job: dict[str, Any], s3: Any, workdir: Path) -> TrainingJobRun:
+    """Run a CreateTrainingJob request (as DescribeTrainingJob returns it) the way SageMaker does:
+    /opt/ml laid out from the request (hyperparameters.json, inputdataconfig.json, each File-mode
+    channel downloaded from its S3 prefix), ``docker run <image> train`` without network, then
+    /opt/ml/model packed as model.tar.gz under the output path."""
+    import tarfile
+    from urllib.parse import urlparse
+
+    name = job["TrainingJobName"]
+    opt_ml = workdir / name / "opt_ml"
+    config = opt_ml / "input" / "config"
+    config.mkdir(parents=True)
+    for folder in ("model", "output/data", "code"):
+        (opt_ml / folder).mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(json.dumps(job.get("HyperParameters", {})))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    channels = {}
+    for channel in job.get("InputDataConfig", []):
+        source = urlparse(channel["DataSource"]["S3DataSource"]["S3Uri"])
+        prefix = source.path.lstrip("/")
+        target = opt_ml / "input" / "data" / channel["ChannelName"]
+        target.mkdir(parents=True)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=source.netloc, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                relative = obj["Key"][len(prefix) :].lstrip("/")
+                if relative and not relative.endswith("/"):
+                    (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                    s3.download_file(source.netloc, obj["Key"], str(target / relative))
+        channels[channel["ChannelName"]] = {
+            "TrainingInputMode": job["AlgorithmSpecification"].get("TrainingInputMode", "File"),
+            "S3DistributionType": channel["DataSource"]["S3DataSource"].get("S3DataDistributionType", ""),
+            "RecordWrapperType": "None",
+        }
+    (config / "inputdataconfig.json").write_text(json.dumps(channels))
+    started = time.time()
+    result = engine.run(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{opt_ml}:/opt/ml",
+        job["AlgorithmSpecification"]["TrainingImage"],
+        "train",
+        check=False,
+        timeout=job.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600),
+    )
+    seconds = time.time() - started
+    failure_file = opt_ml / "output" / "failure"
+    failure = failure_file.read_text() if failure_file.exists() else None
+    artifacts = None
+    if result.returncode == 0:
+        archive = workdir / name / "model.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted((opt_ml / "model").iterdir()):
+                tar.add(path, arcname=path.name)
+        output = urlparse(job["OutputDataConfig"]["S3OutputPath"])
+        key = f"{output.path.strip('/')}/{name}/output/model.tar.gz".lstrip("/")
+        s3.upload_file(str(archive), output.netloc, key)
+        artifacts = f"s3://{output.netloc}/{key}"
+    return TrainingJobRun(
+        result.returncode, failure, artifacts, opt_ml, result.stdout + result.stderr, seconds
+    )
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -264,7 +355,10 @@ def start_sam_stack(model_dir: Path | None, workdir: Path, engine: Engine | None
             for name in ("s3", "sqs", "ssm", "dynamodb", "events", "sagemaker")
         }
         resources = create_resources(
-            load_template(), clients, prefix="churnguard-sam", parameters={"LocalAwsEndpoint": moto.network_url}
+            load_template(),
+            clients,
+            prefix="churnguard-sam",
+            parameters={"LocalAwsEndpoint": moto.network_url},
         )
         stack = SamLocalStack(engine, moto, built, resources, clients, workdir)
         if model_dir is not None:
@@ -277,10 +371,14 @@ def start_sam_stack(model_dir: Path | None, workdir: Path, engine: Engine | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--serve", action="store_true", help="keep sam local start-api up until Ctrl-C")
     parser.add_argument("--port", type=int, default=3000)
-    parser.add_argument("--model-dir", type=Path, default=None, help="default: the CDNOW model (trained if needed)")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="default: the CDNOW model (trained if needed)"
+    )
     args = parser.parse_args(argv)
     from infra.local_stack import ensure_model
 

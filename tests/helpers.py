@@ -100,3 +100,44 @@ def tarball(model_dir: Path) -> bytes:
         for path in model_dir.iterdir():
             archive.add(path, arcname=path.name)
     return buffer.getvalue()
+
+
+def http(method: str, url: str, body: bytes | dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+    """One HTTP request; JSON bodies both ways; an HTTP error status is returned, not raised."""
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def check_scoring_api_over_http(api: str, model_version: str) -> None:
+    """The scoring API's contract over real HTTP (the in-process local stack and `sam local start-api`
+    run the same checks): health, scores, and the 4xx answers that name what is wrong."""
+    assert http("GET", api + "/v1/health") == (200, {"status": "ok", "model_version": model_version})
+    customer = {
+        "user_id": "x",
+        "as_of": "2024-09-30",
+        "events": [{"timestamp": "2024-02-01", "event_type": "order", "amount": 900, "quantity": 3}],
+    }
+    status, body = http("POST", api + "/v1/scores", {"customers": [customer]})
+    assert status == 200 and body["model_version"] == model_version, body
+    assert 0.0 <= body["customers"][0]["churn_probability"] <= 1.0
+    assert body["customers"][0]["risk_tier"] in {"low", "medium", "high"}
+    status, body = http(
+        "POST", api + "/v1/scores", {"customers": [{"user_id": "x", "events": [{"event_type": "x"}]}]}
+    )
+    assert status == 422 and body["errors"][0]["field"].startswith("customers[0].events[0]"), body
+    status, body = http("POST", api + "/v1/scores", b"{not json")
+    assert status == 400 and "not valid JSON" in body["message"], body
+    status, body = http("POST", api + "/v1/scores", {"customers": [customer] * 101})
+    assert status == 413 and body["limit"] == 100, body
+    status, body = http("GET", api + "/v1/model")
+    assert status == 200 and body["model_version"] == model_version, body

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from churnguard.datasets import generate_synthetic_events
-from tests.helpers import ROOT, model_variant, tarball
+from tests.helpers import ROOT, check_scoring_api_over_http, model_variant, tarball
 
 FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
 
@@ -63,40 +63,9 @@ def clients(ready):
     return boto3.client("s3", **kwargs), boto3.client("sqs", **kwargs)
 
 
-def post(url, body):
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_the_api_answers_real_http_with_the_published_model(stack):
     _, ready = stack
-    with urllib.request.urlopen(ready["api"] + "/v1/health", timeout=10) as response:
-        assert json.loads(response.read()) == {"status": "ok", "model_version": ready["model_version"]}
-    status, body = post(
-        ready["api"] + "/v1/scores",
-        {
-            "customers": [
-                {
-                    "user_id": "x",
-                    "as_of": "2024-09-30",
-                    "events": [
-                        {"timestamp": "2024-02-01", "event_type": "order", "amount": 900, "quantity": 3}
-                    ],
-                }
-            ]
-        },
-    )
-    assert status == 200 and body["model_version"] == ready["model_version"]
-    status, body = post(
-        ready["api"] + "/v1/scores", {"customers": [{"user_id": "x", "events": [{"event_type": "x"}]}]}
-    )
-    assert status == 422 and body["errors"][0]["field"].startswith("customers[0].events[0]")
+    check_scoring_api_over_http(ready["api"], ready["model_version"])
 
 
 def test_an_s3_drop_is_scored_through_the_queue_and_promotions_arrive(stack):

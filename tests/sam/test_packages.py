@@ -1,0 +1,265 @@
+"""Every function from its `sam build` package (function folder + layer, the runtime's boto3 only),
+invoked by `sam local` in a Lambda runtime container against moto in a container; the scoring API
+served by `sam local start-api`; the training image run the way SageMaker runs it.
+
+One module on purpose: the stack (build, containers) is shared, and `--dist loadfile` keeps it on
+one worker. Timings are printed (-s / the note), never asserted.
+"""
+
+import io
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from churnguard.datasets import generate_synthetic_events
+from tests.helpers import FIXTURE_MODEL, check_scoring_api_over_http, http, load_event, model_variant, tarball
+
+AS_OF = "2024-09-30"
+
+
+def _queue_depth(stack, logical_id: str) -> int:
+    attributes = stack.clients["sqs"].get_queue_attributes(
+        QueueUrl=stack.resources.refs[logical_id],
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def _pointer_version(stack) -> str:
+    value = stack.clients["ssm"].get_parameter(Name=stack.resources.refs["ModelPointer"])["Parameter"][
+        "Value"
+    ]
+    return json.loads(value)["version"]
+
+
+def _s3_json(stack, key: str) -> dict:
+    return json.loads(stack.clients["s3"].get_object(Bucket=stack.bucket, Key=key)["Body"].read())
+
+
+def _completed_event(stack, job: str, artifacts: str) -> dict:
+    event = load_event("promote/training_job_completed.json")
+    event["detail"].update(
+        TrainingJobName=job, ModelArtifacts={"S3ModelArtifacts": artifacts}, TrainingJobStatus="Completed"
+    )
+    return event
+
+
+def test_score_api_package_scores_customers_and_queues_promotions(sam_stack):
+    before = _queue_depth(sam_stack, "PromotionsQueue")
+    invocation = sam_stack.invoke("ScoreApiFunction", load_event("score_api/post_scores.json"))
+    print(f"\nScoreApiFunction cold invoke: {invocation.seconds:.2f} s")
+    assert invocation.response["statusCode"] == 200, invocation.logs[-3000:]
+    body = json.loads(invocation.response["body"])
+    assert body["model_version"] == _pointer_version(sam_stack)
+    assert all(0.0 <= c["churn_probability"] <= 1.0 for c in body["customers"])
+    queued = sum(c["queued"] for c in body["customers"])
+    assert queued >= 1  # the fixture request holds a lapsed high-value customer
+    assert _queue_depth(sam_stack, "PromotionsQueue") == before + queued
+    message = sam_stack.clients["sqs"].receive_message(QueueUrl=sam_stack.resources.refs["PromotionsQueue"])
+    promotion = json.loads(message["Messages"][0]["Body"])
+    assert (
+        promotion["schema"] == "churnguard.promotion/v1"
+        and promotion["model_version"] == body["model_version"]
+    )
+
+    # the same request again (a client retry): idempotency in DynamoDB publishes nothing new
+    depth = _queue_depth(sam_stack, "PromotionsQueue")
+    again = sam_stack.invoke("ScoreApiFunction", load_event("score_api/post_scores.json"))
+    assert again.response["statusCode"] == 200
+    assert _queue_depth(sam_stack, "PromotionsQueue") == depth
+
+
+def test_score_api_package_answers_health_with_the_pointer_model(sam_stack):
+    invocation = sam_stack.invoke("ScoreApiFunction", load_event("score_api/get_health.json"))
+    assert invocation.response["statusCode"] == 200
+    assert json.loads(invocation.response["body"]) == {
+        "status": "ok",
+        "model_version": _pointer_version(sam_stack),
+    }
+
+
+def test_batch_package_scores_a_drop_writes_rejects_and_summary_and_redelivery_adds_no_promotion(sam_stack):
+    s3 = sam_stack.clients["s3"]
+    events = generate_synthetic_events(400, seed=11, weeks=78)
+    events = events[events["timestamp"] < AS_OF].copy()
+    events["timestamp"] = events["timestamp"].astype(str)
+    bad = pd.DataFrame(
+        {"user_id": ["", "bad-2"], "timestamp": ["2024-01-01", "not a date"], "event_type": ["order"] * 2}
+    )
+    frame = pd.concat([events, bad], ignore_index=True)
+    key = "incoming/sam/d\u00e9mo events+v1.csv"
+    s3.put_object(
+        Bucket=sam_stack.bucket, Key=key, Body=frame.to_csv(index=False).encode(), Metadata={"as-of": AS_OF}
+    )
+    etag = s3.head_object(Bucket=sam_stack.bucket, Key=key)["ETag"].strip('"')
+    event = load_event("batch_score/sqs_s3_put.json")
+    body = json.loads(event["Records"][0]["body"])
+    body["Records"][0]["s3"]["bucket"]["name"] = sam_stack.bucket
+    body["Records"][0]["s3"]["object"].update(key="incoming/sam/d%C3%A9mo+events%2Bv1.csv", eTag=etag)
+    event["Records"][0]["body"] = json.dumps(body)
+
+    before = _queue_depth(sam_stack, "PromotionsQueue")
+    invocation = sam_stack.invoke("BatchScoreFunction", event)
+    print(f"\nBatchScoreFunction cold invoke ({len(frame)} rows): {invocation.seconds:.2f} s")
+    assert invocation.response == {"batchItemFailures": []}, invocation.logs[-3000:]
+    summary = _s3_json(sam_stack, "scored/sam/d\u00e9mo events+v1.summary.json")
+    assert summary["status"] == "ok", summary
+    assert summary["rows_in"] == len(frame) == summary["rows_used"] + summary["rows_rejected"]
+    assert summary["rows_rejected"] == 2
+    scored = pd.read_parquet(
+        io.BytesIO(
+            s3.get_object(Bucket=sam_stack.bucket, Key="scored/sam/d\u00e9mo events+v1.parquet")[
+                "Body"
+            ].read()
+        )
+    )
+    assert sorted(scored["user_id"]) == sorted(events["user_id"].unique())
+    assert scored["churn_probability"].between(0, 1).all()
+    rejects = pd.read_csv(
+        io.BytesIO(
+            s3.get_object(Bucket=sam_stack.bucket, Key="rejected/sam/d\u00e9mo events+v1.csv")["Body"].read()
+        )
+    )
+    assert len(rejects) == 2 and rejects["reason"].str.len().gt(0).all()
+    queued = summary["customers_queued"]
+    assert queued > 0 and _queue_depth(sam_stack, "PromotionsQueue") == before + queued
+
+    redelivered = sam_stack.invoke("BatchScoreFunction", event)  # SQS at-least-once: same message again
+    assert redelivered.response == {"batchItemFailures": []}
+    assert _queue_depth(sam_stack, "PromotionsQueue") == before + queued
+
+
+def test_retrain_package_creates_the_training_job_and_promote_package_gates_it(sam_stack, tmp_path):
+    sam_stack.env_overrides["RetrainFunction"] = {
+        "CHURNGUARD_TRAINING_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training:abc123"
+    }
+    invocation = sam_stack.invoke("RetrainFunction", {"source": "aws.scheduler"})
+    job_name = invocation.response["training_job"]
+    job = sam_stack.clients["sagemaker"].describe_training_job(TrainingJobName=job_name)
+    assert job["AlgorithmSpecification"]["TrainingImage"].endswith(":abc123")
+    assert (
+        job["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+        == f"s3://{sam_stack.bucket}/training-events/"
+    )
+
+    # the gate, from its package (pandas in the function, numpy from the layer): a valid challenger is
+    # promoted and the pointer moves; a degraded one is refused and the pointer stays
+    s3 = sam_stack.clients["s3"]
+    for version, degrade in (("sam-challenger", False), ("sam-degraded", True)):
+        key = f"training/{job_name}-{version}/output/model.tar.gz"
+        s3.put_object(
+            Bucket=sam_stack.bucket, Key=key, Body=tarball(model_variant(tmp_path, version, degrade=degrade))
+        )
+        decision = sam_stack.invoke(
+            "PromoteFunction",
+            _completed_event(sam_stack, f"{job_name}-{version}", f"s3://{sam_stack.bucket}/{key}"),
+        )
+        print(f"\nPromoteFunction cold invoke: {decision.seconds:.2f} s")
+        recorded = _s3_json(sam_stack, f"model-decisions/{version}.json")
+        assert recorded["accepted"] is (not degrade), recorded
+        assert decision.response["accepted"] is (not degrade)
+    assert _pointer_version(sam_stack) == "sam-challenger"
+    sam_stack.publish(FIXTURE_MODEL)  # back to the fixture champion for the tests that follow
+
+
+def test_start_api_serves_the_scoring_api_over_http_from_the_package(sam_stack):
+    from infra.local_stack import free_port
+    from infra.sam_local import stop_process
+
+    port = free_port()
+    process = sam_stack.start_api(port)
+    try:
+        api = f"http://127.0.0.1:{port}"
+        check_scoring_api_over_http(api, _pointer_version(sam_stack))
+        latencies = []
+        for _ in range(20):
+            started = time.perf_counter()
+            status, _ = http("GET", api + "/v1/health")
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert status == 200
+        print(f"\nstart-api warm GET /v1/health: median {sorted(latencies)[10]:.0f} ms")
+    finally:
+        stop_process(process)
+
+
+@pytest.mark.slow
+def test_training_image_trains_cdnow_as_sagemaker_runs_it_and_the_packaged_gate_promotes_it(
+    sam_stack, engine, tmp_path
+):
+    from churnguard.datasets import load_cdnow
+    from infra.local_stack import cdnow_holdout, put_holdout
+    from infra.sam_local import run_training_job
+    from infra.training_image import build_training_image
+
+    started = time.time()
+    image = build_training_image(engine)
+    print(f"\ntraining image {image}: {time.time() - started:.0f} s (cached when unchanged)")
+    s3 = sam_stack.clients["s3"]
+    users, labels, holdout_events, as_of = cdnow_holdout()
+    put_holdout(s3, sam_stack.bucket, users, labels, holdout_events, as_of)
+    events = load_cdnow()
+    training_events = events[~events["user_id"].isin(set(users))]  # the holdout stays unseen
+    s3.put_object(
+        Bucket=sam_stack.bucket,
+        Key="training-events/cdnow.csv",
+        Body=training_events.to_csv(index=False).encode(),
+    )
+    sam_stack.env_overrides["RetrainFunction"] = {
+        "CHURNGUARD_TRAINING_IMAGE": image,
+        "CHURNGUARD_TRAINING_HYPERPARAMETERS": json.dumps(
+            {"epochs": 20, "patience": 3, "as_of": "1997-10-01"}
+        ),
+    }
+    job_name = sam_stack.invoke("RetrainFunction", {"source": "aws.scheduler"}).response["training_job"]
+    job = sam_stack.clients["sagemaker"].describe_training_job(TrainingJobName=job_name)
+
+    run = run_training_job(engine, job, s3, tmp_path)
+    print(f"training job in the image: {run.seconds:.0f} s")
+    assert run.exit_code == 0 and run.failure is None, run.logs[-4000:]
+    metadata = json.loads((run.opt_ml / "model" / "metadata.json").read_text())
+    assert metadata["files"]["model.tflite"]["parity_max_abs_diff"] <= 1e-5
+
+    champion = _pointer_version(sam_stack)
+    decision = sam_stack.invoke("PromoteFunction", _completed_event(sam_stack, job_name, run.model_artifacts))
+    recorded = _s3_json(sam_stack, f"model-decisions/{metadata['model_version']}.json")
+    assert recorded["accepted"] is True, recorded
+    assert recorded["champion_version"] == champion and recorded["champion"]["customers"] == len(users)
+    assert decision.response["accepted"] is True
+    assert _pointer_version(sam_stack) == metadata["model_version"]
+
+
+def test_training_image_with_a_bad_channel_fails_with_the_reason_in_the_failure_file(
+    sam_stack, engine, tmp_path
+):
+    from infra.sam_local import run_training_job
+    from infra.training_image import build_training_image
+
+    image = build_training_image(engine)
+    s3 = sam_stack.clients["s3"]
+    s3.put_object(Bucket=sam_stack.bucket, Key="bad-events/part-1.csv", Body=b"customer,when\n1,1997-01-01\n")
+    job = {
+        "TrainingJobName": "churnguard-bad-channel",
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
+        "HyperParameters": {"epochs": "2"},
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "DataSource": {"S3DataSource": {"S3Uri": f"s3://{sam_stack.bucket}/bad-events/"}},
+            }
+        ],
+        "OutputDataConfig": {"S3OutputPath": f"s3://{sam_stack.bucket}/training/"},
+    }
+    run = run_training_job(engine, job, s3, tmp_path)
+    assert run.exit_code != 0 and run.model_artifacts is None
+    assert run.failure and "user_id" in run.failure, run.logs[-3000:]
+
+    job["TrainingJobName"] = "churnguard-empty-channel"
+    job["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = (
+        f"s3://{sam_stack.bucket}/no-such-prefix/"
+    )
+    run = run_training_job(engine, job, s3, tmp_path)
+    assert run.exit_code != 0 and run.failure and "empty" in run.failure.lower(), run.logs[-3000:]
