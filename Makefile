@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install demo serve train test lint bench-quality bench-serving template-checks clean
+.PHONY: install demo serve train test lint bench-quality bench-serving template-checks clean infra-venv sam-test serve-sam deploy training-image
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -31,9 +31,29 @@ serve: install
 train: install
 	$(PY) -m training.train --model-dir artifacts/model
 
-## The test suite (unit + integration); see README for the layers.
-test: install
+## The test suite: unit, integration (moto over HTTP), e2e (local stack) and the sam build packages under
+## sam local (tests/sam: needs Docker, or root to set up podman; skipped with the reason otherwise,
+## never skipped with CI=true). See README for the layers.
+test: install infra-venv
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+## Only the packages under sam local (timings printed).
+sam-test: install infra-venv
+	$(PY) -m pytest -p no:xdist -s tests/sam $(PYTEST_ARGS)
+
+## sam local start-api on 127.0.0.1:3000 over the built packages and moto in a container, until Ctrl-C.
+serve-sam: install infra-venv
+	$(PY) -m infra.sam_local --serve
+
+## The SageMaker training image (training/Containerfile), tagged with the code version.
+training-image: install
+	$(PY) -m infra.training_image
+
+## One deploy: sam build + deploy, training image to ECR, training events, first model + holdout, API
+## instructions. `make deploy DEPLOY_ARGS=--dry-run` prints every command and upload instead.
+DEPLOY_ARGS ?=
+deploy: install infra-venv
+	$(PY) -m infra.deploy $(DEPLOY_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -52,7 +72,9 @@ bench-serving: install
 
 ## sam validate --lint, cfn-lint on the translated template, checkov, sam build (no Docker) + sizes
 INFRA_VENV := .cache/venv-infra
-template-checks:
-	@test -x $(INFRA_VENV)/bin/python || $(PYTHON) -m venv $(INFRA_VENV)
-	$(INFRA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/requirements-checks.txt
+## The SAM CLI + checkov venv (their pins fight ours), built once by the same helper the tests use.
+infra-venv: install
+	$(PY) -c 'from tests.helpers import ROOT, cached_venv; cached_venv("venv-infra", "-r", str(ROOT / "infra/requirements-checks.txt"))'
+
+template-checks: infra-venv
 	$(INFRA_VENV)/bin/python infra/template_checks.py

@@ -452,11 +452,16 @@ def check_event_file(path: Path) -> int:
 
 
 def cdnow_csv_gz() -> bytes:
+    """CDNOW without the gate's holdout customers (the protocol's test split): a challenger trained on
+    these events is compared on customers it has never seen."""
     from churnguard.datasets import load_cdnow
+    from infra.local_stack import cdnow_holdout
 
+    events = load_cdnow()
+    holdout_users = set(cdnow_holdout()[0])
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as archive:
-        archive.write(load_cdnow().to_csv(index=False).encode())
+        archive.write(events[~events["user_id"].isin(holdout_users)].to_csv(index=False).encode())
     return buffer.getvalue()
 
 

@@ -32,6 +32,7 @@ IMAGE = "localhost/churnguard-training"
 CONTAINERFILE = ROOT / "training" / "Containerfile"
 CONTEXT = CACHE / "training-context"
 EXTRA = "train"
+BUILD_STAGE_LABEL = "churnguard.stage=training-build"  # set in the Containerfile's build stage
 SOURCES = (ROOT / "training", ROOT / "shared" / "churnguard")
 
 _NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
@@ -162,6 +163,8 @@ def build_training_image(engine: Engine) -> str:
     started = time.time()
     engine.build(tag, CONTAINERFILE, CONTEXT, {"BASE_IMAGE": PYTHON_BASE, "CODE_VERSION": version})
     _log(f"{tag} built in {time.time() - started:.0f} s")
+    # The build stage's leftovers (engines that keep stage images as untagged layers, like podman).
+    engine.run("image", "prune", "--force", "--filter", f"label={BUILD_STAGE_LABEL}", check=False)
     return tag
 
 

@@ -26,6 +26,7 @@ even a broken installation ends in a failure file rather than a bare traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -154,7 +155,9 @@ def channel_directories(opt_ml: OptML) -> dict[str, Path]:
     declared = declared_channels(opt_ml)
     unknown = [name for name in declared if name not in CHANNELS]
     if unknown:
-        raise ContractError(f"unexpected channel(s) {unknown}: this image reads 'train' and optional 'validation'")
+        raise ContractError(
+            f"unexpected channel(s) {unknown}: this image reads 'train' and optional 'validation'"
+        )
     if "train" not in declared:
         raise ContractError(f"no 'train' channel: expected event files under {opt_ml.channel('train')}")
     directories = {}
@@ -193,10 +196,8 @@ def _stop(signum: int, frame: object) -> None:
 
 def main() -> int:
     opt_ml = OptML.from_env()
-    try:  # a stale reason from an earlier local run is not this run's
+    with contextlib.suppress(OSError):  # a stale reason from an earlier local run is not this run's
         opt_ml.failure.unlink(missing_ok=True)
-    except OSError:
-        pass
     signal.signal(signal.SIGTERM, _stop)  # PID 1 in the container: no default SIGTERM action
     try:
         argv = prepare(opt_ml)

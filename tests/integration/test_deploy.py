@@ -224,12 +224,17 @@ def test_a_file_with_wrong_columns_is_refused_before_anything_is_uploaded(stack,
     assert deploy.keys_under(stack["s3"], BUCKET, "training-events/") == []
 
 
-def test_cdnow_is_the_default_and_never_replaces_events_already_there(stack):
+def test_cdnow_is_the_default_without_the_gate_holdout_customers_and_never_replaces_events(stack):
     from churnguard.datasets import load_cdnow
+    from infra.local_stack import cdnow_holdout
 
     s3 = stack["s3"]
     assert deploy.upload_training_events(s3, BUCKET, None) == ["training-events/cdnow.csv.gz"]
-    assert len(read_object(s3, "training-events/cdnow.csv.gz")) == len(load_cdnow())
+    uploaded = read_object(s3, "training-events/cdnow.csv.gz")
+    holdout_users = set(cdnow_holdout()[0])
+    events = load_cdnow()
+    assert len(uploaded) == (~events["user_id"].isin(holdout_users)).sum()
+    assert not set(uploaded["user_id"].astype(str)) & holdout_users  # the gate compares on unseen customers
     assert deploy.upload_training_events(s3, BUCKET, None) == []  # a re-deploy keeps them
 
 

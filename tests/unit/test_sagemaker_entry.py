@@ -25,7 +25,11 @@ def opt_ml_tree(tmp_path: Path, hyperparameters: dict[str, str], channels: dict[
     config.mkdir(parents=True)
     (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     declared = {
-        name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+        name: {
+            "TrainingInputMode": "File",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+        }
         for name in channels
     }
     (config / "inputdataconfig.json").write_text(json.dumps(declared))
@@ -64,11 +68,20 @@ GOOD_HEADER = "user_id,timestamp,event_type,amount\n"
     [
         ({"train": {}}, "channel 'train' is empty"),
         ({"train": {"events.csv": "customer,day,value\n1,19970101,3.5\n"}}, "missing required column"),
-        ({"train": {"events.csv": GOOD_HEADER + "1,1997-01-01,order,3\n"}, "validation": {}}, "'validation' is empty"),
+        (
+            {"train": {"events.csv": GOOD_HEADER + "1,1997-01-01,order,3\n"}, "validation": {}},
+            "'validation' is empty",
+        ),
         ({"validation": {"events.csv": GOOD_HEADER + "1,1997-01-01,order,3\n"}}, "no 'train' channel"),
         ({"train": {"events.csv": GOOD_HEADER + "1,1997-01-01,order,3\n"}, "test": {"x.csv": ""}}, "'test'"),
     ],
-    ids=["empty-train-channel", "wrong-columns", "empty-validation-channel", "no-train-channel", "extra-channel"],
+    ids=[
+        "empty-train-channel",
+        "wrong-columns",
+        "empty-validation-channel",
+        "no-train-channel",
+        "extra-channel",
+    ],
 )
 def test_bad_channel_fails_the_job_with_a_failure_file_naming_the_problem(tmp_path, channels, reason):
     opt_ml = opt_ml_tree(tmp_path, SMALL, channels)
@@ -83,7 +96,9 @@ def test_declared_channel_without_its_directory_fails(tmp_path):
     opt_ml = opt_ml_tree(tmp_path, SMALL, {"train": {"events.csv": GOOD_HEADER}})
     declared = {"train": {"TrainingInputMode": "File"}, "validation": {"TrainingInputMode": "File"}}
     (opt_ml / "input/config/inputdataconfig.json").write_text(json.dumps(declared))
-    with pytest.raises(ContractError, match=r"'validation' is declared but .*input/data/validation does not exist"):
+    with pytest.raises(
+        ContractError, match=r"'validation' is declared but .*input/data/validation does not exist"
+    ):
         channel_directories(OptML(opt_ml))
 
 
@@ -99,13 +114,31 @@ def test_unknown_hyperparameter_fails_the_job_naming_it(tmp_path):
     assert failure_reason(opt_ml).startswith("bad arguments: unknown arguments")
 
 
-def test_malformed_hyperparameter_value_fails_the_job_naming_it(tmp_path):
-    opt_ml = opt_ml_tree(
-        tmp_path, {"epochs": "many"}, {"train": {"events.csv": GOOD_HEADER + "1,1997-01-01,order,3\n"}}
-    )
-    result = run_entry(opt_ml)
-    assert result.returncode == 2
-    assert "--epochs: invalid int value: 'many'" in failure_reason(opt_ml)
+def raising(exc: Exception):
+    def run(args):
+        raise exc
+
+    return run
+
+
+def test_train_main_writes_the_reason_to_the_failure_file(tmp_path, monkeypatch):
+    from churnguard.events import EventLogError
+    from training import train
+
+    failure = tmp_path / "output/failure"
+    with pytest.raises(SystemExit) as exited:  # argparse's exit, as on the command line
+        train.main(["--epochs=many"], failure_file=failure)
+    assert exited.value.code == 2
+    assert failure.read_text() == "bad arguments: argument --epochs: invalid int value: 'many'\n"
+
+    monkeypatch.setattr(train, "run", raising(EventLogError("no orders")))
+    assert train.main([], failure_file=failure) == 2
+    assert failure.read_text() == "bad input: no orders\n"
+
+    monkeypatch.setattr(train, "run", raising(KeyError("surprise")))
+    assert train.main([]) == 1  # without a failure file: only the exit code and stderr
+    assert train.main([], failure_file=failure) == 1
+    assert failure.read_text() == "internal error: KeyError: 'surprise'\n"
 
 
 def test_stale_failure_file_from_an_earlier_run_is_replaced(tmp_path):
@@ -142,7 +175,9 @@ def test_hyperparameters_become_train_py_options_and_sagemaker_keys_are_dropped(
 def test_translated_hyperparameters_parse_with_train_py():
     from training.train import parse_args
 
-    args = parse_args(train_arguments({"epochs": "15", "threshold-policy": "min_cost", "learning_rate": "3e-3"}))
+    args = parse_args(
+        train_arguments({"epochs": "15", "threshold-policy": "min_cost", "learning_rate": "3e-3"})
+    )
     assert args.epochs == 15 and args.threshold_policy == "min_cost" and args.learning_rate == 0.003
     with pytest.raises(SystemExit):
         parse_args(train_arguments({"lstm-unitz": "8"}))
@@ -156,7 +191,9 @@ def test_hyperparameters_cannot_redirect_the_container_paths(key):
 
 def test_pipe_mode_channel_is_refused(tmp_path):
     opt_ml = opt_ml_tree(tmp_path, SMALL, {"train": {"events.csv": GOOD_HEADER}})
-    (opt_ml / "input/config/inputdataconfig.json").write_text(json.dumps({"train": {"TrainingInputMode": "Pipe"}}))
+    (opt_ml / "input/config/inputdataconfig.json").write_text(
+        json.dumps({"train": {"TrainingInputMode": "Pipe"}})
+    )
     with pytest.raises(ContractError, match="Pipe"):
         channel_directories(OptML(opt_ml))
 
