@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install demo serve train test lint bench-quality bench-serving template-checks clean infra-venv sam-test serve-sam deploy training-image
+.PHONY: install demo serve train test lint bench-quality bench-serving template-checks clean infra-venv sam-test bench-sam serve-sam deploy training-image
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -40,6 +40,10 @@ test: install infra-venv
 ## Only the packages under sam local (timings printed).
 sam-test: install infra-venv
 	$(PY) -m pytest -p no:xdist -s tests/sam $(PYTEST_ARGS)
+
+## sam local cold/warm latency per function -> benchmarks/results/sam_local.{json,md}
+bench-sam: install infra-venv
+	$(PY) -m benchmarks.sam_local
 
 ## sam local start-api on 127.0.0.1:3000 over the built packages and moto in a container, until Ctrl-C.
 serve-sam: install infra-venv

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,34 +205,39 @@ class SamLocalStack:
         return Invocation(response, result.stderr, seconds)
 
     def start_api(self, port: int, warm: bool = True) -> subprocess.Popen:
-        args = [
-            sam_cli(),
-            "local",
-            "start-api",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *self.common_args(),
-        ]
+        """`sam local start-api` on 127.0.0.1:port; returns once /v1/health answers (any status)."""
+        return self._serve("start-api", port, warm, f"http://127.0.0.1:{port}/v1/health")
+
+    def start_lambda(self, port: int, warm: bool = True) -> subprocess.Popen:
+        """`sam local start-lambda` (the Lambda Invoke API on 127.0.0.1:port, for boto3)."""
+        return self._serve("start-lambda", port, warm, f"http://127.0.0.1:{port}/")
+
+    def _serve(self, command: str, port: int, warm: bool, probe: str) -> subprocess.Popen:
+        args = [sam_cli(), "local", command, "--host", "127.0.0.1", "--port", str(port), *self.common_args()]
         if warm:
             args += ["--warm-containers", "EAGER"]
-        log = (self.workdir / f"start-api-{port}.log").open("ab")
+        log_path = self.workdir / f"{command}-{port}.log"
         process = subprocess.Popen(
-            args, cwd=self.workdir, env=sam_env(self.engine), stdout=log, stderr=log, start_new_session=True
+            args,
+            cwd=self.workdir,
+            env=sam_env(self.engine),
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # stop_process() ends SAM and its warm containers together
         )
         deadline = time.time() + 300
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=30)
+                urllib.request.urlopen(probe, timeout=30)
                 return process
-            except urllib.error.HTTPError:  # any HTTP answer (503 before a model) means it is up
+            except urllib.error.HTTPError:  # any HTTP answer (503 before a model, 404) means it is up
                 return process
             except OSError:
                 if time.time() > deadline or process.poll() is not None:
                     stop_process(process)
-                    output = (self.workdir / f"start-api-{port}.log").read_text()[-3000:]
-                    raise RuntimeError(f"sam local start-api did not come up: {output}") from None
+                    raise RuntimeError(
+                        f"sam local {command} did not come up: {log_path.read_text()[-3000:]}"
+                    ) from None
                 time.sleep(1)
 
     def publish(self, model_dir: Path) -> str:

@@ -8,9 +8,11 @@ training/ (code and Containerfile), shared/churnguard/, pyproject.toml and the v
 the tests ran with; the wheels are pinned to them). An existing tag is not rebuilt. The same hash is
 the image's ``CHURNGUARD_CODE_VERSION``, so a model's metadata.json names the image that trained it.
 
-The build context is ``.cache/containers/training-context/wheels/``: ``pip wheel`` of the project
-(from a copy of the hashed sources, so no build/ or stale files from the work tree get in) and all its
-dependencies, kept between runs and reused while the pins stay the same.
+The build context is ``.cache/containers/training-context/``: ``pip wheel`` of the project (from a
+copy of the hashed sources, so no build/ or stale files from the work tree get in) into ``project/``
+and of all its dependencies into ``deps/`` (with ``requirements.txt`` pinning them), kept between runs
+and reused while the pins stay the same. The engine's layer cache then keeps the dependency layer, so
+a code change rebuilds only the project layer.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ IMAGE = "localhost/churnguard-training"
 CONTAINERFILE = ROOT / "training" / "Containerfile"
 CONTEXT = CACHE / "training-context"
 EXTRA = "train"
-BUILD_STAGE_LABEL = "churnguard.stage=training-build"  # set in the Containerfile's build stage
 SOURCES = (ROOT / "training", ROOT / "shared" / "churnguard")
 
 _NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
@@ -113,20 +114,21 @@ def _stage_sources(target: Path) -> None:
 
 
 def prepare_wheels(context: Path = CONTEXT) -> Path:
-    """``pip wheel`` churnguard[train] into ``context/wheels`` with the host's pip (and its config)."""
-    wheels = context / "wheels"
+    """``pip wheel`` churnguard[train] with the host's pip (and its config): dependencies into
+    ``context/deps`` (+ ``requirements.txt``), the project's wheel into ``context/project``."""
+    deps, project = context / "deps", context / "project"
     pins = "\n".join(dependency_pins()) + "\n"
-    marker = context / "pins.txt"
-    if wheels.exists() and (not marker.exists() or marker.read_text() != pins):
-        shutil.rmtree(wheels)  # other versions: start afresh so the image cannot pick a stale one
-    wheels.mkdir(parents=True, exist_ok=True)
+    marker = deps / "requirements.txt"
+    if deps.exists() and (not marker.exists() or marker.read_text() != pins):
+        shutil.rmtree(deps)  # other versions: start afresh so the image cannot pick a stale one
+    deps.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir(parents=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         constraints = Path(tmp) / "constraints.txt"
         constraints.write_text(pins)
         source = Path(tmp) / "churnguard"
         _stage_sources(source)
-        for stale in wheels.glob("churnguard-*.whl"):
-            stale.unlink()
         subprocess.run(
             [
                 sys.executable,
@@ -136,9 +138,9 @@ def prepare_wheels(context: Path = CONTEXT) -> Path:
                 "--quiet",
                 "--disable-pip-version-check",
                 "--wheel-dir",
-                str(wheels),
+                str(deps),
                 "--find-links",
-                str(wheels),  # wheels built from sdists last time are taken as they are
+                str(deps),  # wheels built from sdists last time are taken as they are
                 "--constraint",
                 str(constraints),
                 f"{source}[{EXTRA}]",
@@ -146,8 +148,10 @@ def prepare_wheels(context: Path = CONTEXT) -> Path:
             check=True,
             timeout=1800,
         )
+    for wheel in deps.glob("churnguard-*.whl"):
+        wheel.rename(project / wheel.name)
     marker.write_text(pins)
-    return wheels
+    return context
 
 
 def build_training_image(engine: Engine) -> str:
@@ -163,8 +167,6 @@ def build_training_image(engine: Engine) -> str:
     started = time.time()
     engine.build(tag, CONTAINERFILE, CONTEXT, {"BASE_IMAGE": PYTHON_BASE, "CODE_VERSION": version})
     _log(f"{tag} built in {time.time() - started:.0f} s")
-    # The build stage's leftovers (engines that keep stage images as untagged layers, like podman).
-    engine.run("image", "prune", "--force", "--filter", f"label={BUILD_STAGE_LABEL}", check=False)
     return tag
 
 

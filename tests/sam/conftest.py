@@ -24,7 +24,11 @@ def engine():
 @pytest.fixture(scope="session")
 def sam_stack(engine, tmp_path_factory):
     from infra.sam_local import start_sam_stack
-    from tests.helpers import FIXTURE_MODEL
+    from tests.helpers import FIXTURE_MODEL, ROOT, cached_venv
+
+    cached_venv(
+        "venv-infra", "-r", str(ROOT / "infra/requirements-checks.txt")
+    )  # the SAM CLI (make does it first)
 
     stack = start_sam_stack(FIXTURE_MODEL, tmp_path_factory.mktemp("sam"), engine)
     yield stack
