@@ -167,7 +167,16 @@ def build_training_image(engine: Engine) -> str:
     started = time.time()
     engine.build(tag, CONTAINERFILE, CONTEXT, {"BASE_IMAGE": PYTHON_BASE, "CODE_VERSION": version})
     _log(f"{tag} built in {time.time() - started:.0f} s")
+    _remove_older_tags(engine, tag)
     return tag
+
+
+def _remove_older_tags(engine: Engine, keep: str) -> None:
+    """Earlier local builds (3 GB each, sharing the cached dependency layer); ECR keeps what was pushed."""
+    listed = engine.run("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE, check=False).stdout.split()
+    older = [tag for tag in listed if tag != keep and tag.split(":")[0].endswith(IMAGE.split("/")[-1])]
+    if older:
+        engine.run("rmi", *older, check=False)
 
 
 def main() -> int:
