@@ -100,4 +100,3 @@ def test_the_pandas_functions_and_the_layer_pin_the_same_numpy():
         assert "build_pandas_function" in (ROOT / f"functions/{function}/Makefile").read_text()
     recipe = (ROOT / "functions/lambda_build.mk").read_text().split("define build_pandas_function")[1]
     assert "numpy numpy.libs" in recipe
-
