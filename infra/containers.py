@@ -4,7 +4,7 @@ With a working Docker (``docker info`` answers) everything uses it and the offic
 ``public.ecr.aws/lambda/python:3.11-x86_64``; the training image builds FROM ``python:3.11-slim``).
 
 Without Docker (our machines: no engine, no registry), as root, this sets up Debian's podman with
-runc, serves the Docker API on a socket under ``.cache/containers/`` for the SAM CLI, and builds the
+runc, serves the Docker API on a socket under /tmp (one per checkout) for the SAM CLI, and builds the
 base images locally under the public names the rest expects:
 
 * ``docker.io/library/python:3.11-slim-bookworm`` from ``debootstrap`` (Debian bookworm, Python 3.11);
@@ -158,7 +158,8 @@ def _install_podman() -> None:
 
 
 def _podman_service(conf: Path) -> str:
-    socket_path = CACHE / "podman.sock"
+    # Under /tmp, named per checkout: a unix socket path must stay under 108 bytes, checkouts may not.
+    socket_path = Path(tempfile.gettempdir()) / f"churnguard-podman-{inputs_hash(str(ROOT))[:8]}.sock"
     host = f"unix://{socket_path}"
     env = {**os.environ, "CONTAINERS_CONF": str(conf)}
 

@@ -571,17 +571,6 @@ def ensure_first_model(model_dir: Path, events_dir: Path | None = None) -> Path:
     return model_dir
 
 
-def _put_holdout(s3: Any, bucket: str, events: Any, users: Any, labels: Any, as_of: str) -> int:
-    import pandas as pd
-
-    before = events[events["timestamp"] < pd.Timestamp(as_of)].drop(columns=["source_row"], errors="ignore")
-    labels_csv = pd.DataFrame({"user_id": users, "churned": labels}).to_csv(index=False)
-    s3.put_object(Bucket=bucket, Key=HOLDOUT_KEYS[0], Body=before.to_csv(index=False).encode())
-    s3.put_object(Bucket=bucket, Key=HOLDOUT_KEYS[1], Body=labels_csv.encode())
-    s3.put_object(Bucket=bucket, Key=HOLDOUT_KEYS[2], Body=json.dumps({"as_of": as_of}).encode())
-    return len(users)
-
-
 def holdout_from_events(s3: Any, bucket: str, metadata: dict[str, Any], events_dir: Path) -> int | None:
     """For a model trained on exactly ``events_dir``: its test customers (train.py's split), else None."""
     if metadata["data"]["source"] != "channel:train":
@@ -596,8 +585,10 @@ def holdout_from_events(s3: Any, bucket: str, metadata: dict[str, Any], events_d
     users = cohort(source.events, protocol["as_of"])
     labels = churn_labels(source.events, users, protocol["as_of"], protocol["horizon_weeks"])
     _, test = stratified_split(labels, protocol["test_fraction"], protocol["seed"])
+    from infra.local_stack import put_holdout
+
     events = source.events[source.events["user_id"].isin(set(users[test]))]
-    return _put_holdout(s3, bucket, events, users[test], labels[test], protocol["as_of"])
+    return put_holdout(s3, bucket, users[test], labels[test], events, protocol["as_of"])
 
 
 def write_gate_holdout(s3: Any, bucket: str, model_dir: Path, events_dir: Path | None = None) -> int:

@@ -187,10 +187,14 @@ def get_model():
 
 @app.get("/v1/health", summary="Liveness and the model version being served")
 def get_health():
+    models = runtime().models
     try:
-        version = runtime().models.current().version
+        version = models.current().version
     except ModelUnavailableError as exc:
         return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unavailable", "reason": str(exc)})
+    status = models.status()
+    if status.state != "ok":  # still serving, but not the model the pointer names: say why
+        return _json(HTTPStatus.OK, {"status": "degraded", "model_version": version, "reason": status.reason})
     return _json(HTTPStatus.OK, {"status": "ok", "model_version": version})
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from churnguard.bundle import ModelBundle
-from churnguard.features import EVENT_TYPES, EventArrays
+from churnguard.features import EVENT_TYPES, MAX_AMOUNT, MAX_QUANTITY, EventArrays
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
 from churnguard.scoring import ReasonsFor, score_customers
 
@@ -34,8 +34,10 @@ class EventIn(BaseModel):
 
     timestamp: dt.datetime = Field(description="ISO-8601; offsets are converted to UTC, naive is UTC")
     event_type: EventType
-    amount: float | None = Field(None, ge=0, allow_inf_nan=False, description="missing -> 0")
-    quantity: float | None = Field(None, ge=0, allow_inf_nan=False, description="missing -> 1")
+    amount: float | None = Field(None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="missing -> 0")
+    quantity: float | None = Field(
+        None, ge=0, le=MAX_QUANTITY, allow_inf_nan=False, description="missing -> 1"
+    )
 
 
 class CustomerIn(BaseModel):

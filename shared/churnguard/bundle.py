@@ -31,6 +31,14 @@ class RiskThresholds:
     high: float
     promotion: float
 
+    def __post_init__(self) -> None:
+        values = {"risk_tiers.medium": self.medium, "risk_tiers.high": self.high, "promotion": self.promotion}
+        outside = [name for name, value in values.items() if not 0.0 <= value <= 1.0]  # NaN fails too
+        if outside:
+            raise ValueError(f"thresholds {outside} are not probabilities in [0, 1]")
+        if self.medium > self.high:
+            raise ValueError("risk_tiers.medium is above risk_tiers.high")
+
     def tier(self, probabilities: np.ndarray) -> np.ndarray:
         tiers = np.full(len(probabilities), "low", dtype=object)
         tiers[probabilities >= self.medium] = "medium"
@@ -87,7 +95,7 @@ class ModelBundle:
                 promotion=float(t["promotion"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"metadata.json lacks reason baselines or thresholds: {exc!r}") from exc
+            raise ModelLoadError(f"metadata.json has no valid reason baselines or thresholds: {exc}") from exc
         return cls(metadata["model_version"], metadata, spec, scorer, explainer, thresholds)
 
     @classmethod

@@ -11,9 +11,11 @@ Rules for awkward rows (each has a unit test):
   Offsets are converted to UTC; naive values are taken as UTC. Unparseable -> row rejected.
 * ``event_type``: case and surrounding blanks are ignored; anything outside ``EVENT_TYPES`` -> row
   rejected (a typo must not silently become "no activity").
-* ``amount``: missing -> 0.0 (the event still counts); not a number, infinite or negative -> row
-  rejected (refunds are ``return`` events with a positive amount). Zero is a valid free order.
-* ``quantity``: missing -> 1; not a number, infinite or negative -> row rejected.
+* ``amount``: missing -> 0.0 (the event still counts); not a number, infinite, negative or above
+  ``MAX_AMOUNT`` (1e9) -> row rejected (refunds are ``return`` events with a positive amount). Zero is
+  a valid free order.
+* ``quantity``: missing -> 1; not a number, infinite, negative or above ``MAX_QUANTITY`` (1e6) -> row
+  rejected.
 * Duplicates: with an ``event_id`` column, repeated ids are one event (first row kept, the rest
   rejected as duplicates). Without it identical rows are separate events: logs at day resolution
   (CDNOW has 255 such rows) really do contain two equal orders on one day.
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from churnguard.features import EVENT_TYPES  # defined beside the numpy-only feature path
+from churnguard.features import EVENT_TYPES, MAX_AMOUNT, MAX_QUANTITY  # beside the numpy-only feature path
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "timestamp", "event_type")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("amount", "quantity", "event_id")
@@ -124,7 +126,7 @@ def validate_events(
         flag(bad_type, bad_reason)
 
     columns = {}
-    for name, default in (("amount", 0.0), ("quantity", 1.0)):
+    for name, default, maximum in (("amount", 0.0, MAX_AMOUNT), ("quantity", 1.0, MAX_QUANTITY)):
         if name in frame.columns:
             raw = frame[name]
             value = _numeric(raw)
@@ -136,6 +138,9 @@ def validate_events(
             finite = np.isfinite(value.to_numpy(dtype="float64", na_value=0.0))
             flag(~finite, f"{name} is not finite")
             flag((value < 0).fillna(False).to_numpy(dtype=bool), f"{name} is negative")
+            flag(
+                finite & (value > maximum).fillna(False).to_numpy(dtype=bool), f"{name} is above {maximum:g}"
+            )
             columns[name] = value.fillna(default).to_numpy(dtype="float64", na_value=default)
         else:
             columns[name] = np.full(n, default)

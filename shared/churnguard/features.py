@@ -33,6 +33,10 @@ SPEC_VERSION = 1
 SECONDS_PER_DAY = 86_400.0
 EVENT_TYPE_ORDER = "order"
 EVENT_TYPES: tuple[str, ...] = ("order", "view", "cart", "return")  # the canonical schema's types
+# Upper bounds of the canonical schema (API and files alike): far above any real order, far below
+# where the float32 model inputs overflow (an amount of 1e39 became inf, then a NaN score).
+MAX_AMOUNT = 1e9
+MAX_QUANTITY = 1e6
 MISSING_CATEGORY = "__missing__"
 OTHER_CATEGORY = "__other__"
 # A profile column is numeric when this share of its non-missing values parses as a number; the

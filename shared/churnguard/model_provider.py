@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,8 +19,18 @@ class ModelUnavailableError(RuntimeError):
     """No model could be loaded at all (nothing to fall back to)."""
 
 
+@dataclass(frozen=True)
+class ModelStatus:
+    state: str  # "ok": serving the pointed-to version; "degraded": serving another one (or none)
+    serving: str | None
+    wanted: str | None = None
+    reason: str | None = None
+
+
 class ModelProvider(Protocol):
     def current(self) -> ModelBundle: ...
+
+    def status(self) -> ModelStatus: ...
 
 
 def provider_from_settings(
@@ -54,3 +65,8 @@ class DirectoryModelProvider:
                         raise ModelUnavailableError(f"model in {self._directory} refused: {exc}") from exc
                     log.info("model %s loaded from %s", self._bundle.version, self._directory)
         return self._bundle
+
+    def status(self) -> ModelStatus:
+        if self._bundle is None:
+            return ModelStatus("degraded", None, reason="no model loaded yet")
+        return ModelStatus("ok", self._bundle.version)

@@ -5,10 +5,14 @@ the prefix holds the model directory (metadata.json, feature_spec.json, model.tf
 
 * The pointer is read with Powertools Parameters and a max age, so a warm container notices a new
   version within ``max_age`` seconds and moves to it on the next request — no cold start.
-* A version whose files are missing or corrupt, whose hashes do not match metadata.json, or whose
-  feature spec does not fit the model is refused: the previous model keeps serving, the refusal is
-  logged and reported through ``on_event`` (the handlers turn it into a metric), and the same version
-  is not downloaded again until the pointer changes.
+* A version whose files are corrupt, whose hashes do not match metadata.json, or whose feature spec
+  or metadata does not fit is refused: the previous model keeps serving, the refusal is logged and
+  reported through ``on_event`` (the handlers turn it into a metric), and the same version is not
+  downloaded again until the pointer changes.
+* A version whose files cannot be fetched (any S3 error: not uploaded yet, access denied, no such
+  bucket, S3 unreachable) is not refused for good: the previous model keeps serving, and the fetch is
+  tried again after ``max_age`` seconds. Either way ``status()`` says "degraded" with the reason
+  until the pointed-to version serves.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +28,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 from churnguard.bundle import REQUIRED_FILES, ModelBundle
-from churnguard.model_provider import ModelUnavailableError
+from churnguard.model_provider import ModelStatus, ModelUnavailableError
 from churnguard.scorer import ModelLoadError
 
 log = logging.getLogger("churnguard.model")
 
 MODEL_FILES = (*REQUIRED_FILES, "model_dynamic_range.tflite")
+
+
+class ModelFetchError(ModelLoadError):
+    """The model's files could not be read from S3 (possibly transient): retried later, not refused."""
 
 
 @dataclass(frozen=True)
@@ -63,13 +72,19 @@ class ModelPointer:
 
 
 def download_model_files(s3_client: Any, pointer: ModelPointer, model_file: str) -> dict[str, bytes]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     files = {}
     for name in (*REQUIRED_FILES[:2], model_file):
         try:
-            obj = s3_client.get_object(Bucket=pointer.bucket, Key=pointer.prefix + name)
-        except s3_client.exceptions.NoSuchKey as exc:
-            raise ModelLoadError(f"{pointer.s3_uri}{name} does not exist") from exc
-        files[name] = obj["Body"].read()
+            files[name] = s3_client.get_object(Bucket=pointer.bucket, Key=pointer.prefix + name)[
+                "Body"
+            ].read()
+        except ClientError as exc:  # NoSuchKey, NoSuchBucket, AccessDenied (a missing key without ListBucket)
+            code = exc.response.get("Error", {}).get("Code", "error")
+            raise ModelFetchError(f"{pointer.s3_uri}{name} could not be read: {code}") from exc
+        except BotoCoreError as exc:  # endpoint unreachable, timeouts, a body cut short
+            raise ModelFetchError(f"{pointer.s3_uri}{name} could not be read: {type(exc).__name__}") from exc
     return files
 
 
@@ -94,6 +109,8 @@ class S3PointerModelProvider:
         self._on_event = on_event
         self._bundle: ModelBundle | None = None
         self._refused_version: str | None = None
+        self._retry_at: dict[str, float] = {}  # version whose fetch failed -> when to try again
+        self._status = ModelStatus("degraded", None, reason="no model loaded yet")
         self._lock = threading.Lock()
 
     @classmethod
@@ -127,40 +144,64 @@ class S3PointerModelProvider:
             tmp.replace(cached / name)
         return files
 
+    def status(self) -> ModelStatus:
+        """Whether the pointed-to version is the one serving (for /v1/health), as of the last request."""
+        return self._status
+
+    def _settled(self, version: str) -> bool:
+        """Nothing to do for this pointer version: serving it, refused it, or waiting to retry it."""
+        return self._bundle is not None and (
+            version in (self._bundle.version, self._refused_version)
+            or time.monotonic() < self._retry_at.get(version, 0.0)
+        )
+
     def current(self) -> ModelBundle:
         try:
             pointer = ModelPointer.parse(self._get_parameter(self._parameter_name, self._max_age_s))
         except Exception as exc:  # SSM unreachable or pointer malformed: keep serving what we have
+            reason = f"model pointer unreadable: {type(exc).__name__}"
             if self._bundle is not None:
                 log.warning("model pointer unreadable, keeping %s: %s", self._bundle.version, exc)
+                self._status = ModelStatus("degraded", self._bundle.version, None, reason)
                 return self._bundle
+            self._status = ModelStatus("degraded", None, None, reason)
             raise ModelUnavailableError(f"model pointer {self._parameter_name} unreadable: {exc}") from exc
-        if self._bundle is not None and pointer.version in (self._bundle.version, self._refused_version):
+        if self._settled(pointer.version):
             return self._bundle
         with self._lock:
-            if self._bundle is not None and pointer.version in (self._bundle.version, self._refused_version):
+            if self._settled(pointer.version):
                 return self._bundle
-            try:
-                bundle = ModelBundle.from_files(self._files_for(pointer), model_file=self._model_file)
-                if bundle.version != pointer.version:
-                    raise ModelLoadError(
-                        f"pointer says version {pointer.version} but the model files are {bundle.version}"
-                    )
-            except (ModelLoadError, OSError) as exc:
-                self._refused_version = pointer.version
-                previous = self._bundle.version if self._bundle else None
-                log.error("model %s refused (%s); serving %s", pointer.version, exc, previous)
-                self._on_event(
-                    "ModelRefused", {"version": pointer.version, "reason": str(exc), "serving": previous}
+            return self._load(pointer)
+
+    def _load(self, pointer: ModelPointer) -> ModelBundle:
+        previous = self._bundle.version if self._bundle else None
+        try:
+            bundle = ModelBundle.from_files(self._files_for(pointer), model_file=self._model_file)
+            if bundle.version != pointer.version:
+                raise ModelLoadError(
+                    f"pointer says version {pointer.version} but the model files are {bundle.version}"
                 )
-                if self._bundle is None:
-                    raise ModelUnavailableError(f"model {pointer.version} refused: {exc}") from exc
-                return self._bundle
-            previous = self._bundle.version if self._bundle else None
-            self._bundle, self._refused_version = bundle, None
-            log.info("model %s loaded from %s (previous: %s)", bundle.version, pointer.s3_uri, previous)
-            self._on_event("ModelLoaded", {"version": bundle.version, "previous": previous})
-            return bundle
+        except (ModelLoadError, OSError) as exc:
+            if isinstance(exc, ModelFetchError):  # maybe transient or not uploaded yet: retry later
+                self._retry_at[pointer.version] = time.monotonic() + self._max_age_s
+            else:
+                self._refused_version = pointer.version
+            log.error("model %s refused (%s); serving %s", pointer.version, exc, previous)
+            self._on_event(
+                "ModelRefused", {"version": pointer.version, "reason": str(exc), "serving": previous}
+            )
+            self._status = ModelStatus(
+                "degraded", previous, pointer.version, f"model {pointer.version}: {exc}"
+            )
+            if self._bundle is None:
+                raise ModelUnavailableError(f"model {pointer.version} refused: {exc}") from exc
+            return self._bundle
+        self._bundle, self._refused_version = bundle, None
+        self._retry_at.pop(pointer.version, None)
+        self._status = ModelStatus("ok", bundle.version)
+        log.info("model %s loaded from %s (previous: %s)", bundle.version, pointer.s3_uri, previous)
+        self._on_event("ModelLoaded", {"version": bundle.version, "previous": previous})
+        return bundle
 
 
 def publish_model(

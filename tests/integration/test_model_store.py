@@ -99,8 +99,49 @@ def test_with_nothing_to_fall_back_to_a_refused_model_is_unavailable(store, tmp_
         Overwrite=True,
         Value=ModelPointer("v0", f"s3://{BUCKET}/models/missing/").to_json(),
     )
-    with pytest.raises(ModelUnavailableError, match="does not exist"):
+    with pytest.raises(ModelUnavailableError, match="could not be read: NoSuchKey"):
         provider.current()
+
+
+def _point(aws, version, s3_uri):
+    aws["ssm"].put_parameter(
+        Name=POINTER, Type="String", Overwrite=True, Value=ModelPointer(version, s3_uri).to_json()
+    )
+
+
+def test_an_unreadable_pointer_target_keeps_the_previous_model_says_degraded_and_is_retried(
+    store, tmp_path, aws
+):
+    """Any S3 error (no such bucket; a version not uploaded yet) used to escape as a 500 on every
+    request, /v1/health included; now the previous model serves and the fetch is retried."""
+    provider, publish, events = store
+    publish(model_variant(tmp_path, "v1"))
+    assert provider.current().version == "v1" and provider.status().state == "ok"
+
+    _point(aws, "ob", "s3://no-such-bucket/models/ob/")
+    assert provider.current().version == "v1"
+    status = provider.status()
+    assert (status.state, status.serving, status.wanted) == ("degraded", "v1", "ob")
+    assert "NoSuchBucket" in status.reason
+
+    _point(aws, "v2", f"s3://{BUCKET}/models/v2/")  # the pointer moved before the upload finished
+    assert provider.current().version == "v1"
+    assert "NoSuchKey" in provider.status().reason
+    publish(model_variant(tmp_path, "v2"))  # the upload lands: the next read (max age 0) takes it
+    assert provider.current().version == "v2" and provider.status().state == "ok"
+    assert [name for name, _ in events] == ["ModelLoaded", "ModelRefused", "ModelRefused", "ModelLoaded"]
+
+
+def test_metadata_thresholds_outside_zero_one_are_refused(tmp_path):
+    from churnguard.bundle import ModelBundle
+    from churnguard.scorer import ModelLoadError
+
+    model = model_variant(tmp_path, "v-bad-threshold")
+    metadata = json.loads((model / "metadata.json").read_text())
+    metadata["thresholds"]["promotion"] = -1
+    (model / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(ModelLoadError, match=r"\['promotion'\] are not probabilities"):
+        ModelBundle.from_directory(model)
 
 
 def test_the_api_moves_to_a_new_model_without_a_cold_start(aws, tmp_path, monkeypatch):
@@ -139,6 +180,19 @@ def test_the_api_moves_to_a_new_model_without_a_cold_start(aws, tmp_path, monkey
             Value=aws["ssm"].get_parameter(Name=f"{POINTER}-v2")["Parameter"]["Value"],
         )
         assert version() == "v2"
+
+        # a pointer to a location that cannot be read: scores and health still answer, health says why
+        aws["ssm"].put_parameter(
+            Name=POINTER,
+            Type="String",
+            Overwrite=True,
+            Value=ModelPointer("ob", "s3://no-such-bucket/ob/").to_json(),
+        )
+        assert version() == "v2"
+        health = api.lambda_handler(load_event("score_api/get_health.json"), FakeLambdaContext())
+        body = json.loads(health["body"])
+        assert health["statusCode"] == 200 and body["status"] == "degraded" and body["model_version"] == "v2"
+        assert "NoSuchBucket" in body["reason"]
     finally:
         api.runtime.cache_clear()
 

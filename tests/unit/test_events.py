@@ -84,6 +84,20 @@ def test_amount_rules_missing_is_zero_negative_and_text_rejected_zero_kept():
     }
 
 
+def test_amounts_and_quantities_above_the_schema_limits_are_rejected_not_overflowed():
+    result = validate_events(
+        frame(
+            [
+                ["a", "1997-03-01", "order", "1e39", "1"],  # float32 inf -> a NaN score before
+                ["a", "1997-03-01", "order", "1000000000", "1000000"],  # exactly the limits: kept
+                ["a", "1997-03-01", "order", "5", "1000001"],
+            ]
+        )
+    )
+    assert result.events["amount"].tolist() == [1e9]
+    assert reasons(result) == {1: "amount is above 1e+09", 3: "quantity is above 1e+06"}
+
+
 def test_quantity_defaults_to_one_and_negative_is_rejected():
     result = validate_events(
         frame([["a", "2024-03-01", "order", "5", None], ["a", "2024-03-01", "order", "5", "-1"]])

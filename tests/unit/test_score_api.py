@@ -99,8 +99,24 @@ def test_invalid_json_is_a_400(api):
         ),
         ({"events": []}, "customers[0].user_id"),
         ({"user_id": "a", "events": [], "colour": "red"}, "customers[0].colour"),
+        (  # 1e39 overflowed the float32 inputs and came back as a NaN score with 200
+            {"user_id": "a", "events": [{"timestamp": "1997-03-01", "event_type": "order", "amount": 1e39}]},
+            "customers[0].events[0].amount",
+        ),
+        (
+            {"user_id": "a", "events": [{"timestamp": "1997-03-01", "event_type": "order", "quantity": 1e7}]},
+            "customers[0].events[0].quantity",
+        ),
     ],
-    ids=["unknown-event-type", "negative-amount", "bad-timestamp", "missing-user-id", "unknown-field"],
+    ids=[
+        "unknown-event-type",
+        "negative-amount",
+        "bad-timestamp",
+        "missing-user-id",
+        "unknown-field",
+        "amount-overflowing-float32",
+        "quantity-above-limit",
+    ],
 )
 def test_schema_violations_are_422_naming_the_field(api, customer, field):
     status, body = post(api, {"customers": [customer]})
