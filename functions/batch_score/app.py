@@ -118,16 +118,42 @@ def _score_object(rt: Runtime, bucket: str, key: str) -> dict[str, Any]:
         name="HighRiskCustomers", unit=MetricUnit.Count, value=summary.customers_at_or_above_promotion
     )
     metrics.add_metric(name="PromotionsQueued", unit=MetricUnit.Count, value=summary.customers_queued)
-    if summary.status != "ok":
+    logged = _loggable(summary, key)
+    if summary.status not in ("ok", "split"):
         metrics.add_metric(name="BatchFilesFailed", unit=MetricUnit.Count, value=1)
-        logger.error("batch file failed", extra={"error": summary.error, "source": summary.source})
+        logger.error("batch file failed", extra=logged)
     if summary.promotion_failures:
         metrics.add_metric(
             name="PromotionFailures", unit=MetricUnit.Count, value=len(summary.promotion_failures)
         )
-    details = asdict(summary)
-    logger.info("batch file scored", extra={k: v for k, v in details.items() if k != "promotion_failures"})
-    return details
+    logger.info("batch file scored", extra=logged)
+    return asdict(summary)
+
+
+# Only counts, categories and versions reach the logs: the summary's ``error`` text and ``source``
+# (the S3 key) can quote the file (a header-less CSV's first row becomes its "column names").
+LOGGED_SUMMARY_FIELDS = (
+    "status",
+    "error_type",
+    "rows_in",
+    "rows_used",
+    "rows_rejected",
+    "customers_scored",
+    "customers_at_or_above_promotion",
+    "customers_queued",
+    "model_version",
+    "duration_s",
+)
+
+
+def _loggable(summary: Any, key: str) -> dict[str, Any]:
+    fields = {name: getattr(summary, name) for name in LOGGED_SUMMARY_FIELDS}
+    return {
+        **fields,
+        "key_hash": _hash(key),
+        "promotion_failures": len(summary.promotion_failures),
+        "parts": len(summary.parts),
+    }
 
 
 def _hash(value: str) -> str:

@@ -8,6 +8,8 @@ other fault 500 with the correlation id (also in the log).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import functools
 import json
@@ -198,11 +200,55 @@ def get_health():
     return _json(HTTPStatus.OK, {"status": "ok", "model_version": version})
 
 
-def _body_bytes(event: dict[str, Any]) -> int:
+def _raw_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """A proxy response for requests refused before routing (the resolver never sees them)."""
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": content_types.APPLICATION_JSON},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def _header(event: dict[str, Any], name: str) -> str | None:
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _precheck(event: dict[str, Any], limit: int) -> dict[str, Any] | None:
+    """What the resolver would turn into a 500 or parse as something else: refused here with a 4xx."""
+    if not isinstance(event.get("httpMethod"), str):  # e.g. an HTTP API (payload v2) event
+        return _raw_response(
+            HTTPStatus.BAD_REQUEST, {"message": "unsupported event: expected an API Gateway REST proxy event"}
+        )
     body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        return len(body) * 3 // 4
-    return len(body.encode("utf-8"))
+    size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        return _raw_response(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            {"message": f"request body is {size} bytes; the limit is {limit}", "limit": limit},
+        )
+    if not body:
+        return None
+    media_type = (_header(event, "content-type") or "application/json").split(";")[0].strip().lower()
+    if media_type != "application/json":  # form or multipart bodies would be parsed as something else
+        return _raw_response(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            {"message": "Content-Type must be application/json", "content_type": media_type[:100]},
+        )
+    try:
+        raw = base64.b64decode(body, validate=True) if event.get("isBase64Encoded") else body.encode("utf-8")
+        raw.decode("utf-8")
+    except (binascii.Error, UnicodeError):
+        return _raw_response(HTTPStatus.BAD_REQUEST, {"message": "request body is not UTF-8 encoded JSON"})
+    return None
+
+
+@app.exception_handler(RecursionError)
+def _too_deep(_: RecursionError) -> Response:
+    return _json(HTTPStatus.BAD_REQUEST, {"message": "request body is nested too deeply"})
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
@@ -212,18 +258,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     rt = runtime()
     if rt.idempotency is not None:
         rt.idempotency.register_lambda_context(context)
-    limit = rt.settings.max_body_bytes
-    size = _body_bytes(event)
-    if size > limit:
-        return {
-            "statusCode": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            "headers": {"Content-Type": content_types.APPLICATION_JSON},
-            "body": json.dumps(
-                {"message": f"request body is {size} bytes; the limit is {limit}", "limit": limit}
-            ),
-            "isBase64Encoded": False,
-        }
-    return app.resolve(event, context)
+    refused = _precheck(event, rt.settings.max_body_bytes)
+    return refused if refused is not None else app.resolve(event, context)
 
 
 def openapi_document() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from churnguard.bundle import ModelBundle
 from churnguard.features import EVENT_TYPES, MAX_AMOUNT, MAX_QUANTITY, EventArrays
@@ -27,12 +27,29 @@ def _normalise_event_type(value: Any) -> Any:
 EventType = Annotated[Literal["order", "view", "cart", "return"], BeforeValidator(_normalise_event_type)]
 assert set(EventType.__origin__.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 ProfileValue = str | float | int | bool | None
+# Instants the feature path can take: 0001-01-01T00:00:00+01:00 is a valid ISO-8601 string whose UTC
+# value is in year 0, which used to escape as a 500 ("year 0 is out of range").
+MIN_YEAR, MAX_YEAR = 1900, 2200
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """Naive -> UTC; offsets converted to UTC; outside MIN_YEAR..MAX_YEAR -> a validation error."""
+    try:
+        utc = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    except (OverflowError, ValueError):
+        utc = None
+    if utc is None or not MIN_YEAR <= utc.year <= MAX_YEAR:
+        raise ValueError(f"must be between {MIN_YEAR} and {MAX_YEAR} (UTC)")
+    return utc
+
+
+UtcDatetime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    timestamp: dt.datetime = Field(description="ISO-8601; offsets are converted to UTC, naive is UTC")
+    timestamp: UtcDatetime = Field(description="ISO-8601; offsets are converted to UTC, naive is UTC")
     event_type: EventType
     amount: float | None = Field(None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="missing -> 0")
     quantity: float | None = Field(
@@ -44,7 +61,7 @@ class CustomerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: str = Field(min_length=1, max_length=256)
-    as_of: dt.datetime | None = Field(None, description="exclusive end of observation; default: now")
+    as_of: UtcDatetime | None = Field(None, description="exclusive end of observation; default: now")
     events: list[EventIn] = Field(default_factory=list, max_length=20_000)
     profile: dict[str, ProfileValue] | None = None
 

@@ -50,7 +50,8 @@ class FileTooLargeError(EventLogError):
 class BatchSummary:
     source: str
     status: str = "ok"  # ok | failed
-    error: str | None = None
+    error: str | None = None  # for the data owner: may quote the file (column names, values)
+    error_type: str | None = None  # a fixed category, safe to log
     rows_in: int = 0
     rows_used: int = 0
     rows_rejected: int = 0
@@ -191,6 +192,7 @@ def score_file(
         summary.rows_used = acc.events
     except (EventLogError, ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         summary.status, summary.error = "failed", f"{type(exc).__name__}: {exc}"
+        summary.error_type = type(exc).__name__
         summary.duration_s = round(time.perf_counter() - started, 3)
         rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else _empty_rejects()
         return BatchResult(summary, None, rejected)
@@ -199,6 +201,7 @@ def score_file(
     if acc.events == 0:
         summary.status = "failed" if summary.rows_in == 0 else "ok"
         summary.error = "the file has no rows" if summary.rows_in == 0 else "no valid rows"
+        summary.error_type = "EmptyFile" if summary.rows_in == 0 else "NoValidRows"
         summary.duration_s = round(time.perf_counter() - started, 3)
         return BatchResult(summary, _empty_scored(), rejected)
 
@@ -399,6 +402,7 @@ def process_s3_object(
             model_version=bundle.version,
             error=f"part is {size:,} bytes, above {max_object_bytes:,}: "
             f"raise CHURNGUARD_BATCH_MAX_OBJECT_BYTES",
+            error_type="PartTooLarge",
         )
         result = BatchResult(summary, None, _empty_rejects())
     else:

@@ -3,6 +3,7 @@
 import gzip
 import io
 import json
+import logging
 from urllib.parse import quote_plus
 
 import pandas as pd
@@ -150,6 +151,35 @@ def test_a_bad_file_gets_a_failed_summary_not_a_retry_loop(batch, body, error):
     assert response == {"batchItemFailures": []}  # retrying cannot fix the file
     summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
     assert summary["status"] == "failed" and error in summary["error"]
+
+
+def _logged(caplog) -> str:
+    """Everything the log records carry: message, extras and all other attributes."""
+    return "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+
+
+def test_no_data_value_or_key_reaches_the_logs_of_a_failed_or_scored_file(batch, caplog):
+    """A header-less CSV makes its first row the "column names", which the summary's error quotes for
+    the data owner; the log records (ERROR and INFO) carry only counts, categories and the key's hash."""
+    handler, aws, _ = batch
+    caplog.set_level(logging.INFO)
+    marker = "PLANTED-USER-7f3a"
+    put(aws, None, body=f"{marker},1997-01-01,order,5,1\nu-2,1997-01-02,order,6,1\n".encode())
+    handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
+    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    assert summary["status"] == "failed" and marker in summary["error"]  # the owner sees what was wrong
+    assert summary["error_type"] == "EventLogError"
+    failed = [r for r in caplog.records if r.getMessage() == "batch file failed"]
+    assert failed and failed[0].levelname == "ERROR" and failed[0].error_type == "EventLogError"
+    assert failed[0].key_hash and failed[0].rows_in == 0
+    assert marker not in _logged(caplog) and "démo" not in _logged(caplog)
+
+    caplog.clear()
+    put(aws, events_file())  # a good file with rejected rows: still no key, no user id, no row
+    handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
+    logged = _logged(caplog)
+    assert "batch file scored" in logged and "démo" not in logged
+    assert "bad-1" not in logged and "wishlist" not in logged
 
 
 def test_a_file_beyond_one_invocation_is_split_by_customer_and_every_part_scored(batch, monkeypatch):

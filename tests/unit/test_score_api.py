@@ -1,5 +1,6 @@
 """POST /v1/scores, GET /v1/model, GET /v1/health through lambda_handler (no network: no queue)."""
 
+import base64
 import json
 import subprocess
 import sys
@@ -294,3 +295,68 @@ def test_promotion_actions_are_configurable_and_validated_at_cold_start():
         )
     with pytest.raises(SettingsError, match="exactly one of"):
         ServingSettings.from_env({})
+
+
+def _customer(**overrides):
+    customer = {
+        "user_id": "h-1",
+        "as_of": "1997-10-01",
+        "events": [{"timestamp": "1997-03-01", "event_type": "order", "amount": 10}],
+    }
+    return {"customers": [{**customer, **overrides}]}
+
+
+def _hostile(name):
+    """The hostile requests that used to end in 500 (or parse as something else), as proxy events."""
+    event = load_event("score_api/post_scores.json")
+    event["headers"] = {**(event.get("headers") or {}), "Content-Type": "application/json"}
+    if name == "nested-100000-deep":
+        event["body"] = "[" * 100_000 + "]" * 100_000
+    elif name == "nested-5000-deep-in-profile":
+        body = _customer()
+        event["body"] = json.dumps(body).replace(
+            '"as_of"', '"profile": {"x": ' + "[" * 5000 + "]" * 5000 + '}, "as_of"'
+        )
+    elif name in ("text/plain", "application/xml", "application/octet-stream", "multipart/form-data"):
+        event["headers"]["Content-Type"] = name
+        event["body"] = json.dumps(_customer())
+    elif name == "invalid-utf8-base64":
+        event["isBase64Encoded"] = True
+        event["body"] = base64.b64encode(b'{"customers": [{"user_id": "\xff\xfe"}]}').decode()
+    elif name == "utf16-base64":
+        event["isBase64Encoded"] = True
+        event["body"] = base64.b64encode(json.dumps(_customer()).encode("utf-16")).decode()
+    elif name == "lone-surrogate":
+        event["body"] = '{"customers": [{"user_id": "\ud800", "events": []}]}'
+    elif name == "as_of-year-0-in-utc":
+        event["body"] = json.dumps(_customer(as_of="0001-01-01T00:00:00+01:00"))
+    elif name == "as_of-year-10000-in-utc":
+        event["body"] = json.dumps(_customer(as_of="9999-12-31T23:59:59-01:00"))
+    elif name == "http-api-v2-event":
+        event = {"version": "2.0", "rawPath": "/v1/scores", "requestContext": {"http": {"method": "POST"}}}
+    return event
+
+
+HOSTILE = {
+    "nested-100000-deep": 400,
+    "nested-5000-deep-in-profile": 400,
+    "text/plain": 415,
+    "application/xml": 415,
+    "application/octet-stream": 415,
+    "multipart/form-data": 415,
+    "invalid-utf8-base64": 400,
+    "utf16-base64": 400,
+    "lone-surrogate": 400,
+    "as_of-year-0-in-utc": 422,
+    "as_of-year-10000-in-utc": 422,
+    "http-api-v2-event": 400,
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), HOSTILE.items(), ids=list(HOSTILE))
+def test_hostile_requests_get_a_specific_4xx_never_a_500(api, name, expected):
+    status, body = call(api, _hostile(name))
+    assert status == expected, body
+    assert body["message"]
+    if expected == 422:
+        assert body["errors"][0]["field"] == "customers[0].as_of" and "1900" in body["message"]
