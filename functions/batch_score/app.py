@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -45,7 +45,7 @@ class Runtime:
     policy: PromotionPolicy
     s3: Any
     idempotency: Any = None  # IdempotencyConfig when a table is configured
-    process: Any = None  # (bucket, key, etag) -> summary dict
+    process: Any = None  # (bucket, key, etag) -> the loggable summary (counts, categories)
 
 
 def _model_event(name: str, details: dict[str, Any]) -> None:
@@ -127,7 +127,10 @@ def _score_object(rt: Runtime, bucket: str, key: str) -> dict[str, Any]:
             name="PromotionFailures", unit=MetricUnit.Count, value=len(summary.promotion_failures)
         )
     logger.info("batch file scored", extra=logged)
-    return asdict(summary)
+    # Also what idempotency stores per object version: bounded (the full summary, with its error text
+    # and promotion failures, lives in S3; a DynamoDB item over 400 KB failed *after* the promotions
+    # were sent, so the redelivery sent them again).
+    return logged
 
 
 # Only counts, categories and versions reach the logs: the summary's ``error`` text and ``source``

@@ -76,3 +76,24 @@ def test_a_retried_api_request_sends_no_second_promotion_and_answers_the_same(en
         assert drain(aws, queue_url) == []
     finally:
         api.runtime.cache_clear()
+
+
+def test_what_idempotency_stores_per_file_is_small_whatever_the_summary_holds(env):
+    """A 1 MB header line is quoted in the summary's error (in S3, for the owner); the idempotency
+    record stored the whole summary and broke DynamoDB's 400 KB item limit after the side effects."""
+    aws, _ = env
+    handler = load_handler("batch_score")
+    try:
+        put(aws, None, body=b"x" * 1_000_000 + b"\n1,2,3\n")
+        event = load_event("batch_score/sqs_s3_put.json")
+        assert handler.lambda_handler(event, FakeLambdaContext()) == {"batchItemFailures": []}
+        summary = aws["s3"].get_object(Bucket=BUCKET, Key="scored/2024/démo events+v1.summary.json")
+        assert summary["ContentLength"] > 1_000_000 and b"missing required column" in summary["Body"].read()
+        items = aws["dynamodb"].scan(TableName=TABLE)["Items"]
+        assert len(items) == 1 and items[0]["status"]["S"] == "COMPLETED"
+        assert len(json.dumps(items[0])) < 4_000
+        stored = json.loads(items[0]["data"]["S"])
+        assert stored["status"] == "failed" and stored["error_type"] == "EventLogError"
+        assert handler.lambda_handler(event, FakeLambdaContext()) == {"batchItemFailures": []}  # replayed
+    finally:
+        handler.runtime.cache_clear()
