@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from churnguard import aws
 from churnguard.batch import process_s3_object
 from churnguard.model_provider import ModelProvider, provider_from_settings
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
@@ -56,14 +56,14 @@ def _model_event(name: str, details: dict[str, Any]) -> None:
 @functools.cache
 def runtime() -> Runtime:
     settings = ServingSettings.from_env()
-    models = provider_from_settings(settings, on_event=_model_event)
+    models = provider_from_settings(settings, on_event=_model_event, budget=aws.BATCH)
     publisher = (
-        SqsPromotionsPublisher(boto3.client("sqs"), settings.promotions_queue_url)
+        SqsPromotionsPublisher(aws.client("sqs", aws.BATCH), settings.promotions_queue_url)
         if settings.promotions_queue_url
         else None
     )
     policy = settings.promotion_policy()
-    rt = Runtime(settings, models, publisher, policy, boto3.client("s3"))
+    rt = Runtime(settings, models, publisher, policy, aws.client("s3", aws.BATCH))
     process = lambda bucket, key, etag: _score_object(rt, bucket, key)  # noqa: E731
     idempotency = None
     if settings.idempotency_table:
@@ -74,7 +74,7 @@ def runtime() -> Runtime:
         idempotency = idempotency_config("[bucket, key, etag]")
         process = once_per_object(
             lambda bucket, key: _score_object(rt, bucket, key),
-            DynamoDBPersistenceLayer(table_name=settings.idempotency_table),
+            DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto_config=aws.BATCH.config()),
             idempotency,
         )
     return Runtime(settings, models, publisher, policy, rt.s3, idempotency, process)

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from churnguard import aws
 from churnguard.bundle import ModelBundle
 from churnguard.champion import (
     GateDecision,
@@ -54,8 +54,8 @@ def runtime() -> Runtime:
         settings.data_bucket,
         settings.model_pointer_parameter,
         policy,
-        boto3.client("s3"),
-        boto3.client("ssm"),
+        aws.client("s3", aws.CONTROL),
+        aws.client("ssm", aws.CONTROL),
     )
 
 

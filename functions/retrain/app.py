@@ -12,11 +12,11 @@ import datetime as dt
 import functools
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from churnguard import aws
 from churnguard.settings import RetrainSettings
 
 SERVICE = "churnguard-retrain"
@@ -35,7 +35,7 @@ METRIC_DEFINITIONS = [
 
 @functools.cache
 def runtime() -> tuple[RetrainSettings, Any]:
-    return RetrainSettings.from_env(), boto3.client("sagemaker")
+    return RetrainSettings.from_env(), aws.client("sagemaker", aws.CONTROL)
 
 
 def training_job_request(settings: RetrainSettings, job_name: str) -> dict[str, Any]:

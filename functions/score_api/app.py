@@ -26,6 +26,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from churnguard import aws
 from churnguard.api import DuplicateCustomerError, ScoreRequest, ScoreResponse, model_summary, score_request
 from churnguard.model_provider import ModelProvider, ModelUnavailableError, provider_from_settings
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
@@ -56,12 +57,10 @@ def _model_event(name: str, details: dict[str, Any]) -> None:
 def runtime() -> Runtime:
     """Cold-start wiring: settings validated once, adapters built once per container."""
     settings = ServingSettings.from_env()
-    models = provider_from_settings(settings, on_event=_model_event)
+    models = provider_from_settings(settings, on_event=_model_event, budget=aws.API)
     publisher = None
     if settings.promotions_queue_url:
-        import boto3
-
-        publisher = SqsPromotionsPublisher(boto3.client("sqs"), settings.promotions_queue_url)
+        publisher = SqsPromotionsPublisher(aws.client("sqs", aws.API), settings.promotions_queue_url)
     idempotency = None
     if publisher is not None and settings.idempotency_table:
         from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
@@ -69,9 +68,10 @@ def runtime() -> Runtime:
         from churnguard.idempotency import IdempotentPublisher, idempotency_config
 
         idempotency = idempotency_config("@")  # the sorted list of message idempotency keys
-        publisher = IdempotentPublisher(
-            publisher, DynamoDBPersistenceLayer(table_name=settings.idempotency_table), idempotency
+        persistence = DynamoDBPersistenceLayer(
+            table_name=settings.idempotency_table, boto_config=aws.API.config()
         )
+        publisher = IdempotentPublisher(publisher, persistence, idempotency)
     policy = settings.promotion_policy()
     return Runtime(settings, models, publisher, policy, idempotency)
 

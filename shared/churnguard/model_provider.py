@@ -34,14 +34,16 @@ class ModelProvider(Protocol):
 
 
 def provider_from_settings(
-    settings: Any, on_event: Callable[[str, dict[str, Any]], None] | None = None
+    settings: Any, on_event: Callable[[str, dict[str, Any]], None] | None = None, budget: Any = None
 ) -> ModelProvider:
-    """The model source the settings name: a local directory, or the SSM pointer to S3."""
+    """The model source the settings name: a local directory, or the SSM pointer to S3 (with the
+    calling function's client budget, ``churnguard.aws``)."""
     if settings.model_dir:
         return DirectoryModelProvider(settings.model_dir, model_file=settings.model_file)
+    from churnguard.aws import API
     from churnguard.model_store import S3PointerModelProvider
 
-    return S3PointerModelProvider.from_settings(settings, on_event=on_event)
+    return S3PointerModelProvider.from_settings(settings, on_event=on_event, budget=budget or API)
 
 
 class DirectoryModelProvider:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from churnguard.aws import API, ClientBudget, client
 from churnguard.bundle import REQUIRED_FILES, ModelBundle
 from churnguard.model_provider import ModelStatus, ModelUnavailableError
 from churnguard.scorer import ModelLoadError
@@ -114,16 +115,22 @@ class S3PointerModelProvider:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Any, on_event: Callable[[str, dict[str, Any]], None] | None = None):
-        import boto3
-        from aws_lambda_powertools.utilities import parameters
+    def from_settings(
+        cls,
+        settings: Any,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        budget: ClientBudget = API,
+    ):
+        from aws_lambda_powertools.utilities.parameters import SSMProvider
+
+        ssm = SSMProvider(boto_config=budget.config())
 
         def get_parameter(name: str, max_age: int) -> Any:
-            return parameters.get_parameter(name, max_age=max_age)
+            return ssm.get(name, max_age=max_age)
 
         return cls(
             parameter_name=settings.model_pointer_parameter,
-            s3_client=boto3.client("s3"),
+            s3_client=client("s3", budget),
             get_parameter=get_parameter,
             max_age_s=settings.model_pointer_max_age_s,
             cache_dir=settings.model_cache_dir,

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from churnguard.aws import aws_errors
 from churnguard.scoring import ScoredBatch
 
 MESSAGE_SCHEMA = "churnguard.promotion/v1"
@@ -179,8 +180,9 @@ class SqsPromotionsPublisher:
                             for entry_id, message in chunk.items()
                         ],
                     )
-                except Exception as exc:  # a throttled or unreachable queue: retry the whole chunk
-                    last_errors = {k: {"code": type(exc).__name__, "message": str(exc)} for k in chunk}
+                except aws_errors() as exc:  # a throttled or unreachable queue: retry the whole chunk
+                    code = getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__
+                    last_errors = {k: {"code": code, "message": str(exc)} for k in chunk}
                     continue
                 result.sent += len(response.get("Successful", []))
                 failed = {f["Id"]: f for f in response.get("Failed", [])}

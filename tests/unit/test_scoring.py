@@ -126,7 +126,9 @@ class FakeSqs:
         self.calls.append(Entries)
         if self.raise_first:
             self.raise_first = False
-            raise ConnectionError("queue unreachable")
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url="https://sqs.eu-west-1.amazonaws.com")
         failed, ok = [], []
         for e in Entries:
             body = pd.io.json.ujson_loads(e["MessageBody"])
@@ -168,3 +170,34 @@ def test_publisher_retries_a_chunk_after_a_transport_error():
     sqs = FakeSqs(raise_first=True)
     result = SqsPromotionsPublisher(sqs, "q", sleep=lambda s: None).publish(messages(4))
     assert result.ok and result.sent == 4 and len(sqs.calls) == 2
+
+
+def test_publisher_does_not_swallow_a_bug_as_a_retryable_queue_error():
+    class BrokenSqs:
+        def send_message_batch(self, QueueUrl, Entries):
+            raise TypeError("a bug in our code, not an AWS failure")
+
+    with pytest.raises(TypeError):
+        SqsPromotionsPublisher(BrokenSqs(), "q", sleep=lambda s: None).publish(messages(2))
+
+
+def test_every_function_client_has_timeouts_and_standard_retries_within_its_budget():
+    from churnguard import aws
+    from infra.template import load_template
+
+    timeouts = {
+        k: v["Properties"]["Timeout"]
+        for k, v in load_template()["Resources"].items()
+        if "Timeout" in v.get("Properties", {})
+    }
+    for budget, function in (
+        (aws.API, "ScoreApiFunction"),
+        (aws.BATCH, "BatchScoreFunction"),
+        (aws.CONTROL, "RetrainFunction"),
+        (aws.CONTROL, "PromoteFunction"),
+    ):
+        function_timeout_s = timeouts[function]
+        config = budget.config()
+        assert config.retries == {"mode": "standard", "max_attempts": budget.max_attempts}
+        worst_case = budget.max_attempts * (config.connect_timeout + config.read_timeout)
+        assert worst_case < function_timeout_s

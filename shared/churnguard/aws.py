@@ -1,0 +1,49 @@
+"""One place that configures AWS clients: timeouts and retries that fit each function's time budget.
+
+botocore's defaults (60 s connect and read timeouts, legacy retries) let one unreachable endpoint
+outlast the scoring API's 10 s timeout. Every client the functions create comes from here, with
+the standard retry mode (exponential backoff with jitter, throttling and transient errors only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ClientBudget:
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_attempts: int  # including the first call
+
+    def config(self) -> Any:
+        from botocore.config import Config
+
+        return Config(
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+            retries={"mode": "standard", "max_attempts": self.max_attempts},
+        )
+
+
+# HTTP scoring (10 s function timeout): a failing call gives up after ~6 s at worst, leaving time to
+# answer (promotion failures are reported in the response, not waited out).
+API = ClientBudget(connect_timeout_s=1.0, read_timeout_s=2.0, max_attempts=2)
+# Batch (900 s): streamed S3 reads of large objects need a long read timeout; more attempts are affordable.
+BATCH = ClientBudget(connect_timeout_s=3.0, read_timeout_s=60.0, max_attempts=5)
+# Promote (300 s) and retrain (60 s): control-plane calls.
+CONTROL = ClientBudget(connect_timeout_s=2.0, read_timeout_s=10.0, max_attempts=3)
+
+
+def client(service: str, budget: ClientBudget) -> Any:
+    import boto3
+
+    return boto3.client(service, config=budget.config())
+
+
+def aws_errors() -> tuple[type[BaseException], ...]:
+    """What an AWS call raises when AWS (not our code) failed: for narrow excepts."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (ClientError, BotoCoreError)
