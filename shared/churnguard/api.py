@@ -20,6 +20,10 @@ from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_me
 from churnguard.scoring import ReasonsFor, score_customers
 
 
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
 def _normalise_event_type(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
@@ -51,16 +55,20 @@ class EventIn(BaseModel):
 
     timestamp: UtcDatetime = Field(description="ISO-8601; offsets are converted to UTC, naive is UTC")
     event_type: EventType
-    amount: float | None = Field(None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="missing -> 0")
+    # strict: a JSON number only ("12", true and false were coerced to 12.0, 1.0 and 0.0)
+    amount: float | None = Field(
+        None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False, strict=True, description="missing -> 0"
+    )
     quantity: float | None = Field(
-        None, ge=0, le=MAX_QUANTITY, allow_inf_nan=False, description="missing -> 1"
+        None, ge=0, le=MAX_QUANTITY, allow_inf_nan=False, strict=True, description="missing -> 1"
     )
 
 
 class CustomerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(min_length=1, max_length=256)
+    # stripped like batch files do ("a" and "a " are one customer everywhere)
+    user_id: Annotated[str, BeforeValidator(_strip)] = Field(min_length=1, max_length=256)
     as_of: UtcDatetime | None = Field(None, description="exclusive end of observation; default: now")
     events: list[EventIn] = Field(default_factory=list, max_length=20_000)
     profile: dict[str, ProfileValue] | None = None

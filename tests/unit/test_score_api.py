@@ -108,6 +108,18 @@ def test_invalid_json_is_a_400(api):
             {"user_id": "a", "events": [{"timestamp": "1997-03-01", "event_type": "order", "quantity": 1e7}]},
             "customers[0].events[0].quantity",
         ),
+        (
+            {"user_id": "a", "events": [{"timestamp": "1997-03-01", "event_type": "order", "amount": "12"}]},
+            "customers[0].events[0].amount",
+        ),
+        (
+            {
+                "user_id": "a",
+                "events": [{"timestamp": "1997-03-01", "event_type": "order", "quantity": False}],
+            },
+            "customers[0].events[0].quantity",
+        ),
+        ({"user_id": "   ", "events": []}, "customers[0].user_id"),
     ],
     ids=[
         "unknown-event-type",
@@ -117,6 +129,9 @@ def test_invalid_json_is_a_400(api):
         "unknown-field",
         "amount-overflowing-float32",
         "quantity-above-limit",
+        "amount-as-text",
+        "quantity-as-boolean",
+        "blank-user-id",
     ],
 )
 def test_schema_violations_are_422_naming_the_field(api, customer, field):
@@ -124,6 +139,14 @@ def test_schema_violations_are_422_naming_the_field(api, customer, field):
     assert status == 422
     assert body["errors"][0]["field"] == field
     assert field in body["message"]
+
+
+def test_user_ids_are_stripped_like_batch_so_padded_duplicates_are_422(api):
+    events = [{"timestamp": "1997-03-01", "event_type": "order", "amount": 12}]
+    status, body = post(
+        api, {"customers": [{"user_id": "a", "events": events}, {"user_id": "a ", "events": events}]}
+    )
+    assert status == 422 and body["errors"][0]["field"] == "customers[1].user_id"
 
 
 def test_duplicate_user_ids_are_422(api):
