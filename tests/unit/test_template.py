@@ -100,3 +100,39 @@ def test_the_pandas_functions_and_the_layer_pin_the_same_numpy():
         assert "build_pandas_function" in (ROOT / f"functions/{function}/Makefile").read_text()
     recipe = (ROOT / "functions/lambda_build.mk").read_text().split("define build_pandas_function")[1]
     assert "numpy numpy.libs" in recipe
+
+
+def test_every_function_logs_to_a_group_with_retention():
+    groups = {
+        r["Properties"]["LogGroupName"]["Sub"]: r["Properties"]
+        for r in TEMPLATE["Resources"].values()
+        if r["Type"] == "AWS::Logs::LogGroup"
+    }
+    for name in FUNCTIONS:
+        group = groups.get(f"/aws/lambda/${{{name}}}")
+        assert group and group["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+
+
+def test_the_data_bucket_refuses_plain_http():
+    policies = [r for r in TEMPLATE["Resources"].values() if r["Type"] == "AWS::S3::BucketPolicy"]
+    statements = [
+        s
+        for p in policies
+        if p["Properties"]["Bucket"] == {"Ref": "DataBucket"}
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        for s in statements
+    )
+
+
+def test_function_policies_are_least_privilege():
+    """No SAM policy template that grants more than the code needs (DescribeParameters on *, Scan/Query)."""
+    for name, resource in FUNCTIONS.items():
+        for policy in resource["Properties"].get("Policies", []):
+            assert not {"SSMParameterReadPolicy", "DynamoDBCrudPolicy"} & set(policy), name
+            for statement in policy.get("Statement", []):
+                assert statement["Resource"] != "*" or statement["Action"] in (
+                    "ecr:GetAuthorizationToken",
+                ), name
