@@ -33,7 +33,7 @@ from infra.containers import Engine, ensure_base_images, ensure_engine, moto_ima
 from infra.local_stack import REGION, create_resources, free_port, write_holdout
 from infra.template import ROOT, load_template
 
-NETWORK = "churnguard-sam"
+NETWORK_PREFIX = "churnguard-sam"  # one network per stack: stopping it removes exactly its containers
 BUILD_DIR = ROOT / ".aws-sam" / "build"
 INFRA_VENV = ROOT / ".cache" / "venv-infra"
 MOTO_PORT_IN_CONTAINER = 5000
@@ -94,6 +94,10 @@ class MotoContainer:
     address: str = ""
 
     @property
+    def network(self) -> str:
+        return f"{NETWORK_PREFIX}-{self.host_port}"
+
+    @property
     def host_url(self) -> str:
         return f"http://127.0.0.1:{self.host_port}"
 
@@ -102,8 +106,8 @@ class MotoContainer:
         return f"http://{self.address}:{MOTO_PORT_IN_CONTAINER}"
 
     def start(self) -> None:
-        if self.engine.run("network", "inspect", NETWORK, check=False).returncode:
-            self.engine.run("network", "create", NETWORK)
+        if self.engine.run("network", "inspect", self.network, check=False).returncode:
+            self.engine.run("network", "create", self.network)
         self.name = f"churnguard-moto-{self.host_port}"
         self.engine.run(
             "run",
@@ -112,13 +116,13 @@ class MotoContainer:
             "--name",
             self.name,
             "--network",
-            NETWORK,
+            self.network,
             "-p",
             f"127.0.0.1:{self.host_port}:{MOTO_PORT_IN_CONTAINER}",
             self.image,
         )
         inspected = json.loads(self.engine.run("inspect", self.name).stdout)[0]
-        self.address = inspected["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
+        self.address = inspected["NetworkSettings"]["Networks"][self.network]["IPAddress"]
         deadline = time.time() + 60
         while True:
             try:
@@ -134,8 +138,13 @@ class MotoContainer:
                 time.sleep(0.3)
 
     def stop(self) -> None:
-        if self.name:
-            self.engine.run("rm", "-f", self.name, check=False, timeout=120)
+        """The moto container, every function container SAM left on our network (warm containers
+        outlive `sam local start-api` under podman), and the network."""
+        listed = self.engine.run("ps", "-aq", "--filter", f"network={self.network}", check=False, timeout=60)
+        containers = set(listed.stdout.split()) | ({self.name} if self.name else set())
+        if containers:
+            self.engine.run("rm", "-f", *sorted(containers), check=False, timeout=180)
+        self.engine.run("network", "rm", self.network, check=False, timeout=60)
 
 
 @dataclass
@@ -175,7 +184,7 @@ class SamLocalStack:
 
     def common_args(self) -> list[str]:
         args = ["--template", str(self.built_template), "--env-vars", str(self.env_file())]
-        args += ["--docker-network", NETWORK, "--region", REGION, *self.parameter_overrides]
+        args += ["--docker-network", self.moto.network, "--region", REGION, *self.parameter_overrides]
         if self.engine.kind == "podman":  # no registry here: the base image was built locally
             args.append("--skip-pull-image")
         return args
