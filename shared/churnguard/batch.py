@@ -25,6 +25,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -92,21 +93,7 @@ def iter_chunks(source: bytes | BinaryIO, key: str, chunk_rows: int) -> Iterator
     stream: BinaryIO = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     lower = key.lower()
     if lower.endswith(".parquet"):
-        # fastparquet, not pyarrow: pandas + pyarrow would not fit the 250 MB Lambda package (README).
-        import fastparquet
-
-        if not (hasattr(stream, "seekable") and stream.seekable()):
-            spool = tempfile.SpooledTemporaryFile(max_size=64 * 1024**2)  # noqa: SIM115 (lives with the reader)
-            shutil.copyfileobj(stream, spool, length=8 * 1024**2)
-            spool.seek(0)
-            stream = spool
-        try:
-            parquet = fastparquet.ParquetFile(stream)
-        except Exception as exc:  # fastparquet raises assorted errors on non-Parquet bytes
-            raise EventLogError(f"not a readable Parquet file: {exc}") from exc
-        for group in parquet.iter_row_groups():  # one row group at a time bounds memory
-            for start in range(0, len(group), chunk_rows):
-                yield group.iloc[start : start + chunk_rows]
+        yield from _parquet_chunks(stream, chunk_rows)
         return
     if lower.endswith(".csv.gz"):
         stream = gzip.GzipFile(fileobj=stream)
@@ -119,6 +106,27 @@ def iter_chunks(source: bytes | BinaryIO, key: str, chunk_rows: int) -> Iterator
         raise EventLogError("the file is empty") from exc
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise EventLogError(f"not a valid gzip file: {exc}") from exc
+
+
+def _parquet_chunks(stream: BinaryIO, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Parquet needs random access and an untrusted decoder: the object is spooled to a file
+    (Lambda: /tmp, sized by EphemeralStorage) and converted to CSV by a limited child process
+    (``churnguard.parquet_reader``: fastparquet, not pyarrow, for the 250 MB package limit)."""
+    from churnguard.parquet_reader import ParquetReadError, convert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "in.parquet", Path(tmp) / "rows.csv"
+        with source.open("wb") as spool:
+            shutil.copyfileobj(stream, spool, length=8 * 1024**2)
+        try:
+            convert(source, target)
+        except ParquetReadError as exc:
+            raise EventLogError(f"not a readable Parquet file: {exc}") from exc
+        source.unlink()
+        with target.open("rb") as rows:
+            yield from pd.read_csv(
+                rows, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows
+            )
 
 
 @dataclass

@@ -153,6 +153,47 @@ def test_a_bad_file_gets_a_failed_summary_not_a_retry_loop(batch, body, error):
     assert summary["status"] == "failed" and error in summary["error"]
 
 
+def _corrupt_parquet(seed: int) -> bytes:
+    """A Parquet file (fastparquet-written) whose data pages are random bytes, footer intact."""
+    import struct
+    import tempfile
+
+    import fastparquet
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/events.parquet"
+        fastparquet.write(path, generate_synthetic_events(300, seed=3, weeks=20))
+        data = bytearray(open(path, "rb").read())  # noqa: SIM115
+    footer = struct.unpack("<I", data[-8:-4])[0]
+    start, end = 4, len(data) - 8 - footer
+    data[start:end] = np.random.default_rng(seed).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(lambda: _corrupt_parquet(0), id="data-pages-random-segfaulted-fastparquet"),
+        pytest.param(lambda: _corrupt_parquet(2), id="data-pages-random-unbounded-allocation"),
+        pytest.param(lambda: bytes(range(256)) * 16, id="4KiB-of-bytes-named-parquet"),
+    ],
+)
+def test_a_corrupt_parquet_file_gets_a_summary_and_cannot_crash_the_runtime(batch, body):
+    """fastparquet's decoder segfaulted (10 of 10) or grew to 24 GB on these, in the function's own
+    process: no summary, the API of the local stack gone too. It now runs in a limited child."""
+    handler, aws, _ = batch
+    event = load_event("batch_score/sqs_s3_put.json")
+    record = json.loads(event["Records"][0]["body"])
+    record["Records"][0]["s3"]["object"]["key"] = "incoming/corrupt.parquet"
+    event["Records"][0]["body"] = json.dumps(record)
+    put(aws, None, key="incoming/corrupt.parquet", body=body())
+    assert handler.lambda_handler(event, FakeLambdaContext()) == {"batchItemFailures": []}
+    summary = json.loads(read(aws, "scored/corrupt.summary.json"))
+    assert summary["status"] == "failed" and summary["error_type"] == "EventLogError"
+    assert "not a readable Parquet file" in summary["error"]
+
+
 def _logged(caplog) -> str:
     """Everything the log records carry: message, extras and all other attributes."""
     return "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)

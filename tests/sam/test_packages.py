@@ -133,6 +133,38 @@ def test_batch_package_scores_a_drop_writes_rejects_and_summary_and_redelivery_a
     assert _queue_depth(sam_stack, "PromotionsQueue") == before + queued
 
 
+def _sqs_event_for(stack, key: str) -> dict:
+    etag = stack.clients["s3"].head_object(Bucket=stack.bucket, Key=key)["ETag"].strip('"')
+    event = load_event("batch_score/sqs_s3_put.json")
+    body = json.loads(event["Records"][0]["body"])
+    body["Records"][0]["s3"]["bucket"]["name"] = stack.bucket
+    body["Records"][0]["s3"]["object"].update(key=key, eTag=etag)
+    event["Records"][0]["body"] = json.dumps(body)
+    return event
+
+
+def test_batch_package_reads_parquet_in_its_isolated_reader_and_survives_a_corrupt_one(sam_stack):
+    from tests.integration.test_batch_score import _corrupt_parquet
+
+    s3 = sam_stack.clients["s3"]
+    events = generate_synthetic_events(200, seed=12, weeks=78)
+    events = events[events["timestamp"] < AS_OF]
+    buffer = io.BytesIO()
+    events.to_parquet(buffer, index=False)
+    for name, body in (("good", buffer.getvalue()), ("corrupt", _corrupt_parquet(0))):
+        key = f"incoming/sam/{name}.parquet"
+        s3.put_object(Bucket=sam_stack.bucket, Key=key, Body=body, Metadata={"as-of": AS_OF})
+        invocation = sam_stack.invoke("BatchScoreFunction", _sqs_event_for(sam_stack, key))
+        assert invocation.response == {"batchItemFailures": []}, invocation.logs[-3000:]
+        summary = _s3_json(sam_stack, f"scored/sam/{name}.summary.json")
+        if name == "good":
+            assert summary["status"] == "ok" and summary["customers_scored"] == events["user_id"].nunique()
+        else:  # the child decoder fails (segfault, runaway allocation or an error); the function reports it
+            assert summary["status"] == "failed" and "not a readable Parquet file" in summary["error"], (
+                summary
+            )
+
+
 def test_retrain_package_creates_the_training_job_and_promote_package_gates_it(sam_stack, tmp_path):
     sam_stack.env_overrides["RetrainFunction"] = {
         "CHURNGUARD_TRAINING_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training:abc123"
