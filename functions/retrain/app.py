@@ -71,14 +71,43 @@ def training_job_request(settings: RetrainSettings, job_name: str) -> dict[str, 
     }
 
 
+def _existing_job(sagemaker: Any, job_name: str) -> dict[str, Any] | None:
+    try:
+        return sagemaker.describe_training_job(TrainingJobName=job_name)
+    except sagemaker.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
+            return None  # SageMaker answers an unknown job name with ValidationException
+        raise
+
+
+def job_name_for(event: dict[str, Any], now: dt.datetime) -> str:
+    """One name per schedule tick: the tick's scheduled time (the template passes it as
+    ``scheduled_time``), so a tick delivered twice names the same job and starts it once. A manual
+    invocation without it is named after the current time."""
+    try:
+        tick = dt.datetime.fromisoformat(str(event["scheduled_time"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        tick = now
+    return f"churnguard-{tick.astimezone(dt.UTC):%Y%m%d-%H%M%S}"
+
+
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     settings, sagemaker = runtime()
-    job_name = f"churnguard-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
-    request = training_job_request(settings, job_name)
-    response = sagemaker.create_training_job(**request)
+    job_name = job_name_for(event, dt.datetime.now(dt.UTC))
+    # This tick delivered before: its job exists. (The function's reserved concurrency of 1 keeps two
+    # deliveries from racing here; SageMaker's unique job names would refuse a second one anyway.)
+    existing = _existing_job(sagemaker, job_name)
+    if existing is None:
+        try:
+            response = sagemaker.create_training_job(**training_job_request(settings, job_name))
+        except sagemaker.exceptions.ResourceInUse:
+            existing = _existing_job(sagemaker, job_name)
+    if existing is not None:
+        logger.info("training job already started for this tick", extra={"job": job_name})
+        return {"training_job": job_name, "arn": existing["TrainingJobArn"], "already_started": True}
     metrics.add_metric(name="TrainingJobsStarted", unit=MetricUnit.Count, value=1)
     logger.info("training job started", extra={"job": job_name, "arn": response["TrainingJobArn"]})
-    return {"training_job": job_name, "arn": response["TrainingJobArn"]}
+    return {"training_job": job_name, "arn": response["TrainingJobArn"], "already_started": False}

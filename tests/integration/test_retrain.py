@@ -85,3 +85,24 @@ def test_a_local_registry_image_with_a_port_is_accepted():
 
     image = "localhost:5000/churnguard-training:abc123"
     assert RetrainSettings.from_env({**ENV, "CHURNGUARD_TRAINING_IMAGE": image}).training_image == image
+
+
+def test_a_schedule_tick_delivered_twice_starts_one_job(retrain):
+    handler, _ = retrain
+    import boto3
+
+    tick = {"scheduled_time": "2026-11-29T02:00:00Z"}
+    first = handler.lambda_handler(tick, FakeLambdaContext())
+    again = handler.lambda_handler(tick, FakeLambdaContext())
+    assert first["training_job"] == again["training_job"] == "churnguard-20261129-020000"
+    assert (first["already_started"], again["already_started"]) == (False, True)
+    assert again["arn"] == first["arn"]
+    jobs = boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]
+    assert [j["TrainingJobName"] for j in jobs] == ["churnguard-20261129-020000"]
+
+
+def test_the_template_passes_the_tick_time_the_function_names_jobs_after():
+    from infra.template import load_template
+
+    schedule = load_template()["Resources"]["RetrainFunction"]["Properties"]["Events"]["Schedule"]
+    assert json.loads(schedule["Properties"]["Input"]) == {"scheduled_time": "<aws.scheduler.scheduled-time>"}
