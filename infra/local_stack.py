@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -347,7 +348,13 @@ def make_api_server(handler_module: Any, port: int) -> ThreadingHTTPServer:
 
     class Handler(BaseHTTPRequestHandler):
         def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length < 0:
+                    raise ValueError
+            except ValueError:  # API Gateway answers a malformed Content-Length itself, with a 400
+                self._reply(400, {"Content-Type": "application/json"}, b'{"message": "bad Content-Length"}')
+                return
             body = self.rfile.read(length) if length else b""
             event = api_gateway_event(
                 self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
@@ -358,9 +365,18 @@ def make_api_server(handler_module: Any, port: int) -> ThreadingHTTPServer:
                 )
             payload = response.get("body") or ""
             data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
-            self.send_response(int(response["statusCode"]))
-            for key, value in (response.get("headers") or {}).items():
-                self.send_header(key, value)
+            # API Gateway merges both header maps; Powertools' REST resolver sets multiValueHeaders
+            headers = {k: [v] for k, v in (response.get("headers") or {}).items()}
+            for key, values in (response.get("multiValueHeaders") or {}).items():
+                headers[key] = [*headers.get(key, []), *(v for v in values if v not in headers.get(key, []))]
+            self._reply(int(response["statusCode"]), headers, data)
+
+        def _reply(self, status: int, headers: dict[str, Any], data: bytes) -> None:
+            self.send_response(status)
+            for key, values in headers.items():
+                for value in values if isinstance(values, list) else [values]:
+                    if key.lower() != "content-length":
+                        self.send_header(key, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -412,10 +428,16 @@ class ScoringJobsDelivery(threading.Thread):
                     for m in messages
                 ]
             }
-            result = self._handler.lambda_handler(
-                event, LocalLambdaContext("BatchScoreFunction", timeout_s=900)
-            )
             self.invocations += 1
+            try:
+                result = self._handler.lambda_handler(
+                    event, LocalLambdaContext("BatchScoreFunction", timeout_s=900)
+                )
+            except Exception as exc:  # like Lambda: a failed invocation leaves the whole batch on the queue
+                print(
+                    f"BatchScoreFunction invocation failed: {type(exc).__name__}", file=sys.stderr, flush=True
+                )
+                continue
             failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
             for m in messages:
                 if m["MessageId"] not in failed:
@@ -884,11 +906,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"aws s3 cp events.csv 's3://{r.refs['DataBucket']}/incoming/events.csv'",
                 flush=True,
             )
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                print("stopping", flush=True)
+            stopping = threading.Event()
+            # Explicit handlers: a background job started by a non-interactive shell inherits SIGINT
+            # ignored, and SIGTERM would end the process without stopping moto.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: stopping.set())
+            while not stopping.wait(0.5):
+                pass
+            print("stopping", flush=True)
     finally:
         stack.stop()
     return 0

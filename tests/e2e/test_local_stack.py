@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import boto3
@@ -66,6 +67,57 @@ def clients(ready):
 def test_the_api_answers_real_http_with_the_published_model(stack):
     _, ready = stack
     check_scoring_api_over_http(ready["api"], ready["model_version"])
+
+
+def test_responses_keep_their_headers_and_a_malformed_content_length_is_a_400(stack):
+    import http.client
+    from urllib.parse import urlsplit
+
+    _, ready = stack
+    with urllib.request.urlopen(ready["api"] + "/v1/health", timeout=10) as response:
+        assert response.headers["Content-Type"] == "application/json"  # Powertools' multiValueHeaders
+    address = urlsplit(ready["api"])
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    connection.putrequest("POST", "/v1/scores")
+    connection.putheader("Content-Length", "abc")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 400 and b"Content-Length" in response.read()
+    connection.close()
+
+
+def test_sigterm_stops_the_stack_and_its_moto_server(tmp_path):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infra.local_stack",
+            "--serve",
+            "--no-demo",
+            "--model-dir",
+            str(FIXTURE_MODEL),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHURNGUARD_"))},
+    )
+    try:
+        ready = None
+        deadline = time.time() + 120
+        while ready is None and time.time() < deadline:
+            line = process.stdout.readline()
+            if line.startswith('{"ready"'):
+                ready = json.loads(line)
+        assert ready, "the stack did not start"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        with pytest.raises(urllib.error.URLError, match="refused"):  # its moto child is gone too
+            urllib.request.urlopen(ready["aws_endpoint"] + "/moto-api/", timeout=2)
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def test_an_s3_drop_is_scored_through_the_queue_and_promotions_arrive(stack):
