@@ -24,8 +24,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard import aws
 from churnguard.batch import process_s3_object
+from churnguard.idempotency import LedgeredPublisher, PromotionsNotSentError
 from churnguard.model_provider import ModelProvider, provider_from_settings
-from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
+from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult, SqsPromotionsPublisher
 from churnguard.scoring import ReasonsFor
 from churnguard.settings import ServingSettings
 
@@ -33,7 +34,9 @@ SERVICE = "churnguard-batch-score"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
-processor = BatchProcessor(event_type=EventType.SQS)
+# BatchSize is 1: a failed record is the whole batch. Reported as a batch item failure (SQS retries it,
+# then its DLQ), not raised as an invocation error.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 INCOMING_PREFIX = "incoming/"
 
 
@@ -63,9 +66,15 @@ def runtime() -> Runtime:
         else None
     )
     policy = settings.promotion_policy()
+    idempotency = None
+    if settings.idempotency_table and publisher is not None:
+        from churnguard.idempotency import LedgeredPublisher, SentLedger
+
+        publisher = LedgeredPublisher(
+            publisher, SentLedger(aws.client("dynamodb", aws.BATCH), settings.idempotency_table)
+        )
     rt = Runtime(settings, models, publisher, policy, aws.client("s3", aws.BATCH))
     process = lambda bucket, key, etag: _score_object(rt, bucket, key)  # noqa: E731
-    idempotency = None
     if settings.idempotency_table:
         from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
@@ -127,6 +136,10 @@ def _score_object(rt: Runtime, bucket: str, key: str) -> dict[str, Any]:
             name="PromotionFailures", unit=MetricUnit.Count, value=len(summary.promotion_failures)
         )
     logger.info("batch file scored", extra=logged)
+    if summary.promotion_failures and isinstance(rt.publisher, LedgeredPublisher):
+        # Not done: the idempotency record is dropped and SQS redelivers the file (then its DLQ, with
+        # an alarm); the ledger makes the retry send only the promotions that did not go out.
+        raise PromotionsNotSentError(PublishResult(summary.customers_queued, summary.promotion_failures))
     # Also what idempotency stores per object version: bounded (the full summary, with its error text
     # and promotion failures, lives in S3; a DynamoDB item over 400 KB failed *after* the promotions
     # were sent, so the redelivery sent them again).

@@ -65,13 +65,19 @@ def runtime() -> Runtime:
     if publisher is not None and settings.idempotency_table:
         from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-        from churnguard.idempotency import IdempotentPublisher, idempotency_config
+        from churnguard.idempotency import (
+            IdempotentPublisher,
+            LedgeredPublisher,
+            SentLedger,
+            idempotency_config,
+        )
 
         idempotency = idempotency_config("@")  # the sorted list of message idempotency keys
         persistence = DynamoDBPersistenceLayer(
             table_name=settings.idempotency_table, boto_config=aws.API.config()
         )
-        publisher = IdempotentPublisher(publisher, persistence, idempotency)
+        ledger = SentLedger(aws.client("dynamodb", aws.API), settings.idempotency_table)
+        publisher = IdempotentPublisher(LedgeredPublisher(publisher, ledger), persistence, idempotency)
     policy = settings.promotion_policy()
     return Runtime(settings, models, publisher, policy, idempotency)
 

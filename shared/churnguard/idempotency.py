@@ -1,9 +1,16 @@
-"""No duplicate promotions: Powertools idempotency (DynamoDB) around the side effects.
+"""No duplicate promotions, and none lost: Powertools idempotency (DynamoDB) around the side effects,
+plus a ledger of the promotions already sent.
 
 * API: publishing is idempotent on the list of message idempotency keys (customer, model version,
-  as-of day, source). A retried request returns the stored publish result and sends nothing again.
-* Batch: processing one S3 object version (bucket, key, eTag) happens once; a re-delivered
-  notification returns the stored summary.
+  as-of day, source). A retried request returns the stored publish result and sends nothing again —
+  but only when everything was sent: a publish with failures is not stored (the record is deleted),
+  so the retry sends again, and the ledger makes it send only what did not go out.
+* Batch: processing one S3 object version (bucket, key, eTag) happens once when it succeeded; a file
+  whose promotions could not all be sent fails its record (SQS redelivers it, then the DLQ), and on
+  redelivery the ledger again sends only the missing ones.
+* The ledger (``SentLedger``): one item per sent promotion, ``promotion#<idempotency key>``, in the
+  idempotency table with the same TTL; written after SQS accepted the message. A crash between the
+  send and the write can still repeat that chunk on retry (at least once, within that window).
 
 The handlers register the Lambda context on the config, so a timed-out invocation's record expires
 with the invocation instead of staying IN_PROGRESS.
@@ -11,6 +18,7 @@ with the invocation instead of staying IN_PROGRESS.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,8 +41,87 @@ def idempotency_config(key_jmespath: str, expires_after_s: int = DEFAULT_TTL_S) 
     )
 
 
+class SentLedger:
+    """Which promotions (by idempotency key) SQS has accepted: items ``promotion#<key>`` with a TTL."""
+
+    PREFIX = "promotion#"
+
+    def __init__(
+        self, dynamodb: Any, table: str, ttl_s: int = DEFAULT_TTL_S, clock: Callable[[], float] = time.time
+    ):
+        self._ddb, self._table, self._ttl_s, self._clock = dynamodb, table, ttl_s, clock
+
+    def sent(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), 100):  # BatchGetItem: 100 keys per call
+            request = {
+                self._table: {
+                    "Keys": [{"id": {"S": self.PREFIX + k}} for k in unique[start : start + 100]],
+                    "ProjectionExpression": "id",
+                }
+            }
+            for _ in range(5):
+                response = self._ddb.batch_get_item(RequestItems=request)
+                found |= {
+                    item["id"]["S"][len(self.PREFIX) :] for item in response["Responses"].get(self._table, [])
+                }
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+            if request:
+                raise LedgerUnavailableError("the promotions ledger did not answer for every key")
+        return found
+
+    def mark(self, keys: Sequence[str]) -> None:
+        expires = str(int(self._clock()) + self._ttl_s)
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), 25):  # BatchWriteItem: 25 items per call
+            request = {
+                self._table: [
+                    {"PutRequest": {"Item": {"id": {"S": self.PREFIX + k}, "expiration": {"N": expires}}}}
+                    for k in unique[start : start + 25]
+                ]
+            }
+            for _ in range(5):
+                request = self._ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+                if not request:
+                    break
+            if request:
+                raise LedgerUnavailableError("the promotions ledger did not record every sent promotion")
+
+
+class LedgerUnavailableError(RuntimeError):
+    pass
+
+
+class LedgeredPublisher:
+    """Sends only the promotions the ledger has not seen, then records what SQS accepted."""
+
+    def __init__(self, inner: PromotionsPublisher, ledger: SentLedger) -> None:
+        self._inner, self._ledger = inner, ledger
+
+    def publish(self, messages: Sequence[dict[str, Any]]) -> PublishResult:
+        already = self._ledger.sent([m["idempotency_key"] for m in messages])
+        todo = [m for m in messages if m["idempotency_key"] not in already]
+        result = self._inner.publish(todo) if todo else PublishResult()
+        failed = {f["idempotency_key"] for f in result.failed}
+        self._ledger.mark([m["idempotency_key"] for m in todo if m["idempotency_key"] not in failed])
+        return PublishResult(sent=result.sent + len(messages) - len(todo), failed=result.failed)
+
+
+class PromotionsNotSentError(RuntimeError):
+    """Some promotions could not be sent after retries; raised so the idempotency record is not
+    stored (a retry must send them) and, in batch, so SQS redelivers the file (then the DLQ)."""
+
+    def __init__(self, result: PublishResult) -> None:
+        super().__init__(f"{len(result.failed)} promotions not sent")
+        self.result = result
+
+
 class IdempotentPublisher:
-    """Wraps a publisher so the same set of promotion messages is sent at most once."""
+    """Wraps a publisher so the same set of promotion messages is sent at most once, and a set with
+    failures is not remembered as done."""
 
     def __init__(
         self, inner: PromotionsPublisher, persistence: DynamoDBPersistenceLayer, config: IdempotencyConfig
@@ -44,13 +131,18 @@ class IdempotentPublisher:
         @idempotent_function(data_keyword_argument="keys", persistence_store=persistence, config=config)
         def publish_once(keys: list[str], messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
             result = inner.publish(messages)
-            return {"sent": result.sent, "failed": result.failed}
+            if result.failed:
+                raise PromotionsNotSentError(result)
+            return {"sent": result.sent, "failed": []}
 
         self._publish_once = publish_once
 
     def publish(self, messages: Sequence[dict[str, Any]]) -> PublishResult:
         keys = sorted(m["idempotency_key"] for m in messages)
-        stored = self._publish_once(keys=keys, messages=messages)
+        try:
+            stored = self._publish_once(keys=keys, messages=messages)
+        except PromotionsNotSentError as exc:
+            return exc.result
         return PublishResult(sent=stored["sent"], failed=list(stored["failed"]))
 
 

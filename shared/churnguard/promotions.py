@@ -125,7 +125,9 @@ class PromotionsPublisher(Protocol):
 @dataclass
 class PublishResult:
     sent: int = 0
-    failed: list[dict[str, Any]] = field(default_factory=list)  # {"user_id", "code", "message"}
+    failed: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # {"user_id", "idempotency_key", "code", "message"}
 
     @property
     def ok(self) -> bool:
@@ -194,9 +196,12 @@ class SqsPromotionsPublisher:
                 chunk = {k: chunk[k] for k in retryable}
                 if len(retryable) < len(failed):
                     for k in set(failed) - retryable:
-                        user_id = messages[start + int(k)]["user_id"]
-                        result.failed.append({"user_id": user_id, **last_errors[k]})
+                        result.failed.append({**_who(messages[start + int(k)]), **last_errors[k]})
             for k in chunk:
                 if k in last_errors:
-                    result.failed.append({"user_id": chunk[k]["user_id"], **last_errors[k]})
+                    result.failed.append({**_who(chunk[k]), **last_errors[k]})
         return result
+
+
+def _who(message: dict[str, Any]) -> dict[str, str]:
+    return {"user_id": message["user_id"], "idempotency_key": message["idempotency_key"]}
