@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install demo serve train test lint bench-quality bench-serving template-checks clean infra-venv sam-test bench-sam serve-sam deploy training-image
+.PHONY: install demo serve train test lint bench-quality bench-serving template-checks clean infra-venv sam-test bench-sam fuzz serve-sam deploy training-image
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -36,6 +36,10 @@ train: install
 ## never skipped with CI=true). See README for the layers.
 test: install infra-venv
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+## The long API fuzz run: schemathesis, 10,000 examples per operation (CI runs 3,400: tests/fuzz).
+fuzz: install
+	CHURNGUARD_FUZZ_EXAMPLES=$${CHURNGUARD_FUZZ_EXAMPLES:-10000} $(PY) -m pytest -p no:xdist -s tests/fuzz
 
 ## Only the packages under sam local (timings printed).
 sam-test: install infra-venv

@@ -223,12 +223,25 @@ def _header(event: dict[str, Any], name: str) -> str | None:
     return None
 
 
+@functools.cache
+def _allowed_methods() -> dict[str, set[str]]:
+    """Route path -> its methods, from the routes themselves (the OpenAPI document they generate)."""
+    return {path: {m.upper() for m in ops} for path, ops in openapi_document()["paths"].items()}
+
+
 def _precheck(event: dict[str, Any], limit: int) -> dict[str, Any] | None:
     """What the resolver would turn into a 500 or parse as something else: refused here with a 4xx."""
     if not isinstance(event.get("httpMethod"), str):  # e.g. an HTTP API (payload v2) event
         return _raw_response(
             HTTPStatus.BAD_REQUEST, {"message": "unsupported event: expected an API Gateway REST proxy event"}
         )
+    allowed = _allowed_methods().get(event.get("path") or "")
+    if allowed and event["httpMethod"].upper() not in allowed:
+        response = _raw_response(
+            HTTPStatus.METHOD_NOT_ALLOWED, {"message": f"use {', '.join(sorted(allowed))}"}
+        )
+        response["headers"]["Allow"] = ", ".join(sorted(allowed))
+        return response
     body = event.get("body") or ""
     size = len(body) * 3 // 4 if event.get("isBase64Encoded") else len(body.encode("utf-8", "surrogatepass"))
     if size > limit:

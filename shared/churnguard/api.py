@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -15,13 +16,13 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from churnguard.bundle import ModelBundle
-from churnguard.features import EVENT_TYPES, MAX_AMOUNT, MAX_QUANTITY, EventArrays
+from churnguard.features import EVENT_TYPES, ID_BLANKS, MAX_AMOUNT, MAX_QUANTITY, EventArrays
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
 from churnguard.scoring import ReasonsFor, score_customers
 
 
 def _strip(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
+    return value.strip(ID_BLANKS) if isinstance(value, str) else value
 
 
 def _normalise_event_type(value: Any) -> Any:
@@ -32,28 +33,40 @@ EventType = Annotated[Literal["order", "view", "cart", "return"], BeforeValidato
 assert set(EventType.__origin__.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 ProfileValue = str | float | int | bool | None
 # Instants the feature path can take: 0001-01-01T00:00:00+01:00 is a valid ISO-8601 string whose UTC
-# value is in year 0, which used to escape as a 500 ("year 0 is out of range").
-MIN_YEAR, MAX_YEAR = 1900, 2200
+# value is in year 0, which used to escape as a 500 ("year 0 is out of range"). The rule is on the
+# written year (so the OpenAPI schema can state it as a pattern); offsets then keep UTC in 1899..2200.
+YEAR_PATTERN = r"^\s*(19\d\d|2[01]\d\d)-"
+_YEAR = re.compile(YEAR_PATTERN)
+
+
+def _iso_text(value: Any) -> Any:
+    """Only ISO-8601 text (pydantic would read a number or a boolean as seconds since 1970), with a
+    year from 1900 to 2199."""
+    if not isinstance(value, str | dt.datetime):
+        raise ValueError("must be an ISO-8601 date-time string")
+    if isinstance(value, str) and not _YEAR.match(value):
+        raise ValueError("must be an ISO-8601 date-time with a year from 1900 to 2199")
+    return value
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
-    """Naive -> UTC; offsets converted to UTC; outside MIN_YEAR..MAX_YEAR -> a validation error."""
+    """Naive -> UTC; offsets converted to UTC."""
     try:
-        utc = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-    except (OverflowError, ValueError):
-        utc = None
-    if utc is None or not MIN_YEAR <= utc.year <= MAX_YEAR:
-        raise ValueError(f"must be between {MIN_YEAR} and {MAX_YEAR} (UTC)")
-    return utc
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    except (OverflowError, ValueError) as exc:  # unreachable for the years admitted; kept as a guard
+        raise ValueError("must be an ISO-8601 date-time with a year from 1900 to 2199") from exc
 
 
-UtcDatetime = Annotated[dt.datetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[dt.datetime, BeforeValidator(_iso_text), AfterValidator(_utc)]
 
 
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    timestamp: UtcDatetime = Field(description="ISO-8601; offsets are converted to UTC, naive is UTC")
+    timestamp: UtcDatetime = Field(
+        description="ISO-8601, year 1900-2199; offsets are converted to UTC, naive is UTC",
+        json_schema_extra={"pattern": YEAR_PATTERN},
+    )
     event_type: EventType
     # strict: a JSON number only ("12", true and false were coerced to 12.0, 1.0 and 0.0)
     amount: float | None = Field(
@@ -68,8 +81,14 @@ class CustomerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # stripped like batch files do ("a" and "a " are one customer everywhere)
-    user_id: Annotated[str, BeforeValidator(_strip)] = Field(min_length=1, max_length=256)
-    as_of: UtcDatetime | None = Field(None, description="exclusive end of observation; default: now")
+    user_id: Annotated[str, BeforeValidator(_strip)] = Field(
+        min_length=1, max_length=256, json_schema_extra={"pattern": r"\S"}
+    )
+    as_of: UtcDatetime | None = Field(
+        None,
+        description="exclusive end of observation (ISO-8601, year 1900-2199); default: now",
+        json_schema_extra={"pattern": YEAR_PATTERN},
+    )
     events: list[EventIn] = Field(default_factory=list, max_length=20_000)
     profile: dict[str, ProfileValue] | None = None
 

@@ -31,7 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from churnguard.features import EVENT_TYPES, MAX_AMOUNT, MAX_QUANTITY  # beside the numpy-only feature path
+from churnguard.features import (
+    EVENT_TYPES,
+    ID_BLANKS,
+    MAX_AMOUNT,
+    MAX_QUANTITY,
+)  # beside the numpy-only feature path
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "timestamp", "event_type")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("amount", "quantity", "event_id")
@@ -107,7 +112,7 @@ def validate_events(
             current = reasons[mask]
             reasons[mask] = np.where(current == "", reason, current + "; " + reason)
 
-    user_id = frame["user_id"].astype("string").str.strip()
+    user_id = frame["user_id"].astype("string").str.strip(ID_BLANKS)
     flag(user_id.isna() | (user_id == ""), "user_id is missing")
 
     timestamp = _to_utc_naive(frame["timestamp"])

@@ -37,6 +37,12 @@ EVENT_TYPES: tuple[str, ...] = ("order", "view", "cart", "return")  # the canoni
 # where the float32 model inputs overflow (an amount of 1e39 became inf, then a NaN score).
 MAX_AMOUNT = 1e9
 MAX_QUANTITY = 1e6
+# What is stripped around a user id, in files and in the API alike: JSON Schema's (ECMAScript's)
+# whitespace, so the published schema (pattern "\S") and the server agree on what a blank id is.
+ID_BLANKS = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
 MISSING_CATEGORY = "__missing__"
 OTHER_CATEGORY = "__other__"
 # A profile column is numeric when this share of its non-missing values parses as a number; the

@@ -120,6 +120,10 @@ def test_invalid_json_is_a_400(api):
             "customers[0].events[0].quantity",
         ),
         ({"user_id": "   ", "events": []}, "customers[0].user_id"),
+        (  # found by schemathesis: a number was read as seconds since 1970
+            {"user_id": "a", "events": [{"timestamp": 0, "event_type": "order"}]},
+            "customers[0].events[0].timestamp",
+        ),
     ],
     ids=[
         "unknown-event-type",
@@ -132,6 +136,7 @@ def test_invalid_json_is_a_400(api):
         "amount-as-text",
         "quantity-as-boolean",
         "blank-user-id",
+        "timestamp-as-number",
     ],
 )
 def test_schema_violations_are_422_naming_the_field(api, customer, field):
