@@ -42,13 +42,7 @@ def _batch_event(stack: SamLocalStack, index: int) -> dict[str, Any]:
     events = generate_synthetic_events(400, seed=index, weeks=78)
     events = events[events["timestamp"] < "2024-09-30"]
     s3.put_object(Bucket=stack.bucket, Key=key, Body=events.to_csv(index=False).encode())
-    etag = s3.head_object(Bucket=stack.bucket, Key=key)["ETag"].strip('"')
-    event = _event("batch_score/sqs_s3_put.json")
-    body = json.loads(event["Records"][0]["body"])
-    body["Records"][0]["s3"]["bucket"]["name"] = stack.bucket
-    body["Records"][0]["s3"]["object"].update(key=key, eTag=etag)
-    event["Records"][0]["body"] = json.dumps(body)
-    return event
+    return stack.scoring_job_event(key)
 
 
 def _promote_event(stack: SamLocalStack, work: Path, index: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 from infra.containers import Engine, ensure_base_images, ensure_engine, moto_image
 from infra.local_stack import REGION, create_resources, free_port, write_holdout
@@ -248,6 +249,16 @@ class SamLocalStack:
                         f"sam local {command} did not come up: {log_path.read_text()[-3000:]}"
                     ) from None
                 time.sleep(1)
+
+    def scoring_job_event(self, key: str) -> dict[str, Any]:
+        """The SQS event the scoring-jobs queue delivers for an object under incoming/ (its real eTag)."""
+        etag = self.clients["s3"].head_object(Bucket=self.bucket, Key=key)["ETag"].strip('"')
+        event = json.loads((ROOT / "events" / "batch_score" / "sqs_s3_put.json").read_text())
+        notification = json.loads(event["Records"][0]["body"])
+        notification["Records"][0]["s3"]["bucket"]["name"] = self.bucket
+        notification["Records"][0]["s3"]["object"].update(key=quote_plus(key, safe="/"), eTag=etag)
+        event["Records"][0]["body"] = json.dumps(notification)
+        return event
 
     def publish(self, model_dir: Path) -> str:
         from churnguard.model_store import publish_model

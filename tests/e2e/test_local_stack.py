@@ -20,8 +20,8 @@ from tests.helpers import ROOT, check_scoring_api_over_http, model_variant, tarb
 FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
 
 
-@pytest.fixture(scope="module")
-def stack():
+def start_stack_process() -> tuple[subprocess.Popen, dict]:
+    """`python -m infra.local_stack --serve` on the fixture model, up to its ready line."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -49,6 +49,12 @@ def stack():
     if ready is None:
         process.kill()
         pytest.fail(f"local stack did not start: {process.stdout.read()[-3000:]}")
+    return process, ready
+
+
+@pytest.fixture(scope="module")
+def stack():
+    process, ready = start_stack_process()
     yield process, ready
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
@@ -86,31 +92,9 @@ def test_responses_keep_their_headers_and_a_malformed_content_length_is_a_400(st
     connection.close()
 
 
-def test_sigterm_stops_the_stack_and_its_moto_server(tmp_path):
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "infra.local_stack",
-            "--serve",
-            "--no-demo",
-            "--model-dir",
-            str(FIXTURE_MODEL),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHURNGUARD_"))},
-    )
+def test_sigterm_stops_the_stack_and_its_moto_server():
+    process, ready = start_stack_process()
     try:
-        ready = None
-        deadline = time.time() + 120
-        while ready is None and time.time() < deadline:
-            line = process.stdout.readline()
-            if line.startswith('{"ready"'):
-                ready = json.loads(line)
-        assert ready, "the stack did not start"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         with pytest.raises(urllib.error.URLError, match="refused"):  # its moto child is gone too

@@ -29,6 +29,25 @@ def env(aws, monkeypatch):
     return aws, queue_url
 
 
+def _vip_request(customers: int = 3):
+    """Customers who certainly qualify for a promotion: long lapsed, high spend."""
+    event = load_event("score_api/post_scores.json")
+    body = json.loads(event["body"])
+    body["customers"] = [
+        {
+            "user_id": f"vip-{i}",
+            "as_of": "2024-09-30",
+            "events": [
+                {"timestamp": f"2024-0{m}-01", "event_type": "order", "amount": 400 + i, "quantity": 2}
+                for m in (1, 2, 3)
+            ],
+        }
+        for i in range(customers)
+    ]
+    event["body"] = json.dumps(body)
+    return event
+
+
 def test_a_redelivered_s3_event_sends_no_second_promotion(env):
     aws, queue_url = env
     handler = load_handler("batch_score")
@@ -68,20 +87,7 @@ def test_a_retried_api_request_sends_no_second_promotion_and_answers_the_same(en
     aws, queue_url = env
     api = load_handler("score_api")
     try:
-        event = load_event("score_api/post_scores.json")
-        body = json.loads(event["body"])
-        # a customer who certainly qualifies: long lapsed, high spend
-        body["customers"] = [
-            {
-                "user_id": "vip",
-                "as_of": "2024-09-30",
-                "events": [
-                    {"timestamp": f"2024-0{m}-01", "event_type": "order", "amount": 400, "quantity": 2}
-                    for m in (1, 2, 3)
-                ],
-            }
-        ]
-        event["body"] = json.dumps(body)
+        event = _vip_request(1)
         first = json.loads(api.lambda_handler(event, FakeLambdaContext())["body"])
         assert first["customers"][0]["queued"] is True
         assert len(drain(aws, queue_url)) == 1
@@ -111,24 +117,6 @@ def test_what_idempotency_stores_per_file_is_small_whatever_the_summary_holds(en
         assert handler.lambda_handler(event, FakeLambdaContext()) == {"batchItemFailures": []}  # replayed
     finally:
         handler.runtime.cache_clear()
-
-
-def _vip_request():
-    event = load_event("score_api/post_scores.json")
-    body = json.loads(event["body"])
-    body["customers"] = [
-        {
-            "user_id": f"vip-{i}",
-            "as_of": "2024-09-30",
-            "events": [
-                {"timestamp": f"2024-0{m}-01", "event_type": "order", "amount": 400 + i, "quantity": 2}
-                for m in (1, 2, 3)
-            ],
-        }
-        for i in range(3)
-    ]
-    event["body"] = json.dumps(body)
-    return event
 
 
 def test_api_promotions_that_failed_are_sent_by_the_retry_exactly_once(env):

@@ -91,16 +91,12 @@ def test_batch_package_scores_a_drop_writes_rejects_and_summary_and_redelivery_a
         {"user_id": ["", "bad-2"], "timestamp": ["2024-01-01", "not a date"], "event_type": ["order"] * 2}
     )
     frame = pd.concat([events, bad], ignore_index=True)
-    key = "incoming/sam/d\u00e9mo events+v1.csv"
+    key = "incoming/sam/d\u00e9mo events+v1.csv"  # URL-encoded in the notification, decoded by the function
     s3.put_object(
         Bucket=sam_stack.bucket, Key=key, Body=frame.to_csv(index=False).encode(), Metadata={"as-of": AS_OF}
     )
-    etag = s3.head_object(Bucket=sam_stack.bucket, Key=key)["ETag"].strip('"')
-    event = load_event("batch_score/sqs_s3_put.json")
-    body = json.loads(event["Records"][0]["body"])
-    body["Records"][0]["s3"]["bucket"]["name"] = sam_stack.bucket
-    body["Records"][0]["s3"]["object"].update(key="incoming/sam/d%C3%A9mo+events%2Bv1.csv", eTag=etag)
-    event["Records"][0]["body"] = json.dumps(body)
+    event = sam_stack.scoring_job_event(key)
+    assert "d%C3%A9mo+events%2Bv1.csv" in event["Records"][0]["body"]
 
     before = _queue_depth(sam_stack, "PromotionsQueue")
     invocation = sam_stack.invoke("BatchScoreFunction", event)
@@ -133,16 +129,6 @@ def test_batch_package_scores_a_drop_writes_rejects_and_summary_and_redelivery_a
     assert _queue_depth(sam_stack, "PromotionsQueue") == before + queued
 
 
-def _sqs_event_for(stack, key: str) -> dict:
-    etag = stack.clients["s3"].head_object(Bucket=stack.bucket, Key=key)["ETag"].strip('"')
-    event = load_event("batch_score/sqs_s3_put.json")
-    body = json.loads(event["Records"][0]["body"])
-    body["Records"][0]["s3"]["bucket"]["name"] = stack.bucket
-    body["Records"][0]["s3"]["object"].update(key=key, eTag=etag)
-    event["Records"][0]["body"] = json.dumps(body)
-    return event
-
-
 def test_batch_package_reads_parquet_in_its_isolated_reader_and_survives_a_corrupt_one(sam_stack):
     from tests.integration.test_batch_score import _corrupt_parquet
 
@@ -154,7 +140,7 @@ def test_batch_package_reads_parquet_in_its_isolated_reader_and_survives_a_corru
     for name, body in (("good", buffer.getvalue()), ("corrupt", _corrupt_parquet(0))):
         key = f"incoming/sam/{name}.parquet"
         s3.put_object(Bucket=sam_stack.bucket, Key=key, Body=body, Metadata={"as-of": AS_OF})
-        invocation = sam_stack.invoke("BatchScoreFunction", _sqs_event_for(sam_stack, key))
+        invocation = sam_stack.invoke("BatchScoreFunction", sam_stack.scoring_job_event(key))
         assert invocation.response == {"batchItemFailures": []}, invocation.logs[-3000:]
         summary = _s3_json(sam_stack, f"scored/sam/{name}.summary.json")
         if name == "good":
