@@ -109,23 +109,54 @@ def test_an_event_after_as_of_does_not_change_the_served_score(trained):
     assert scorer.predict(*before)[0] == scorer.predict(*after)[0]
 
 
-SCORE_IN_214 = """
+SCORE_IN_OTHER_RUNTIME = """
 import json, sys
+from importlib.metadata import version
 import numpy as np
-import tflite_runtime
 from churnguard.scorer import TFLiteScorer
-seq, static = np.load(sys.argv[1]), np.load(sys.argv[2])
-out = {"numpy": np.__version__, "tflite_runtime": tflite_runtime.__version__}
-for name in sys.argv[3:]:
-    scorer = TFLiteScorer.from_file(name, runtime="tflite_runtime")
+runtime, distribution = sys.argv[1], sys.argv[2]
+seq, static = np.load(sys.argv[3]), np.load(sys.argv[4])
+out = {"numpy": np.__version__, "runtime": version(distribution)}
+for name in sys.argv[5:]:
+    scorer = TFLiteScorer.from_file(name, runtime=runtime)
     out[name] = scorer.predict(seq, static).tolist()
-    scorer.predict(seq[:1], static[:1])  # resizing works in the old runtime too
+    scorer.predict(seq[:1], static[:1])  # resizing works in that runtime too
 print(json.dumps(out))
 """
 
 
-@pytest.mark.runtime214
-def test_exported_files_load_and_score_identically_in_tflite_runtime_2_14(trained, tmp_path):
+def _layer_pin(name: str) -> str:
+    """The pin of ``name`` in the Lambda layer's requirements (what `sam build` packages)."""
+    for line in (ROOT / "shared/requirements.txt").read_text().splitlines():
+        if line.split("#")[0].strip().startswith(f"{name}=="):
+            return line.split("#")[0].strip()
+    raise AssertionError(f"{name} is not pinned in shared/requirements.txt")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "distribution", "venv", "requirements"),
+    [
+        pytest.param(
+            "tflite_runtime",
+            "tflite-runtime",
+            "venv-tflite-runtime-2.14",
+            ("tflite-runtime==2.14.0", "numpy<2"),
+            marks=pytest.mark.runtime214,
+            id="tflite-runtime-2.14",
+        ),
+        # The layer's own runtime: the newest releases with wheels for Lambda python3.11's glibc 2.26
+        pytest.param(
+            "ai_edge_litert",
+            "ai-edge-litert",
+            "venv-lambda-layer-runtime",
+            (_layer_pin("ai-edge-litert"), _layer_pin("numpy")),
+            id="lambda-layer-ai-edge-litert",
+        ),
+    ],
+)
+def test_exported_files_load_and_score_identically_in_other_runtimes(
+    trained, tmp_path, runtime, distribution, venv, requirements
+):
     data, _, float_model, dr_model = trained
     seq, static = data.inputs(data.test)
     np.save(tmp_path / "seq.npy", seq)
@@ -138,9 +169,11 @@ def test_exported_files_load_and_score_identically_in_tflite_runtime_2_14(traine
     env = {**os.environ, "PYTHONPATH": str(ROOT / "shared")}
     result = subprocess.run(
         [
-            str(cached_venv("venv-tflite-runtime-2.14", "tflite-runtime==2.14.0", "numpy<2")),
+            str(cached_venv(venv, *requirements)),
             "-c",
-            SCORE_IN_214,
+            SCORE_IN_OTHER_RUNTIME,
+            runtime,
+            distribution,
             str(tmp_path / "seq.npy"),
             str(tmp_path / "static.npy"),
             *paths,
@@ -152,7 +185,10 @@ def test_exported_files_load_and_score_identically_in_tflite_runtime_2_14(traine
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["tflite_runtime"] == "2.14.0" and out["numpy"].startswith("1.")
+    expected = {r.split("==")[0]: r.split("==")[1] for r in requirements if "==" in r}
+    assert out["runtime"] == expected[distribution]
+    if "numpy" in expected:
+        assert out["numpy"] == expected["numpy"]
     # float32 kernels agree to float rounding; the hybrid (dynamic-range) kernels quantize activations
     # at run time and may round one input differently (seen: 1 of 600 customers off by 2.6e-5).
     for model, path, atol in ((float_model, paths[0], 1e-6), (dr_model, paths[1], 1e-4)):
