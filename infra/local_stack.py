@@ -874,6 +874,26 @@ def main(argv: list[str] | None = None) -> int:
         "--model-dir", type=Path, help="use this model directory instead of training on CDNOW"
     )
     args = parser.parse_args(argv)
+    _stop_on_signals()
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # SIGINT or SIGTERM, in any phase: _run's finally has stopped everything
+        print("stopped", flush=True)
+        return 0
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM unwind the stack cleanly (moto stopped), from the first line on: a background
+    job of a non-interactive shell inherits SIGINT ignored, and SIGTERM's default skips all cleanup."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupt)
+
+
+def _run(args: argparse.Namespace) -> int:
     stack = start_stack(args.model_dir, args.port, quiet=not args.serve)
     try:
         r = stack.resources
@@ -909,14 +929,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"aws s3 cp events.csv 's3://{r.refs['DataBucket']}/incoming/events.csv'",
                 flush=True,
             )
-            stopping = threading.Event()
-            # Explicit handlers: a background job started by a non-interactive shell inherits SIGINT
-            # ignored, and SIGTERM would end the process without stopping moto.
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, lambda *_: stopping.set())
-            while not stopping.wait(0.5):
-                pass
-            print("stopping", flush=True)
+            while True:  # until SIGINT / SIGTERM (see _stop_on_signals)
+                time.sleep(1)
     finally:
         stack.stop()
     return 0
