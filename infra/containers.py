@@ -157,6 +157,14 @@ def _install_podman() -> None:
     )
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
 def _podman_service(conf: Path) -> str:
     # Under /tmp, named per checkout: a unix socket path must stay under 108 bytes, checkouts may not.
     socket_path = Path(tempfile.gettempdir()) / f"churnguard-podman-{inputs_hash(str(ROOT))[:8]}.sock"
@@ -169,17 +177,22 @@ def _podman_service(conf: Path) -> str:
         )
         return result.returncode == 0
 
-    if socket_path.exists() and answers():
+    pid_file = CACHE / "podman-service.pid"
+    if socket_path.exists() and pid_file.exists() and _alive(int(pid_file.read_text())) and answers():
         return host
+    # Not ours, or not alive: e.g. a service left by an earlier checkout at the same path, started with a
+    # containers.conf (and log and state) that no longer exist; containers it starts fail at random.
+    subprocess.run(["pkill", "-f", f"podman system service --time=0 {host}"], check=False)
     socket_path.unlink(missing_ok=True)
     log = (CACHE / "podman-service.log").open("ab")
-    subprocess.Popen(
+    service = subprocess.Popen(
         ["podman", "system", "service", "--time=0", host],
         env=env,
         stdout=log,
         stderr=log,
         start_new_session=True,  # outlives this process: the next make target reuses it
     )
+    pid_file.write_text(str(service.pid))
     deadline = time.time() + 30
     while not (socket_path.exists() and answers()):
         if time.time() > deadline:
