@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from churnguard.datasets import generate_synthetic_events
-from tests.helpers import ROOT, FakeLambdaContext, load_event, load_handler
+from tests.helpers import PLANTED, ROOT, FakeLambdaContext, load_event, load_handler
 
 BUCKET = "churnguard-data"
 KEY = "incoming/2024/démo events+v1.csv"  # what the URL-encoded key in the event fixtures decodes to
@@ -35,9 +35,9 @@ def events_file():
     events["timestamp"] = events["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     bad = pd.DataFrame(
         [
-            {"user_id": "bad-1", "timestamp": "2024-05-01", "event_type": "order", "amount": -3},
-            {"user_id": "bad-2", "timestamp": "not a date", "event_type": "order", "amount": 3},
-            {"user_id": "bad-3", "timestamp": "2024-05-01", "event_type": "wishlist", "amount": 0},
+            {"user_id": f"{PLANTED}-bad-1", "timestamp": "2024-05-01", "event_type": "order", "amount": -3},
+            {"user_id": f"{PLANTED}-bad-2", "timestamp": "not a date", "event_type": "order", "amount": 3},
+            {"user_id": f"{PLANTED}-bad-3", "timestamp": "2024-05-01", "event_type": "wishlist", "amount": 0},
         ]
     )
     # bad rows at data rows 11, 12, 13 of the file
@@ -78,7 +78,7 @@ def test_s3_drop_via_sqs_writes_scores_rejects_summary_and_promotions(batch):
     assert response == {"batchItemFailures": []}
 
     scored = pd.read_parquet(io.BytesIO(read(aws, "scored/2024/démo events+v1.parquet")))
-    valid_users = set(frame["user_id"]) - {"bad-1", "bad-2", "bad-3"}
+    valid_users = set(frame["user_id"]) - {f"{PLANTED}-bad-{n}" for n in (1, 2, 3)}
     assert set(scored["user_id"]) == valid_users and scored["user_id"].is_unique
     assert scored["churn_probability"].between(0, 1).all()
 
@@ -110,7 +110,7 @@ def test_s3_drop_via_sqs_writes_scores_rejects_summary_and_promotions(batch):
 def test_direct_s3_event_and_parquet_input_work_too(batch):
     handler, aws, _ = batch
     frame = events_file()
-    frame = frame[~frame["user_id"].str.startswith("bad")]
+    frame = frame[~frame["user_id"].str.startswith(PLANTED)]
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     put(aws, frame, key="incoming/2024/démo events+v1.csv", body=frame.to_csv(index=False).encode())
@@ -204,7 +204,7 @@ def test_no_data_value_or_key_reaches_the_logs_of_a_failed_or_scored_file(batch,
     the data owner; the log records (ERROR and INFO) carry only counts, categories and the key's hash."""
     handler, aws, _ = batch
     caplog.set_level(logging.INFO)
-    marker = "PLANTED-USER-7f3a"
+    marker = f"{PLANTED}-USER"
     put(aws, None, body=f"{marker},1997-01-01,order,5,1\nu-2,1997-01-02,order,6,1\n".encode())
     handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
     summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
@@ -220,7 +220,7 @@ def test_no_data_value_or_key_reaches_the_logs_of_a_failed_or_scored_file(batch,
     handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
     logged = _logged(caplog)
     assert "batch file scored" in logged and "démo" not in logged
-    assert "bad-1" not in logged and "wishlist" not in logged
+    assert PLANTED not in logged and "wishlist" not in logged
 
 
 def test_a_file_beyond_one_invocation_is_split_by_customer_and_every_part_scored(batch, monkeypatch):
@@ -249,7 +249,7 @@ def test_a_file_beyond_one_invocation_is_split_by_customer_and_every_part_scored
     scored, rejected = pd.concat(scored), pd.concat(rejected)
     assert rows_in == len(frame)
     assert scored["user_id"].is_unique  # hashing put every customer in exactly one part
-    assert set(scored["user_id"]) == set(frame["user_id"]) - {"bad-1", "bad-2", "bad-3"}
+    assert set(scored["user_id"]) == set(frame["user_id"]) - {f"{PLANTED}-bad-{n}" for n in (1, 2, 3)}
     assert sorted(rejected["source_row"]) == [11, 12, 13]  # original row numbers survive the split
 
 

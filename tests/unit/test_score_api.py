@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, FakeLambdaContext, load_event, load_handler
+from tests.helpers import PLANTED, ROOT, FakeLambdaContext, load_event, load_handler
 
 FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
 
@@ -327,7 +327,7 @@ def test_promotion_actions_are_configurable_and_validated_at_cold_start():
 
 def _customer(**overrides):
     customer = {
-        "user_id": "h-1",
+        "user_id": f"{PLANTED}-h-1",
         "as_of": "1997-10-01",
         "events": [{"timestamp": "1997-03-01", "event_type": "order", "amount": 10}],
     }
