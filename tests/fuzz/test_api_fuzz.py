@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from churnguard.features import ID_BLANKS
 from infra.local_stack import make_api_server
 from tests.helpers import FIXTURE_MODEL, load_handler
 
@@ -68,7 +69,9 @@ def _breaks_a_rule_json_schema_cannot_state(case) -> bool:
     body = case.body if isinstance(case.body, dict) else {}
     customers = body.get("customers") if isinstance(body.get("customers"), list) else []
     ids = [
-        c["user_id"].strip() for c in customers if isinstance(c, dict) and isinstance(c.get("user_id"), str)
+        c["user_id"].strip(ID_BLANKS)
+        for c in customers
+        if isinstance(c, dict) and isinstance(c.get("user_id"), str)
     ]
     return len(ids) != len(set(ids)) or len(customers) > 100
 
