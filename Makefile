@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install demo serve train test lint bench-quality bench-serving template-checks clean infra-venv sam-test bench-sam fuzz serve-sam deploy training-image
+.PHONY: install demo serve train test lint bench-quality bench-serving bench-batch-memory template-checks clean infra-venv sam-test bench-sam fuzz serve-sam deploy training-image
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -77,6 +77,10 @@ clean:
 ## Serving benchmark (warm/cold API, batch, 1M customers, Keras peer, package sizes) -> benchmarks/results/serving.{md,json}
 bench-serving: install
 	$(PY) -m benchmarks.serving
+
+## Batch peak memory by file shape, the fit behind batch admission -> benchmarks/results/batch_memory.{md,json}
+bench-batch-memory: install
+	$(PY) -m benchmarks.batch_memory
 
 ## sam validate --lint, cfn-lint on the translated template, checkov, sam build (no Docker) + sizes
 INFRA_VENV := .cache/venv-infra

@@ -23,6 +23,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard import aws
+from churnguard.admission import MemoryModel
 from churnguard.batch import process_s3_object
 from churnguard.idempotency import LedgeredPublisher, PromotionsNotSentError
 from churnguard.model_provider import ModelProvider, provider_from_settings
@@ -118,6 +119,7 @@ def _score_object(rt: Runtime, bucket: str, key: str) -> dict[str, Any]:
         policy=rt.policy,
         publisher=rt.publisher,
         reasons_for=ReasonsFor(rt.settings.batch_reasons),
+        memory=MemoryModel(budget_mb=rt.settings.batch_memory_mb),
         max_object_bytes=rt.settings.batch_max_object_bytes,
     )
     metrics.add_metric(name="BatchRowsIn", unit=MetricUnit.Count, value=summary.rows_in)

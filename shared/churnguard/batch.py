@@ -2,8 +2,9 @@
 
 Invariants (tested): rows in = rows used + rows rejected; every customer with a valid row appears
 in the scored output exactly once; a corrupt or empty file yields a summary with the error instead of
-an exception (so the queue does not retry it forever); a file above ``max_events`` fails with a
-clear message before memory runs out.
+an exception (so the queue does not retry it forever); a file that would not fit in the function's
+memory stops with ``FileTooLargeError`` before anything is scored or sent (``churnguard.admission``),
+and ``process_s3_object`` splits it by customer or, for a part of a split file, writes a summary.
 
 Memory: the file is read in chunks of ``chunk_rows``; only the compact event columns are kept
 (about 30 bytes per valid event), and scoring runs over customer chunks of ``score_chunk_customers``.
@@ -26,11 +27,18 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 import pandas as pd
 
+from churnguard.admission import (
+    HEAD_SAMPLE_BYTES,
+    MemoryModel,
+    RowEstimate,
+    TooLargeToSplitError,
+    estimate_csv_rows,
+)
 from churnguard.bundle import ModelBundle
 from churnguard.events import EventLogError, validate_events
 from churnguard.features import EventArrays
@@ -41,10 +49,41 @@ from churnguard.tabular import to_epoch_seconds
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 SOURCE_ROW = "_source_row"  # carried by the parts of a split file
 PARTS_PREFIX = "incoming/_parts/"
+MAX_SPLIT_LEVEL = 2  # a file may be split, and each of its parts split once more; deeper parts fail
+
+
+def split_level(key: str) -> int:
+    """0 for a dropped file, 1 for a part of it (``incoming/_parts/<name>/part-N.csv.gz``), 2 for a
+    part of a part (``.../part-N/_parts/part-M.csv.gz``)."""
+    return 1 + key[len(PARTS_PREFIX) :].count("/_parts/") if key.startswith(PARTS_PREFIX) else 0
+
+
+# Customers scored per model call: reasons for all of them stack (groups + 1) copies of their
+# inputs (~25 KB per customer measured), so the chunk bounds that part of the peak (~250 MB).
+SCORE_CHUNK_CUSTOMERS = 10_000
+DEFAULT_MEMORY = MemoryModel(budget_mb=3008)  # the template's MemorySize of the batch function
 
 
 class FileTooLargeError(EventLogError):
-    pass
+    """The file would not fit in this invocation's memory; raised before anything was scored or sent.
+
+    ``rows_read`` rows had been read when it was raised, holding ``events`` valid events of
+    ``customers`` customers and ``rejected`` rejected rows; ``declared_rows`` is the file's row
+    count when its format declares it (Parquet), so the caller can size a split."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rows_read: int = 0,
+        events: int = 0,
+        customers: int = 0,
+        rejected: int = 0,
+        declared_rows: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.rows_read, self.events, self.customers, self.rejected = rows_read, events, customers, rejected
+        self.declared_rows = declared_rows
 
 
 @dataclass
@@ -73,7 +112,6 @@ class BatchSummary:
 class BatchResult:
     summary: BatchSummary
     scored: pd.DataFrame | None  # user_id, churn_probability, risk_tier, reasons (JSON), model_version
-    rejected: pd.DataFrame  # source_row, reason
 
 
 def file_stem(key: str) -> str:
@@ -84,16 +122,20 @@ def file_stem(key: str) -> str:
     return name
 
 
-def iter_chunks(source: bytes | BinaryIO, key: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def iter_chunks(
+    source: bytes | BinaryIO, key: str, chunk_rows: int, *, memory: MemoryModel | None = None
+) -> Iterator[pd.DataFrame]:
     """Raw string chunks of a CSV / CSV.gz / Parquet file, streamed (validation does the typing).
 
     CSV and CSV.gz are read straight from the stream; Parquet needs random access, so a
     non-seekable stream is spooled to a temporary file (Lambda: /tmp, sized by EphemeralStorage).
+    With ``memory``, a Parquet file whose footer declares more rows than could fit raises
+    ``FileTooLargeError`` before its data is decoded.
     """
     stream: BinaryIO = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     lower = key.lower()
     if lower.endswith(".parquet"):
-        yield from _parquet_chunks(stream, chunk_rows)
+        yield from _parquet_chunks(stream, chunk_rows, memory)
         return
     if lower.endswith(".csv.gz"):
         stream = gzip.GzipFile(fileobj=stream)
@@ -108,18 +150,25 @@ def iter_chunks(source: bytes | BinaryIO, key: str, chunk_rows: int) -> Iterator
         raise EventLogError(f"not a valid gzip file: {exc}") from exc
 
 
-def _parquet_chunks(stream: BinaryIO, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _parquet_chunks(stream: BinaryIO, chunk_rows: int, memory: MemoryModel | None) -> Iterator[pd.DataFrame]:
     """Parquet needs random access and an untrusted decoder: the object is spooled to a file
     (Lambda: /tmp, sized by EphemeralStorage) and converted to CSV by a limited child process
     (``churnguard.parquet_reader``: fastparquet, not pyarrow, for the 250 MB package limit)."""
-    from churnguard.parquet_reader import ParquetReadError, convert
+    from churnguard.parquet_reader import ParquetReadError, ParquetTooManyRowsError, convert
+
+    limits = {"memory_mb": memory.child_memory_mb(), "max_rows": memory.max_rows()} if memory else {}
 
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "in.parquet", Path(tmp) / "rows.csv"
         with source.open("wb") as spool:
             shutil.copyfileobj(stream, spool, length=8 * 1024**2)
         try:
-            convert(source, target)
+            convert(source, target, **limits)
+        except ParquetTooManyRowsError as exc:
+            raise FileTooLargeError(
+                f"the Parquet file declares {exc.rows:,} rows, more than this invocation's memory can hold",
+                declared_rows=exc.rows,
+            ) from exc
         except ParquetReadError as exc:
             raise EventLogError(f"not a readable Parquet file: {exc}") from exc
         source.unlink()
@@ -155,19 +204,27 @@ def score_file(
     publisher: PromotionsPublisher | None,
     source: str,
     reasons_for: ReasonsFor = ReasonsFor.PROMOTED,
+    rejects: TextIO | None = None,
     chunk_rows: int = 500_000,
-    max_events: int = 60_000_000,
-    score_chunk_customers: int = 50_000,
+    memory: MemoryModel = DEFAULT_MEMORY,
+    score_chunk_customers: int = SCORE_CHUNK_CUSTOMERS,
     now: dt.datetime | None = None,
 ) -> BatchResult:
+    """Score one events file. Problems with the file end in a failed summary; a file that would not
+    fit in ``memory`` raises ``FileTooLargeError`` while reading, before anything is scored or sent.
+
+    Rejected rows (source_row, reason) are written to ``rejects`` as CSV as they are found, so a file
+    of bad rows costs no memory; without ``rejects`` they are only counted.
+    """
     started = time.perf_counter()
     summary = BatchSummary(source=source, model_version=bundle.version)
-    rejected_parts: list[pd.DataFrame] = []
+    if rejects is not None:
+        rejects.write("source_row,reason\n")
     acc = _Accumulator()
     profile_columns = [*bundle.spec.profile_categorical, *bundle.spec.profile_numeric]
     try:
         row = 1
-        for chunk in iter_chunks(body, key, chunk_rows):
+        for chunk in iter_chunks(body, key, chunk_rows, memory=memory):
             if SOURCE_ROW in chunk.columns:  # a part of a split file: keep the original row numbers
                 numbers = pd.to_numeric(chunk[SOURCE_ROW], errors="raise").to_numpy(dtype=np.int64)
                 validated = validate_events(chunk.drop(columns=SOURCE_ROW), row_numbers=numbers)
@@ -176,18 +233,23 @@ def score_file(
             row += len(chunk)
             summary.rows_in += validated.rows_in
             summary.rows_rejected += len(validated.rejected)
-            if len(validated.rejected):
-                rejected_parts.append(validated.rejected)
+            if len(validated.rejected) and rejects is not None:
+                validated.rejected.to_csv(rejects, header=False, index=False)
             events = validated.events
             acc.events += len(events)
-            if acc.events > max_events:
-                raise FileTooLargeError(
-                    f"the file has more than {max_events:,} valid events, more than one invocation can score "
-                    f"safely; split it by customer (see README: batch scoring beyond one invocation)"
-                )
             local_codes, uniques = pd.factorize(events["user_id"])
             # Only this chunk's distinct customers go through the dict; rows map vectorised.
             to_global = np.array([acc.user_ids.setdefault(u, len(acc.user_ids)) for u in uniques], np.int64)
+            if not memory.fits(acc.events, len(acc.user_ids), summary.rows_rejected):
+                predicted = memory.predicted_peak_mb(acc.events, len(acc.user_ids), summary.rows_rejected)
+                raise FileTooLargeError(
+                    f"after {summary.rows_in:,} rows the file needs ~{predicted:,.0f} MB, more than the "
+                    f"{memory.usable_mb:,.0f} MB this invocation may use",
+                    rows_read=summary.rows_in,
+                    events=acc.events,
+                    customers=len(acc.user_ids),
+                    rejected=summary.rows_rejected,
+                )
             acc.user_codes.append(to_global[local_codes])
             acc.timestamps.append(to_epoch_seconds(events["timestamp"].to_numpy()))
             acc.types.append(events["event_type"].map(TYPE_CODES).to_numpy(dtype=np.int8))
@@ -198,20 +260,20 @@ def score_file(
                 latest = events[["user_id", "timestamp", *present]].sort_values("timestamp", kind="stable")
                 acc.profile_frames.append(latest.groupby("user_id", sort=False).last().reset_index())
         summary.rows_used = acc.events
+    except FileTooLargeError:
+        raise
     except (EventLogError, ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         summary.status, summary.error = "failed", f"{type(exc).__name__}: {exc}"
         summary.error_type = type(exc).__name__
         summary.duration_s = round(time.perf_counter() - started, 3)
-        rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else _empty_rejects()
-        return BatchResult(summary, None, rejected)
+        return BatchResult(summary, None)
 
-    rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else _empty_rejects()
     if acc.events == 0:
         summary.status = "failed" if summary.rows_in == 0 else "ok"
         summary.error = "the file has no rows" if summary.rows_in == 0 else "no valid rows"
         summary.error_type = "EmptyFile" if summary.rows_in == 0 else "NoValidRows"
         summary.duration_s = round(time.perf_counter() - started, 3)
-        return BatchResult(summary, _empty_scored(), rejected)
+        return BatchResult(summary, _empty_scored())
 
     user_codes = np.concatenate(acc.user_codes)
     timestamps = np.concatenate(acc.timestamps)
@@ -293,11 +355,7 @@ def score_file(
             )
         )
     summary.duration_s = round(time.perf_counter() - started, 3)
-    return BatchResult(summary, pd.concat(scored_parts, ignore_index=True), rejected)
-
-
-def _empty_rejects() -> pd.DataFrame:
-    return pd.DataFrame({"source_row": pd.Series(dtype="int64"), "reason": pd.Series(dtype="object")})
+    return BatchResult(summary, pd.concat(scored_parts, ignore_index=True))
 
 
 def _empty_scored() -> pd.DataFrame:
@@ -317,10 +375,16 @@ def split_object(
 
     Every customer's rows land in the same part, so each part scores independently and the union of
     the parts' outputs is the file's output. Rows keep their original number in ``_source_row``.
-    Parts go to ``incoming/_parts/<name>/part-NNNNN.csv.gz`` and are scored as ordinary drops.
+    Parts go to ``incoming/_parts/<name>/part-NNNNN.csv.gz`` (a part split again: under
+    ``<part>/_parts/``) and are scored as ordinary drops. Each level hashes with its own key, so a part's
+    customers spread over its own parts.
     """
-    stem = OutputKeys.for_input(key).scored[len("scored/") : -len(".parquet")]
-    prefix = f"{PARTS_PREFIX}{stem}/"
+    level = split_level(key)
+    if key.startswith(PARTS_PREFIX):
+        prefix = f"{key.removesuffix('.csv.gz')}/_parts/"
+    else:
+        prefix = f"{PARTS_PREFIX}{OutputKeys.for_input(key).scored[len('scored/') : -len('.parquet')]}/"
+    hash_key = f"churnguard-lvl{level:02d}"  # 16 characters, as pandas requires
     body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
     with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp, contextlib.ExitStack() as stack:
         paths = [f"{tmp}/part-{i:05d}.csv.gz" for i in range(parts)]
@@ -328,10 +392,12 @@ def split_object(
         written = np.zeros(parts, dtype=bool)
         row = 1
         for chunk in iter_chunks(body, key, chunk_rows):
-            chunk = chunk.assign(**{SOURCE_ROW: np.arange(row, row + len(chunk))})
+            if SOURCE_ROW not in chunk.columns:  # a part keeps the numbers of the original file
+                chunk = chunk.assign(**{SOURCE_ROW: np.arange(row, row + len(chunk))})
             row += len(chunk)
             ids = chunk["user_id"].astype("string").str.strip().fillna("").to_numpy(dtype=object)
-            part_of = pd.util.hash_array(ids, categorize=True) % np.uint64(parts)
+            hashes = pd.util.hash_array(ids, hash_key=hash_key, categorize=True)
+            part_of = hashes % np.uint64(parts)
             for i in range(parts):
                 rows = chunk[part_of == i]
                 if len(rows):
@@ -371,75 +437,123 @@ def process_s3_object(
     policy: PromotionPolicy,
     publisher: PromotionsPublisher | None,
     reasons_for: ReasonsFor = ReasonsFor.PROMOTED,
+    memory: MemoryModel = DEFAULT_MEMORY,
     max_object_bytes: int = 2 * 1024**3,
     incoming_prefix: str = "incoming/",
 ) -> BatchSummary:
     """Score ``s3://bucket/key`` and write the scored / rejected / summary objects beside it.
 
-    Transient AWS errors propagate (the caller's queue retries); problems with the file itself end in
-    a summary with ``status: failed``.
+    Admission (``churnguard.admission``): an object over ``max_object_bytes``, or whose estimated
+    rows cannot fit in ``memory``, is split by customer before reading; one that turns out too large
+    while being read (before anything is scored or sent) is split then. A part of a split file that
+    does not fit ends in a failed summary. Transient AWS errors propagate (the caller's queue
+    retries); problems with the file itself end in a summary with ``status: failed``.
     """
     outputs = OutputKeys.for_input(key, incoming_prefix)
     source = f"s3://{bucket}/{key}"
+    started = time.perf_counter()
     head = s3_client.head_object(Bucket=bucket, Key=key)
     size = head["ContentLength"]
-    if size > max_object_bytes and not key.startswith(PARTS_PREFIX):
-        # Beyond one invocation: split by customer into parts of about half the limit; each part
-        # arrives as its own drop (same queue, same function) and is scored in parallel.
-        started = time.perf_counter()
-        parts = max(2, -(-size // max(max_object_bytes // 2, 1)))
-        part_keys = split_object(s3_client, bucket, key, parts)
-        summary = BatchSummary(
-            source=source,
-            status="split",
-            model_version=bundle.version,
-            parts=part_keys,
-            duration_s=round(time.perf_counter() - started, 3),
-        )
-        s3_client.put_object(
-            Bucket=bucket,
-            Key=outputs.summary,
-            Body=summary.to_json().encode(),
-            ContentType="application/json",
-        )
-        return summary
-    if size > max_object_bytes:  # a part that is still too large: the limit is set too low
-        summary = BatchSummary(
-            source=source,
-            status="failed",
-            model_version=bundle.version,
-            error=f"part is {size:,} bytes, above {max_object_bytes:,}: "
-            f"raise CHURNGUARD_BATCH_MAX_OBJECT_BYTES",
-            error_type="PartTooLarge",
-        )
-        result = BatchResult(summary, None, _empty_rejects())
-    else:
-        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]  # streamed, never read whole
-        as_of = head.get("Metadata", {}).get("as-of")
-        result = score_file(
-            body,
-            key,
-            bundle,
-            as_of=as_of,
-            policy=policy,
-            publisher=publisher,
-            source=source,
-            reasons_for=reasons_for,
-        )
-    if result.scored is not None:
-        import fastparquet
+    is_part = key.startswith(PARTS_PREFIX)
+    may_split = split_level(key) < MAX_SPLIT_LEVEL
+    estimate = _estimate_rows(s3_client, bucket, key, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        rejects_path = Path(tmp) / "rejected.csv"
+        too_large: str | None = None
+        parts = 0
+        try:
+            if size > max_object_bytes or (estimate is not None and memory.cannot_fit(estimate.rows)):
+                rows = estimate.rows if estimate is not None else 0
+                too_large = f"it is {size:,} bytes (~{rows:,} rows), more than one invocation holds"
+                parts = max(-(-size // max(max_object_bytes // 2, 1)), memory.parts_for_rows(rows), 2)
+            else:
+                body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]  # streamed, never read whole
+                try:
+                    with rejects_path.open("w", newline="") as rejects:
+                        result = score_file(
+                            body,
+                            key,
+                            bundle,
+                            as_of=head.get("Metadata", {}).get("as-of"),
+                            policy=policy,
+                            publisher=publisher,
+                            source=source,
+                            reasons_for=reasons_for,
+                            rejects=rejects,
+                            memory=memory,
+                        )
+                except FileTooLargeError as exc:
+                    too_large = str(exc)
+                    parts = _parts_after(exc, estimate, memory)
+        except TooLargeToSplitError as exc:
+            too_large, parts = f"{too_large or 'it is too large'}; {exc}", -1
+        if too_large is not None:
+            if parts > 0 and may_split:
+                # Beyond one invocation: split by customer; each part arrives as its own drop (same
+                # queue, same function) and is scored in parallel.
+                summary = BatchSummary(
+                    source=source,
+                    status="split",
+                    model_version=bundle.version,
+                    parts=split_object(s3_client, bucket, key, parts, tmp_dir=tmp),
+                    duration_s=round(time.perf_counter() - started, 3),
+                )
+                _put_summary(s3_client, bucket, outputs.summary, summary)
+                return summary
+            advice = (
+                "raise the batch function's MemorySize, or upload the dataset in smaller files"
+                if parts > 0
+                else "upload it as smaller files"
+            )
+            result = BatchResult(
+                BatchSummary(
+                    source=source,
+                    status="failed",
+                    model_version=bundle.version,
+                    error=f"{'this part of a split file' if is_part else 'the file'} does not fit: "
+                    f"{too_large}; {advice}",
+                    error_type="PartTooLarge" if parts > 0 else "TooLargeToSplit",
+                    duration_s=round(time.perf_counter() - started, 3),
+                ),
+                None,
+            )
+            rejects_path.write_text("source_row,reason\n")  # nothing was kept of a partial read
+        if result.scored is not None:
+            import fastparquet
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = f"{tmp}/scored.parquet"
-            fastparquet.write(path, result.scored, compression="SNAPPY", stats=False)
-            s3_client.upload_file(path, bucket, outputs.scored)  # multipart for large outputs
-    s3_client.put_object(
-        Bucket=bucket, Key=outputs.rejected, Body=result.rejected.to_csv(index=False).encode()
-    )
-    s3_client.put_object(
-        Bucket=bucket,
-        Key=outputs.summary,
-        Body=result.summary.to_json().encode(),
-        ContentType="application/json",
-    )
+            scored_path = f"{tmp}/scored.parquet"
+            fastparquet.write(scored_path, result.scored, compression="SNAPPY", stats=False)
+            s3_client.upload_file(scored_path, bucket, outputs.scored)  # multipart for large outputs
+        s3_client.upload_file(
+            str(rejects_path), bucket, outputs.rejected, ExtraArgs={"ContentType": "text/csv"}
+        )
+    _put_summary(s3_client, bucket, outputs.summary, result.summary)
     return result.summary
+
+
+def _put_summary(s3_client: Any, bucket: str, key: str, summary: BatchSummary) -> None:
+    body = summary.to_json().encode()
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+
+
+def _estimate_rows(s3_client: Any, bucket: str, key: str, size: int) -> RowEstimate | None:
+    """Rows of a CSV / CSV.gz object from its first bytes (a ranged GET); None for Parquet, whose
+    footer gives the exact count when it is read."""
+    lower = key.lower()
+    if lower.endswith(".parquet") or not lower.endswith((".csv", ".csv.gz")) or size == 0:
+        return None
+    head = s3_client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{HEAD_SAMPLE_BYTES - 1}")
+    sample = head["Body"].read()
+    return estimate_csv_rows(sample, size, gzipped=lower.endswith(".gz"))
+
+
+def _parts_after(exc: FileTooLargeError, estimate: RowEstimate | None, memory: MemoryModel) -> int:
+    """Parts for a file that stopped being read: extrapolate what was read to the whole file."""
+    if exc.declared_rows is not None:
+        return memory.parts_for_rows(exc.declared_rows)
+    total_rows = estimate.rows if estimate is not None else 0
+    if estimate is not None and estimate.exact:
+        scale = max(1.0, total_rows / max(exc.rows_read, 1))
+    else:  # the estimate was low, by how much is unknown: at least double what was read
+        scale = max(2.0, total_rows / max(exc.rows_read, 1))
+    return memory.parts_for(exc.events, exc.customers, exc.rejected, scale=scale)

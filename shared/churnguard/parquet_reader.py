@@ -7,7 +7,10 @@ never decodes Parquet in its own process: ``convert`` runs this module as a chil
 address-space limit and a timeout; the child writes the rows as CSV (text, typed again by the one
 validation path), and a crash, the limit or the timeout becomes an ``EventLogError`` naming it.
 
-    python -m churnguard.parquet_reader SRC.parquet DST.csv MEMORY_MB    # what the child runs
+A file whose footer declares more rows than the caller can hold is refused before any data page is
+decoded (``ParquetTooManyRowsError`` carries the count, so the caller can split it).
+
+    python -m churnguard.parquet_reader SRC.parquet DST.csv MEMORY_MB MAX_ROWS    # what the child runs
 """
 
 from __future__ import annotations
@@ -23,12 +26,26 @@ DEFAULT_MEMORY_MB = 2048
 DEFAULT_TIMEOUT_S = 600
 
 
+TOO_MANY_ROWS_EXIT = 4
+
+
 class ParquetReadError(ValueError):
     """The file could not be converted; the message says why (no file contents in it)."""
 
 
+class ParquetTooManyRowsError(ParquetReadError):
+    def __init__(self, rows: int, max_rows: int) -> None:
+        super().__init__(f"its footer declares {rows:,} rows, more than the {max_rows:,} allowed")
+        self.rows = rows
+
+
 def convert(
-    source: Path, target: Path, *, memory_mb: int = DEFAULT_MEMORY_MB, timeout_s: float = DEFAULT_TIMEOUT_S
+    source: Path,
+    target: Path,
+    *,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_rows: int | None = None,
 ) -> None:
     """Write ``source``'s rows to ``target`` (CSV with a header) using a limited child process."""
     env = {
@@ -41,7 +58,15 @@ def convert(
     }
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "churnguard.parquet_reader", str(source), str(target), str(memory_mb)],
+            [
+                sys.executable,
+                "-m",
+                "churnguard.parquet_reader",
+                str(source),
+                str(target),
+                str(memory_mb),
+                str(max_rows if max_rows is not None else -1),
+            ],
             env=env,
             capture_output=True,
             text=True,
@@ -51,6 +76,8 @@ def convert(
         raise ParquetReadError(f"reading it took longer than {timeout_s:.0f} s") from exc
     if result.returncode == 0:
         return
+    if result.returncode == TOO_MANY_ROWS_EXIT and max_rows is not None:
+        raise ParquetTooManyRowsError(int(result.stderr.split()[-1]), max_rows)
     if result.returncode < 0:
         name = signal.Signals(-result.returncode).name
         raise ParquetReadError(f"the Parquet decoder crashed ({name}) on it")
@@ -70,7 +97,7 @@ def _iso(column):  # datetimes as ISO-8601 text, which validation parses like an
     return column
 
 
-def _main(source: str, target: str, memory_mb: int) -> int:
+def _main(source: str, target: str, memory_mb: int, max_rows: int) -> int:
     # The limits are set here, first thing, not with preexec_fn (unsafe in a threaded parent).
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb * 1024**2, memory_mb * 1024**2))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -78,6 +105,10 @@ def _main(source: str, target: str, memory_mb: int) -> int:
 
     try:
         parquet = fastparquet.ParquetFile(source)
+        rows = parquet.count()
+        if 0 <= max_rows < rows:
+            print(f"rows {rows}", file=sys.stderr)
+            return TOO_MANY_ROWS_EXIT
         header = True
         for group in parquet.iter_row_groups():  # one row group at a time bounds memory
             frame = group.apply(_iso)
@@ -97,4 +128,4 @@ def _main(source: str, target: str, memory_mb: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    sys.exit(_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError, model_validator
 
@@ -20,15 +20,18 @@ class SettingsError(RuntimeError):
 
 
 class EnvSettings(BaseModel):
-    """Settings read from CHURNGUARD_* environment variables; a bad value names the variable."""
+    """Settings read from CHURNGUARD_* environment variables (and the few the Lambda runtime sets
+    that settings use); a bad value names the variable."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+    RUNTIME_VARIABLES: ClassVar[frozenset[str]] = frozenset({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         environ = os.environ if environ is None else environ
+        ours = {k: v for k, v in environ.items() if k.startswith("CHURNGUARD_") or k in cls.RUNTIME_VARIABLES}
         try:
-            return cls.model_validate({k: v for k, v in environ.items() if k.startswith("CHURNGUARD_")})
+            return cls.model_validate(ours)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
@@ -66,6 +69,8 @@ class ServingSettings(EnvSettings):
     # Batch scoring: which customers get reasons, and the largest object one invocation takes.
     batch_reasons: Literal["all", "promoted", "none"] = Field("promoted", alias="CHURNGUARD_BATCH_REASONS")
     batch_max_object_bytes: int = Field(2 * 1024**3, alias="CHURNGUARD_BATCH_MAX_OBJECT_BYTES", ge=1)
+    # The memory batch admission budgets for (churnguard.admission); Lambda sets it from MemorySize.
+    batch_memory_mb: float = Field(3008, alias="AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ge=128)
 
     # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
     value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)
