@@ -2,13 +2,15 @@
 
     python -m infra.deploy [--dry-run] [--stack-name churnguard] [--region R] [--model-dir artifacts/model]
                            [--events DIR] [--guided] [--config-file samconfig.toml]
+                           [--api-auth API_KEY|IAM|IAM_AND_API_KEY]
 
 Steps, in order (``--dry-run`` prints every command line and every upload, runs nothing, makes no AWS
 call; stack outputs not known yet print as ``<DataBucketName>`` placeholders):
 
 1. ``sam build`` (the SAM CLI of ``.cache/venv-infra`` if present, else ``sam`` on PATH);
 2. ``sam deploy``: ``--guided`` the first time (no samconfig file yet; its answers are saved there),
-   plain after; always ``--parameter-overrides TrainingImageTag=<code version>``;
+   plain after; always ``--parameter-overrides TrainingImageTag=<code version>``, plus
+   ``ApiAuth=<mode>`` with ``--api-auth`` (without it the stack keeps its mode: API_KEY when new);
 3. the stack outputs (CloudFormation DescribeStacks);
 4. the training image: built, tagged ``<TrainingImageRepositoryUri>:<code version>`` and pushed to ECR
    (skipped when that tag is already there: the repository's tags are immutable);
@@ -19,7 +21,8 @@ call; stack outputs not known yet print as ``<DataBucketName>`` placeholders):
 6. the first model: ``--model-dir`` (trained when missing), the gate's holdout, then the pointer moved
    (``publish_model``) — only while the pointer still holds the stack's placeholder, or when
    ``--model-dir`` is given explicitly, so a re-deploy never rolls back a promoted model;
-7. the API URL, how to read the API key, and a ``curl`` that scores one customer.
+7. the API URL, how to read the API key and a ``curl`` that scores one customer (with IAM auth: the
+   invoke policy to attach and an ``awscurl`` that signs the request).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ HOLDOUT_KEYS = ("holdout/events.csv", "holdout/labels.csv", "holdout/meta.json")
 MAX_REJECT_FRACTION = 0.05  # train.py's default --max-reject-fraction: the job would refuse more
 PLACEHOLDER_VERSION = "none"  # the version in the template's ModelPointerInitialValue
 API_KEY_RESOURCE = "ScoringApiApiKey"  # SAM: <api logical id>ApiKey for CreateUsagePlan: PER_API
+API_AUTH_MODES = ("API_KEY", "IAM", "IAM_AND_API_KEY")  # the template's ApiAuth parameter
+DEFAULT_API_AUTH = "API_KEY"
 REQUIRED_OUTPUTS = ("ApiUrl", "DataBucketName", "ModelPointerParameter", "TrainingImageRepositoryUri")
 # The stage is v1 and the routes are /v1/..., and ApiUrl already ends in the stage: route = ApiUrl + /v1/...
 SCORES_ROUTE = "/v1/scores"
@@ -90,6 +95,7 @@ class Options:
     guided: bool
     config_file: Path
     sam: str
+    api_auth: str | None = None  # ApiAuth for this deploy; None: the stack keeps its own
 
 
 @dataclass
@@ -113,6 +119,15 @@ class Deploy:
     @property
     def region(self) -> str:
         return self.options.region or "<region>"
+
+    @property
+    def api_auth(self) -> str:
+        """The stack's ApiAuth (its output, once read), else the one this deploy sets, else the default."""
+        return self.outputs.get("ApiAuth") or self.options.api_auth or DEFAULT_API_AUTH
+
+    @property
+    def uses_api_key(self) -> bool:
+        return self.api_auth != "IAM"
 
     def code_version(self) -> str:
         """The training image tag. A dry run shows ``<code-version>`` if it cannot be computed."""
@@ -239,6 +254,10 @@ def sam_build_command(options: Options) -> list[str]:
 
 
 def sam_deploy_command(options: Options, code_version: str, guided: bool) -> list[str]:
+    # SAM CLI keeps the stack's value for every parameter not overridden here (UsePreviousValue).
+    overrides = [f"TrainingImageTag={code_version}"]
+    if options.api_auth:
+        overrides.append(f"ApiAuth={options.api_auth}")
     command = [options.sam, "deploy"]
     if guided:
         command.append("--guided")
@@ -254,7 +273,7 @@ def sam_deploy_command(options: Options, code_version: str, guided: bool) -> lis
         "--resolve-s3",
         "--no-fail-on-empty-changeset",
         "--parameter-overrides",
-        f"TrainingImageTag={code_version}",
+        *overrides,
     ]
 
 
@@ -300,7 +319,7 @@ def run_deploy(deploy: Deploy) -> None:
 def describe_outputs(deploy: Deploy) -> list[str]:
     return [
         f"CloudFormation DescribeStacks {deploy.options.stack_name} ({deploy.region}) -> "
-        + ", ".join((*REQUIRED_OUTPUTS, "PromotionsQueueUrl"))
+        + ", ".join((*REQUIRED_OUTPUTS, "PromotionsQueueUrl", "ApiAuth"))
     ]
 
 
@@ -708,34 +727,55 @@ def api_key_id(cloudformation: Any, stack_name: str) -> str:
 
 
 def instructions(deploy: Deploy) -> list[str]:
-    """The API URL, the command that reads the API key (never the key itself), a scoring curl."""
+    """The API URL, the command that reads the API key (never the key itself), a scoring request:
+    ``curl`` with the key, or with IAM auth ``awscurl`` (signs with the caller's AWS credentials)."""
     api_url = deploy.output("ApiUrl").rstrip("/")
     scores_url = f"{api_url}{SCORES_ROUTE}"
-    key_id = deploy.api_key_id or f"<id of {API_KEY_RESOURCE}>"
-    get_key = (
-        f"aws apigateway get-api-keys --include-values --region {deploy.region} "
-        f"--query \"items[?id=='{key_id}'].value\" --output text"
-    )
     body = shlex.quote(json.dumps(EXAMPLE_REQUEST))
-    return [
+    lines = [
         f"API: {api_url} (ApiUrl ends in the stage, v1; the routes under it are {SCORES_ROUTE}, "
-        f"/v1/model and {HEALTH_ROUTE})",
-        f"health (no key): curl -s {api_url}{HEALTH_ROUTE}",
-        f"API key ({API_KEY_RESOURCE} in the usage plan): export API_KEY=$({get_key})",
+        f"/v1/model and {HEALTH_ROUTE}); auth: ApiAuth={deploy.api_auth}",
+        f"health (no key, no signature): curl -s {api_url}{HEALTH_ROUTE}",
+    ]
+    key_header = ""
+    if deploy.uses_api_key:
+        key_id = deploy.api_key_id or f"<id of {API_KEY_RESOURCE}>"
+        get_key = (
+            f"aws apigateway get-api-keys --include-values --region {deploy.region} "
+            f"--query \"items[?id=='{key_id}'].value\" --output text"
+        )
+        lines.append(f"API key ({API_KEY_RESOURCE} in the usage plan): export API_KEY=$({get_key})")
+        key_header = ' -H "x-api-key: $API_KEY"'
+    if deploy.api_auth == DEFAULT_API_AUTH:
+        client = "curl -s"
+    else:
+        lines.append(
+            "IAM: the caller's role or user needs execute-api:Invoke on the scoring routes: attach "
+            f"{deploy.output('ScoringApiInvokePolicyArn')}; requests are SigV4-signed (service "
+            "execute-api), e.g. with awscurl (pip install awscurl) or botocore's SigV4Auth"
+        )
+        client = f"awscurl --service execute-api --region {deploy.region}"
+    return [
+        *lines,
         "score one customer:",
-        f'  curl -s -X POST {_shell_word(scores_url)} -H "x-api-key: $API_KEY" '
+        f"  {client} -X POST {_shell_word(scores_url)}{key_header} "
         f"-H 'Content-Type: application/json' -d {body}",
         f"promotions queue: {deploy.output('PromotionsQueueUrl')}",
     ]
 
 
 def describe_instructions(deploy: Deploy) -> list[str]:
-    lines = [f"CloudFormation DescribeStackResource {API_KEY_RESOURCE} -> the API key id (not the key)"]
+    lines = []
+    if deploy.uses_api_key:
+        lines.append(
+            f"CloudFormation DescribeStackResource {API_KEY_RESOURCE} -> the API key id (not the key)"
+        )
     return lines + instructions(deploy) if deploy.options.dry_run else lines
 
 
 def run_instructions(deploy: Deploy) -> None:
-    deploy.api_key_id = api_key_id(deploy.client("cloudformation"), deploy.options.stack_name)
+    if deploy.uses_api_key:
+        deploy.api_key_id = api_key_id(deploy.client("cloudformation"), deploy.options.stack_name)
     for line in instructions(deploy):
         print(f"    {line}")
 
@@ -801,6 +841,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--guided", action="store_true", help="sam deploy --guided even if samconfig exists")
     parser.add_argument(
+        "--api-auth",
+        choices=API_AUTH_MODES,
+        help="the template's ApiAuth: API_KEY (x-api-key + usage plan), IAM (SigV4) or IAM_AND_API_KEY; "
+        "default: the stack keeps its current mode (API_KEY on a new stack)",
+    )
+    parser.add_argument(
         "--config-file", type=Path, help="samconfig file (default: samconfig.toml in the project root)"
     )
     args = parser.parse_args(argv)
@@ -816,6 +862,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         guided=args.guided,
         config_file=config_file,
         sam=sam_cli(),
+        api_auth=args.api_auth,
     )
 
 
