@@ -29,7 +29,7 @@ from churnguard.idempotency import LedgeredPublisher, PromotionsNotSentError
 from churnguard.model_provider import ModelProvider, provider_from_settings
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult, SqsPromotionsPublisher
 from churnguard.scoring import ReasonsFor
-from churnguard.settings import ServingSettings
+from churnguard.settings import ServingSettings, SettingsError
 
 SERVICE = "churnguard-batch-score"
 logger = Logger(service=SERVICE)
@@ -60,6 +60,13 @@ def _model_event(name: str, details: dict[str, Any]) -> None:
 @functools.cache
 def runtime() -> Runtime:
     settings = ServingSettings.from_env()
+    memory = MemoryModel(budget_mb=settings.batch_memory_mb)
+    if memory.usable_mb <= memory.base_mb:  # every file would be refused: say so at cold start
+        raise SettingsError(
+            f"AWS_LAMBDA_FUNCTION_MEMORY_SIZE={settings.batch_memory_mb:g} MB leaves no memory for data "
+            f"after the runtime's {memory.base_mb:.0f} MB: give the batch function at least "
+            f"{2 * memory.base_mb / memory.headroom:.0f} MB"
+        )
     models = provider_from_settings(settings, on_event=_model_event, budget=aws.BATCH)
     publisher = (
         SqsPromotionsPublisher(aws.client("sqs", aws.BATCH), settings.promotions_queue_url)

@@ -16,7 +16,14 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from churnguard.bundle import ModelBundle
-from churnguard.features import EVENT_TYPES, ID_BLANKS, MAX_AMOUNT, MAX_QUANTITY, EventArrays
+from churnguard.features import (
+    EVENT_TYPES,
+    ID_BLANKS,
+    MAX_AMOUNT,
+    MAX_QUANTITY,
+    MAX_USER_ID_LENGTH,
+    EventArrays,
+)
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
 from churnguard.scoring import ReasonsFor, score_customers
 
@@ -82,7 +89,7 @@ class CustomerIn(BaseModel):
 
     # stripped like batch files do ("a" and "a " are one customer everywhere)
     user_id: Annotated[str, BeforeValidator(_strip)] = Field(
-        min_length=1, max_length=256, json_schema_extra={"pattern": r"\S"}
+        min_length=1, max_length=MAX_USER_ID_LENGTH, json_schema_extra={"pattern": r"\S"}
     )
     as_of: UtcDatetime | None = Field(
         None,

@@ -23,7 +23,8 @@ class ClientBudget:
         return Config(
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
-            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            # botocore's ``max_attempts`` counts retries only (2 meant three calls); this is the total.
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
         )
 
 

@@ -24,29 +24,56 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 import pandas as pd
+from botocore.exceptions import BotoCoreError
 
 from churnguard.admission import (
     HEAD_SAMPLE_BYTES,
     MemoryModel,
     RowEstimate,
     TooLargeToSplitError,
+    check_split,
     estimate_csv_rows,
 )
 from churnguard.bundle import ModelBundle
-from churnguard.events import EventLogError, validate_events
-from churnguard.features import EventArrays
+from churnguard.events import (
+    CANONICAL_COLUMNS,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    EventLogError,
+    validate_events,
+)
+from churnguard.features import ID_BLANKS, EventArrays
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
 from churnguard.scoring import ReasonsFor, score_customers
 from churnguard.tabular import to_epoch_seconds
 
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+# What reading a bad file raises: it ends in a failed summary (retrying cannot fix the file). Some
+# botocore errors are OSErrors too (a read timeout mid-stream): those are transient and propagate,
+# so the queue retries the file (see _reraise_transient).
+FILE_ERRORS = (
+    EventLogError,
+    ValueError,
+    OSError,
+    pd.errors.ParserError,
+    UnicodeDecodeError,
+    EOFError,
+    zlib.error,
+)
+
+
+def _reraise_transient(exc: BaseException) -> None:
+    if isinstance(exc, BotoCoreError):
+        raise exc
+
+
 SOURCE_ROW = "_source_row"  # carried by the parts of a split file
 PARTS_PREFIX = "incoming/_parts/"
 MAX_SPLIT_LEVEL = 2  # a file may be split, and each of its parts split once more; deeper parts fail
@@ -54,8 +81,15 @@ MAX_SPLIT_LEVEL = 2  # a file may be split, and each of its parts split once mor
 
 def split_level(key: str) -> int:
     """0 for a dropped file, 1 for a part of it (``incoming/_parts/<name>/part-N.csv.gz``), 2 for a
-    part of a part (``.../part-N/_parts/part-M.csv.gz``)."""
-    return 1 + key[len(PARTS_PREFIX) :].count("/_parts/") if key.startswith(PARTS_PREFIX) else 0
+    part of a part (``incoming/_parts2/<name>/part-N/part-M.csv.gz``). The level is in the reserved
+    prefix, never read from the user's part of the key (which may hold anything)."""
+    if key.startswith(PARTS_PREFIX):
+        return 1
+    deeper = PARTS_PREFIX.rstrip("/")
+    for level in range(2, MAX_SPLIT_LEVEL + 1):
+        if key.startswith(f"{deeper}{level}/"):
+            return level
+    return 0
 
 
 # Customers scored per model call: reasons for all of them stack (groups + 1) copies of their
@@ -123,34 +157,71 @@ def file_stem(key: str) -> str:
 
 
 def iter_chunks(
-    source: bytes | BinaryIO, key: str, chunk_rows: int, *, memory: MemoryModel | None = None
+    source: bytes | BinaryIO,
+    key: str,
+    chunk_rows: int,
+    *,
+    memory: MemoryModel | None = None,
+    columns: Collection[str] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Raw string chunks of a CSV / CSV.gz / Parquet file, streamed (validation does the typing).
 
     CSV and CSV.gz are read straight from the stream; Parquet needs random access, so a
     non-seekable stream is spooled to a temporary file (Lambda: /tmp, sized by EphemeralStorage).
     With ``memory``, a Parquet file whose footer declares more rows than could fit raises
-    ``FileTooLargeError`` before its data is decoded.
+    ``FileTooLargeError`` before its data is decoded. With ``columns``, only those are kept (others
+    are tokenised but never held: a file with thousands of extra columns costs no memory for them).
     """
+    usecols = None if columns is None else _ColumnFilter(frozenset(columns))
     stream: BinaryIO = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     lower = key.lower()
     if lower.endswith(".parquet"):
-        yield from _parquet_chunks(stream, chunk_rows, memory)
+        yield from _parquet_chunks(stream, chunk_rows, memory, usecols)
         return
     if lower.endswith(".csv.gz"):
         stream = gzip.GzipFile(fileobj=stream)
     elif not lower.endswith(".csv"):
         raise EventLogError(f"unsupported file type {key!r}: expected {', '.join(SUPPORTED_SUFFIXES)}")
     try:
-        reader = pd.read_csv(stream, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows)
-        yield from reader
+        reader = pd.read_csv(
+            stream, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows, usecols=usecols
+        )
+        yield from _with_header_check(reader, usecols)
     except pd.errors.EmptyDataError as exc:
         raise EventLogError("the file is empty") from exc
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise EventLogError(f"not a valid gzip file: {exc}") from exc
 
 
-def _parquet_chunks(stream: BinaryIO, chunk_rows: int, memory: MemoryModel | None) -> Iterator[pd.DataFrame]:
+class _ColumnFilter:
+    """``usecols`` for pandas that also remembers the file's own header, for the error message."""
+
+    def __init__(self, wanted: frozenset[str]) -> None:
+        self.wanted, self.header = wanted, []
+
+    def __call__(self, name: str) -> bool:
+        self.header.append(name)
+        return name in self.wanted
+
+
+def _with_header_check(
+    chunks: Iterable[pd.DataFrame], usecols: _ColumnFilter | None
+) -> Iterator[pd.DataFrame]:
+    """Chunks as read; a file without the required columns is reported with its own header (what the
+    data owner needs to see; this goes to the summary, never to a log line)."""
+    for chunk in chunks:
+        missing = [c for c in REQUIRED_COLUMNS if c not in chunk.columns]
+        if missing and usecols is not None:
+            raise EventLogError(
+                f"missing required column(s) {missing}; the event log needs {list(REQUIRED_COLUMNS)} "
+                f"and may have {list(OPTIONAL_COLUMNS)} plus profile columns (got {usecols.header})"
+            )
+        yield chunk
+
+
+def _parquet_chunks(
+    stream: BinaryIO, chunk_rows: int, memory: MemoryModel | None, usecols: Any = None
+) -> Iterator[pd.DataFrame]:
     """Parquet needs random access and an untrusted decoder: the object is spooled to a file
     (Lambda: /tmp, sized by EphemeralStorage) and converted to CSV by a limited child process
     (``churnguard.parquet_reader``: fastparquet, not pyarrow, for the 250 MB package limit)."""
@@ -173,9 +244,10 @@ def _parquet_chunks(stream: BinaryIO, chunk_rows: int, memory: MemoryModel | Non
             raise EventLogError(f"not a readable Parquet file: {exc}") from exc
         source.unlink()
         with target.open("rb") as rows:
-            yield from pd.read_csv(
-                rows, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows
+            reader = pd.read_csv(
+                rows, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows, usecols=usecols
             )
+            yield from _with_header_check(reader, usecols)
 
 
 @dataclass
@@ -186,7 +258,8 @@ class _Accumulator:
     amounts: list[np.ndarray] = field(default_factory=list)
     quantities: list[np.ndarray] = field(default_factory=list)
     user_ids: dict[str, int] = field(default_factory=dict)
-    profile_frames: list[pd.DataFrame] = field(default_factory=list)
+    # per profile column: one row per customer (user_id, timestamp, value) of its latest non-null value
+    profile_latest: dict[str, pd.DataFrame] = field(default_factory=dict)
     events: int = 0
 
 
@@ -224,7 +297,7 @@ def score_file(
     profile_columns = [*bundle.spec.profile_categorical, *bundle.spec.profile_numeric]
     try:
         row = 1
-        for chunk in iter_chunks(body, key, chunk_rows, memory=memory):
+        for chunk in iter_chunks(body, key, chunk_rows, memory=memory, columns=read_columns(bundle, key)):
             if SOURCE_ROW in chunk.columns:  # a part of a split file: keep the original row numbers
                 numbers = pd.to_numeric(chunk[SOURCE_ROW], errors="raise").to_numpy(dtype=np.int64)
                 validated = validate_events(chunk.drop(columns=SOURCE_ROW), row_numbers=numbers)
@@ -255,14 +328,14 @@ def score_file(
             acc.types.append(events["event_type"].map(TYPE_CODES).to_numpy(dtype=np.int8))
             acc.amounts.append(events["amount"].to_numpy(dtype=np.float32))
             acc.quantities.append(events["quantity"].to_numpy(dtype=np.float32))
-            present = [c for c in profile_columns if c in events.columns]
-            if present:  # keep one row per customer and chunk: the latest non-null values
-                latest = events[["user_id", "timestamp", *present]].sort_values("timestamp", kind="stable")
-                acc.profile_frames.append(latest.groupby("user_id", sort=False).last().reset_index())
+            for column in (c for c in profile_columns if c in events.columns):
+                _merge_latest(acc.profile_latest, column, events[["user_id", "timestamp", column]])
         summary.rows_used = acc.events
     except FileTooLargeError:
         raise
-    except (EventLogError, ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except FILE_ERRORS as exc:
+        _reraise_transient(exc)
+        summary.rows_used = acc.events  # rows read before the failure: in = used + rejected still holds
         summary.status, summary.error = "failed", f"{type(exc).__name__}: {exc}"
         summary.error_type = type(exc).__name__
         summary.duration_s = round(time.perf_counter() - started, 3)
@@ -297,12 +370,10 @@ def score_file(
     as_of_day = as_of_ts.date().isoformat()
 
     profile: dict[str, np.ndarray] = {}
-    if acc.profile_frames:
-        frame = pd.concat(acc.profile_frames, ignore_index=True).sort_values("timestamp", kind="stable")
-        last = frame.groupby("user_id", sort=False).last().reindex(user_ids)
-        for column in last.columns.drop("timestamp", errors="ignore"):
-            values = last[column].to_numpy(dtype=object)
-            profile[column] = np.where(pd.isna(values), None, values).astype(object)
+    for column, latest in acc.profile_latest.items():
+        values = latest.set_index("user_id")[column].reindex(user_ids).to_numpy(dtype=object)
+        profile[column] = np.where(pd.isna(values), None, values).astype(object)
+    acc.profile_latest.clear()
 
     # Group events by customer once, then score customer chunks (bounded memory per chunk).
     order = np.argsort(user_codes, kind="stable")
@@ -358,6 +429,25 @@ def score_file(
     return BatchResult(summary, pd.concat(scored_parts, ignore_index=True))
 
 
+def read_columns(bundle: ModelBundle, key: str) -> tuple[str, ...]:
+    """What batch scoring reads of a file: the canonical columns, ``event_id``, the profile columns
+    the model uses, and a part's original row numbers. Anything else is never held in memory."""
+    profile = (*bundle.spec.profile_categorical, *bundle.spec.profile_numeric)
+    part = (SOURCE_ROW,) if split_level(key) >= 1 else ()  # a dropped file's own _source_row is ignored
+    return (*CANONICAL_COLUMNS, "event_id", *profile, *part)
+
+
+def _merge_latest(latest: dict[str, pd.DataFrame], column: str, rows: pd.DataFrame) -> None:
+    """Fold a chunk into ``latest[column]``: per customer, the value of the latest row (by
+    timestamp, ties by file order) where ``column`` is not null — the same answer as over the whole
+    file at once, kept at one row per customer whatever the number of chunks."""
+    rows = rows[rows[column].notna()]
+    if column in latest:
+        rows = pd.concat([latest[column], rows], ignore_index=True)
+    rows = rows.sort_values("timestamp", kind="stable")
+    latest[column] = rows.drop_duplicates("user_id", keep="last")
+
+
 def _empty_scored() -> pd.DataFrame:
     return pd.DataFrame(columns=["user_id", "churn_probability", "risk_tier", "reasons", "model_version"])
 
@@ -368,36 +458,51 @@ def split_object(
     key: str,
     parts: int,
     *,
+    as_of: str | None = None,
+    columns: Collection[str] | None = None,
     chunk_rows: int = 500_000,
     tmp_dir: str | None = None,
 ) -> list[str]:
     """Split one large events object into ``parts`` gzip CSV objects by a hash of ``user_id``.
 
-    Every customer's rows land in the same part, so each part scores independently and the union of
-    the parts' outputs is the file's output. Rows keep their original number in ``_source_row``.
-    Parts go to ``incoming/_parts/<name>/part-NNNNN.csv.gz`` (a part split again: under
-    ``<part>/_parts/``) and are scored as ordinary drops. Each level hashes with its own key, so a part's
-    customers spread over its own parts.
+    Every customer's rows land in the same part (ids hashed as validation strips them), so each part
+    scores independently and the union of the parts' outputs is the file's output. Rows keep their
+    original number in ``_source_row``; only ``columns`` are kept (all when None). Every part
+    carries the file's ``as-of`` (given, else the day after its latest valid event), so each part is
+    scored as of the same day as the whole file would have been. Parts go to
+    ``incoming/_parts/<name>/part-NNNNN.csv.gz`` (a part split again: ``incoming/_parts2/...``)
+    and are scored as ordinary drops. Each level hashes with its own key, so a part's customers
+    spread over its own parts. File problems raise ``EventLogError`` (or a pandas / codec error)
+    before any part is uploaded.
     """
     level = split_level(key)
-    if key.startswith(PARTS_PREFIX):
-        prefix = f"{key.removesuffix('.csv.gz')}/_parts/"
-    else:
-        prefix = f"{PARTS_PREFIX}{OutputKeys.for_input(key).scored[len('scored/') : -len('.parquet')]}/"
+    stem = OutputKeys.for_input(key).scored[len("scored/") : -len(".parquet")]
+    if level == 0:
+        prefix = f"{PARTS_PREFIX}{stem}/"
+    else:  # incoming/_parts/<name>/part-00003.csv.gz -> incoming/_parts2/<name>/part-00003/
+        prefix = f"{PARTS_PREFIX.rstrip('/')}{level + 1}/{stem[len('_parts/') :]}/"
     hash_key = f"churnguard-lvl{level:02d}"  # 16 characters, as pandas requires
+    latest: np.datetime64 | None = None
     body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
     with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp, contextlib.ExitStack() as stack:
         paths = [f"{tmp}/part-{i:05d}.csv.gz" for i in range(parts)]
-        writers = [stack.enter_context(gzip.open(path, "wt", newline="")) for path in paths]
+        # level 1: parts are read once, soon; speed matters more than size
+        writers = [stack.enter_context(gzip.open(path, "wt", compresslevel=1, newline="")) for path in paths]
         written = np.zeros(parts, dtype=bool)
         row = 1
-        for chunk in iter_chunks(body, key, chunk_rows):
-            if SOURCE_ROW not in chunk.columns:  # a part keeps the numbers of the original file
+        for chunk in iter_chunks(body, key, chunk_rows, columns=columns):
+            if "user_id" not in chunk.columns:
+                raise EventLogError(f"missing required column(s) ['user_id'] (got {list(chunk.columns)})")
+            if level == 0:  # the original row numbers; a part keeps the ones it carries
+                chunk = chunk.drop(columns=SOURCE_ROW, errors="ignore")
                 chunk = chunk.assign(**{SOURCE_ROW: np.arange(row, row + len(chunk))})
             row += len(chunk)
-            ids = chunk["user_id"].astype("string").str.strip().fillna("").to_numpy(dtype=object)
-            hashes = pd.util.hash_array(ids, hash_key=hash_key, categorize=True)
-            part_of = hashes % np.uint64(parts)
+            if as_of is None:
+                valid = validate_events(chunk.drop(columns=SOURCE_ROW)).events["timestamp"]
+                if len(valid):
+                    latest = valid.max() if latest is None else max(latest, valid.max())
+            ids = chunk["user_id"].astype("string").str.strip(ID_BLANKS).fillna("").to_numpy(dtype=object)
+            part_of = pd.util.hash_array(ids, hash_key=hash_key, categorize=True) % np.uint64(parts)
             for i in range(parts):
                 rows = chunk[part_of == i]
                 if len(rows):
@@ -405,11 +510,14 @@ def split_object(
                     written[i] = True
         for writer in writers:
             writer.close()
+        if as_of is None and latest is not None:
+            as_of = (pd.Timestamp(latest).normalize() + pd.Timedelta(days=1)).date().isoformat()
+        extra = {"Metadata": {"as-of": as_of}} if as_of else {}
         keys = []
         for i, path in enumerate(paths):
             if written[i]:
                 part_key = f"{prefix}part-{i:05d}.csv.gz"
-                s3_client.upload_file(path, bucket, part_key)
+                s3_client.upload_file(path, bucket, part_key, ExtraArgs=extra)
                 keys.append(part_key)
     return keys
 
@@ -466,6 +574,7 @@ def process_s3_object(
                 rows = estimate.rows if estimate is not None else 0
                 too_large = f"it is {size:,} bytes (~{rows:,} rows), more than one invocation holds"
                 parts = max(-(-size // max(max_object_bytes // 2, 1)), memory.parts_for_rows(rows), 2)
+                check_split(parts, rows)
             else:
                 body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]  # streamed, never read whole
                 try:
@@ -485,19 +594,41 @@ def process_s3_object(
                 except FileTooLargeError as exc:
                     too_large = str(exc)
                     parts = _parts_after(exc, estimate, memory)
+                    check_split(parts, exc.declared_rows or (estimate.rows if estimate else None))
         except TooLargeToSplitError as exc:
             too_large, parts = f"{too_large or 'it is too large'}; {exc}", -1
         if too_large is not None:
             if parts > 0 and may_split:
                 # Beyond one invocation: split by customer; each part arrives as its own drop (same
                 # queue, same function) and is scored in parallel.
-                summary = BatchSummary(
-                    source=source,
-                    status="split",
-                    model_version=bundle.version,
-                    parts=split_object(s3_client, bucket, key, parts, tmp_dir=tmp),
-                    duration_s=round(time.perf_counter() - started, 3),
-                )
+                try:
+                    part_keys = split_object(
+                        s3_client,
+                        bucket,
+                        key,
+                        parts,
+                        as_of=head.get("Metadata", {}).get("as-of"),
+                        columns=read_columns(bundle, key),
+                        tmp_dir=tmp,
+                    )
+                except FILE_ERRORS as exc:  # the file itself is bad: retrying cannot fix it
+                    _reraise_transient(exc)
+                    summary = BatchSummary(
+                        source=source,
+                        status="failed",
+                        model_version=bundle.version,
+                        error=f"{type(exc).__name__}: {exc}",
+                        error_type=type(exc).__name__,
+                        duration_s=round(time.perf_counter() - started, 3),
+                    )
+                else:
+                    summary = BatchSummary(
+                        source=source,
+                        status="split",
+                        model_version=bundle.version,
+                        parts=part_keys,
+                        duration_s=round(time.perf_counter() - started, 3),
+                    )
                 _put_summary(s3_client, bucket, outputs.summary, summary)
                 return summary
             advice = (

@@ -6,7 +6,7 @@ ChurnGuard reads one schema everywhere — training files, batch drops in S3, th
 
 Rules for awkward rows (each has a unit test):
 
-* ``user_id`` missing/blank -> row rejected.
+* ``user_id`` missing/blank or longer than ``MAX_USER_ID_LENGTH`` (256) -> row rejected.
 * ``timestamp``: ISO-8601 text (date only, naive or with an offset / ``Z``) or a datetime column.
   Offsets are converted to UTC; naive values are taken as UTC. Unparseable -> row rejected.
 * ``event_type``: case and surrounding blanks are ignored; anything outside ``EVENT_TYPES`` -> row
@@ -36,6 +36,7 @@ from churnguard.features import (
     ID_BLANKS,
     MAX_AMOUNT,
     MAX_QUANTITY,
+    MAX_USER_ID_LENGTH,
 )  # beside the numpy-only feature path
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "timestamp", "event_type")
@@ -114,6 +115,8 @@ def validate_events(
 
     user_id = frame["user_id"].astype("string").str.strip(ID_BLANKS)
     flag(user_id.isna() | (user_id == ""), "user_id is missing")
+    too_long = (user_id.str.len() > MAX_USER_ID_LENGTH).fillna(False)
+    flag(too_long, f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
 
     timestamp = _to_utc_naive(frame["timestamp"])
     raw_ts_missing = frame["timestamp"].isna().to_numpy()

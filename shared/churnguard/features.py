@@ -37,6 +37,8 @@ EVENT_TYPES: tuple[str, ...] = ("order", "view", "cart", "return")  # the canoni
 # where the float32 model inputs overflow (an amount of 1e39 became inf, then a NaN score).
 MAX_AMOUNT = 1e9
 MAX_QUANTITY = 1e6
+# Longest user id (API and files alike): ids are keys, not text; a 1 MB id multiplied memory per row.
+MAX_USER_ID_LENGTH = 256
 # What is stripped around a user id, in files and in the API alike: JSON Schema's (ECMAScript's)
 # whitespace, so the published schema (pattern "\S") and the server agree on what a blank id is.
 ID_BLANKS = (

@@ -9,8 +9,9 @@ plus a ledger of the promotions already sent.
   whose promotions could not all be sent fails its record (SQS redelivers it, then the DLQ), and on
   redelivery the ledger again sends only the missing ones.
 * The ledger (``SentLedger``): one item per sent promotion, ``promotion#<idempotency key>``, in the
-  idempotency table with the same TTL; written after SQS accepted the message. A crash between the
-  send and the write can still repeat that chunk on retry (at least once, within that window).
+  idempotency table with the same TTL; written after each ``SendMessageBatch`` chunk SQS accepted,
+  before the next is sent. A crash (or a ledger failure) between the send and the write can still
+  repeat that one chunk on retry (at least once, within that window).
 
 The handlers register the Lambda context on the config, so a timed-out invocation's record expires
 with the invocation instead of staying IN_PROGRESS.
@@ -28,7 +29,7 @@ from aws_lambda_powertools.utilities.idempotency import (
     idempotent_function,
 )
 
-from churnguard.promotions import PromotionsPublisher, PublishResult
+from churnguard.promotions import PromotionsPublisher, PublishResult, SqsPromotionsPublisher
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 
@@ -46,10 +47,18 @@ class SentLedger:
 
     PREFIX = "promotion#"
 
+    ATTEMPTS = 5  # per batch call; unprocessed items/keys (DynamoDB throttling) are retried with backoff
+    BACKOFF_S = 0.05  # 0.05, 0.1, 0.2, 0.4 s
+
     def __init__(
-        self, dynamodb: Any, table: str, ttl_s: int = DEFAULT_TTL_S, clock: Callable[[], float] = time.time
+        self,
+        dynamodb: Any,
+        table: str,
+        ttl_s: int = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ):
-        self._ddb, self._table, self._ttl_s, self._clock = dynamodb, table, ttl_s, clock
+        self._ddb, self._table, self._ttl_s, self._clock, self._sleep = dynamodb, table, ttl_s, clock, sleep
 
     def sent(self, keys: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -61,7 +70,9 @@ class SentLedger:
                     "ProjectionExpression": "id",
                 }
             }
-            for _ in range(5):
+            for attempt in range(self.ATTEMPTS):
+                if attempt:
+                    self._sleep(self.BACKOFF_S * 2 ** (attempt - 1))
                 response = self._ddb.batch_get_item(RequestItems=request)
                 found |= {
                     item["id"]["S"][len(self.PREFIX) :] for item in response["Responses"].get(self._table, [])
@@ -83,7 +94,9 @@ class SentLedger:
                     for k in unique[start : start + 25]
                 ]
             }
-            for _ in range(5):
+            for attempt in range(self.ATTEMPTS):
+                if attempt:
+                    self._sleep(self.BACKOFF_S * 2 ** (attempt - 1))
                 request = self._ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
                 if not request:
                     break
@@ -96,7 +109,11 @@ class LedgerUnavailableError(RuntimeError):
 
 
 class LedgeredPublisher:
-    """Sends only the promotions the ledger has not seen, then records what SQS accepted."""
+    """Sends only the promotions the ledger has not seen, and records what SQS accepted chunk by chunk
+    (``SendMessageBatch`` size): a crash or a ledger failure mid-publish leaves at most the chunk in
+    flight unrecorded. (Recorded once at the end, every promotion sent before it was sent again.)"""
+
+    CHUNK = SqsPromotionsPublisher.BATCH
 
     def __init__(self, inner: PromotionsPublisher, ledger: SentLedger) -> None:
         self._inner, self._ledger = inner, ledger
@@ -104,10 +121,15 @@ class LedgeredPublisher:
     def publish(self, messages: Sequence[dict[str, Any]]) -> PublishResult:
         already = self._ledger.sent([m["idempotency_key"] for m in messages])
         todo = [m for m in messages if m["idempotency_key"] not in already]
-        result = self._inner.publish(todo) if todo else PublishResult()
-        failed = {f["idempotency_key"] for f in result.failed}
-        self._ledger.mark([m["idempotency_key"] for m in todo if m["idempotency_key"] not in failed])
-        return PublishResult(sent=result.sent + len(messages) - len(todo), failed=result.failed)
+        result = PublishResult(sent=len(messages) - len(todo))
+        for start in range(0, len(todo), self.CHUNK):
+            chunk = todo[start : start + self.CHUNK]
+            sent = self._inner.publish(chunk)
+            failed = {f["idempotency_key"] for f in sent.failed}
+            self._ledger.mark([m["idempotency_key"] for m in chunk if m["idempotency_key"] not in failed])
+            result.sent += sent.sent
+            result.failed += sent.failed
+        return result
 
 
 class PromotionsNotSentError(RuntimeError):

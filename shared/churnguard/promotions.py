@@ -183,7 +183,10 @@ class SqsPromotionsPublisher:
                         ],
                     )
                 except aws_errors() as exc:  # a throttled or unreachable queue: retry the whole chunk
-                    code = getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__
+                    # Timeouts and resets carry ``response = None`` (an AttributeError here escaped the
+                    # publisher: the API answered 500 instead of reporting the failures).
+                    answer = getattr(exc, "response", None) or {}
+                    code = answer.get("Error", {}).get("Code") or type(exc).__name__
                     last_errors = {k: {"code": code, "message": str(exc)} for k in chunk}
                     continue
                 result.sent += len(response.get("Successful", []))

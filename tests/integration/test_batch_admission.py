@@ -38,8 +38,9 @@ def _events(customers: int, seed: int = 3) -> pd.DataFrame:
     return events
 
 
-def _drop(handler, aws, key: str, body: bytes) -> dict:
-    aws["s3"].put_object(Bucket=BUCKET, Key=key, Body=body, Metadata={"as-of": "2025-02-01"})
+def _drop(handler, aws, key: str, body: bytes, as_of: str | None = "2025-02-01") -> dict:
+    metadata = {"as-of": as_of} if as_of else {}
+    aws["s3"].put_object(Bucket=BUCKET, Key=key, Body=body, Metadata=metadata)
     event = load_event("batch_score/s3_put.json")
     event["Records"][0]["s3"]["object"]["key"] = quote_plus(key, safe="/")
     event["Records"][0]["s3"]["object"]["size"] = len(body)
@@ -150,15 +151,13 @@ def test_a_part_of_a_split_that_does_not_fit_ends_in_a_summary_saying_what_to_ch
     handler, aws, queue_url = batch
     events = _events(600, seed=7)
     _budget(monkeypatch, handler, data_mb=0.2)
-    key = "incoming/_parts/nightly/part-00003/_parts/part-00001.csv.gz"  # a part of a part
+    key = "incoming/_parts2/nightly/part-00003/part-00001.csv.gz"  # a part of a part
 
     summary = _drop(handler, aws, key, gzip.compress(events.to_csv(index=False).encode()))
 
     assert summary["status"] == "failed" and summary["error_type"] == "PartTooLarge"
     assert "MemorySize" in summary["error"]
-    assert pd.read_csv(
-        io.BytesIO(read(aws, "rejected/_parts/nightly/part-00003/_parts/part-00001.csv"))
-    ).empty
+    assert pd.read_csv(io.BytesIO(read(aws, "rejected/_parts2/nightly/part-00003/part-00001.csv"))).empty
     assert drain(aws, queue_url) == []
 
 
@@ -190,9 +189,85 @@ def test_parts_holding_more_customers_than_their_events_promised_are_split_once_
     assert summary["status"] == "split" and len(summary["parts"]) == 4
     scored, rows_in, parts = _score_parts(handler, aws, summary)
     split_again = [p for p in parts if p["status"] == "split"]
-    assert split_again and all("/_parts/" in k for p in split_again for k in p["parts"])
+    assert split_again and all(k.startswith("incoming/_parts2/") for p in split_again for k in p["parts"])
     assert all(p["status"] in ("ok", "split") for p in parts), [p for p in parts if p["status"] == "failed"]
     assert rows_in == len(events)
     assert scored["user_id"].is_unique and set(scored["user_id"]) == set(events["user_id"])
     promoted = [m["user_id"] for m in drain(aws, queue_url)]
     assert len(promoted) == len(set(promoted)) == sum(p["customers_queued"] for p in parts)
+
+
+def _force_split(monkeypatch, handler, body: bytes, parts: int = 3) -> None:
+    monkeypatch.setenv("CHURNGUARD_BATCH_MAX_OBJECT_BYTES", str(len(body) * 2 // parts))
+    handler.runtime.cache_clear()
+
+
+def test_a_customer_written_with_invisible_padding_lands_in_one_part_like_validation_sees_it(
+    batch,  # noqa: F811
+    monkeypatch,
+):
+    handler, aws, queue_url = batch
+    events = _events(200, seed=10)
+    # Half of each customer's rows carry a BOM / no-break space around the id: validation strips
+    # them (JSON-Schema whitespace), so the split must hash the id the same way.
+    padded = events["user_id"].where(events.index % 2 == 0, "\ufeff" + events["user_id"] + "\u00a0")
+    body = events.assign(user_id=padded).to_csv(index=False).encode()
+    _force_split(monkeypatch, handler, body)
+
+    summary = _drop(handler, aws, "incoming/padded.csv", body)
+
+    assert summary["status"] == "split"
+    scored, rows_in, _ = _score_parts(handler, aws, summary)
+    assert rows_in == len(events)
+    assert scored["user_id"].is_unique and set(scored["user_id"]) == set(events["user_id"])
+    promoted = [m["user_id"] for m in drain(aws, queue_url)]
+    assert len(promoted) == len(set(promoted))
+
+
+@pytest.mark.parametrize("as_of", ["2025-03-01", None])
+def test_every_part_is_scored_as_of_the_same_day_as_the_whole_file(batch, monkeypatch, as_of):  # noqa: F811
+    handler, aws, _ = batch
+    events = _events(300, seed=11)
+    body = events.to_csv(index=False).encode()
+    whole = _drop(handler, aws, "incoming/whole.csv", body, as_of=as_of)
+    assert whole["status"] == "ok"
+    _force_split(monkeypatch, handler, body)
+
+    summary = _drop(handler, aws, "incoming/split.csv", body, as_of=as_of)
+
+    assert summary["status"] == "split"
+    _, _, parts = _score_parts(handler, aws, summary)
+    # without metadata: the day after the file's latest valid event, not each part's own latest
+    assert {p["as_of"] for p in parts} == {whole["as_of"]}
+
+
+def test_a_bad_file_found_bad_while_splitting_gets_a_failed_summary_not_a_retry_loop(batch, monkeypatch):  # noqa: F811
+    handler, aws, _ = batch
+    events = _events(200, seed=12).rename(columns={"user_id": "customer"})
+    body = gzip.compress(events.to_csv(index=False).encode())
+    _force_split(monkeypatch, handler, body)
+
+    summary = _drop(handler, aws, "incoming/no-user-column.csv.gz", body)
+
+    assert summary["status"] == "failed" and summary["error_type"] == "EventLogError"
+    assert "user_id" in summary["error"] and summary["parts"] == []
+
+
+def test_a_dropped_files_own_source_row_column_is_ignored_not_trusted(batch):  # noqa: F811
+    handler, aws, _ = batch
+    events = _events(100, seed=13)
+    events["_source_row"] = "abc"
+    events.loc[5, "amount"] = -1.0  # one bad row, reported at its real position
+
+    summary = _drop(handler, aws, "incoming/own-numbers.csv", events.to_csv(index=False).encode())
+
+    assert summary["status"] == "ok" and summary["rows_rejected"] == 1
+    assert pd.read_csv(io.BytesIO(read(aws, "rejected/own-numbers.csv")))["source_row"].tolist() == [6]
+
+
+def test_a_memory_size_that_leaves_nothing_for_data_fails_the_cold_start_naming_it(batch, monkeypatch):  # noqa: F811
+    handler, _, _ = batch
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+    handler.runtime.cache_clear()
+    with pytest.raises(Exception, match="AWS_LAMBDA_FUNCTION_MEMORY_SIZE=512 MB leaves no memory"):
+        handler.runtime()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -122,3 +123,50 @@ def test_a_scoring_run_on_this_machine_stays_under_the_models_prediction(tmp_pat
         run["events"], run["customers"], run["rejected"]
     )
     assert run["peak_rss_mb"] <= predicted, (run, predicted)
+
+
+def test_profile_values_are_the_latest_non_null_per_column_however_the_file_is_chunked():
+    """Batch keeps one profile row per customer across chunks; the answer must not depend on the
+    chunking or the row order (a customer's country known early, the channel only later)."""
+    from churnguard.batch import score_file
+    from churnguard.bundle import ModelBundle
+    from churnguard.promotions import PromotionPolicy
+    from churnguard.scoring import ReasonsFor
+
+    events = generate_synthetic_events(300, seed=23, weeks=30)
+    events["timestamp"] = events["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    rng = np.random.default_rng(5)
+    for column in ("country", "acquisition_channel"):
+        events.loc[rng.random(len(events)) < 0.6, column] = None  # mostly unknown, per column
+    shuffled = events.sample(frac=1.0, random_state=3).to_csv(index=False).encode()
+    bundle = ModelBundle.from_directory(ROOT / "tests" / "fixtures" / "model")
+
+    def scores(chunk_rows: int) -> pd.Series:
+        result = score_file(
+            shuffled,
+            "profile.csv",
+            bundle,
+            as_of="2024-08-01",
+            policy=PromotionPolicy(),
+            publisher=None,
+            source="test",
+            reasons_for=ReasonsFor.NONE,
+            chunk_rows=chunk_rows,
+        )
+        return result.scored.set_index("user_id")["churn_probability"].sort_index()
+
+    one_chunk = scores(10**7)
+    pd.testing.assert_series_equal(scores(997), one_chunk)
+    # and the profile matters to this model: without it the scores differ
+    no_profile = events.drop(columns=["country", "acquisition_channel"]).to_csv(index=False).encode()
+    plain = score_file(
+        no_profile,
+        "plain.csv",
+        bundle,
+        as_of="2024-08-01",
+        policy=PromotionPolicy(),
+        publisher=None,
+        source="test",
+        reasons_for=ReasonsFor.NONE,
+    )
+    assert not np.allclose(plain.scored.set_index("user_id")["churn_probability"].sort_index(), one_chunk)

@@ -98,6 +98,20 @@ def test_amounts_and_quantities_above_the_schema_limits_are_rejected_not_overflo
     assert reasons(result) == {1: "amount is above 1e+09", 3: "quantity is above 1e+06"}
 
 
+def test_user_ids_longer_than_the_api_allows_are_rejected_in_files_too():
+    result = validate_events(
+        frame(
+            [
+                ["x" * 256, "1997-03-01", "order", "5", "1"],  # exactly the limit: kept
+                [" " + "y" * 256 + " ", "1997-03-01", "order", "5", "1"],  # padding is stripped first
+                ["z" * 1_000_000, "1997-03-01", "order", "5", "1"],  # a 1 MB id multiplied memory per row
+            ]
+        )
+    )
+    assert result.events["user_id"].str.len().tolist() == [256, 256]
+    assert reasons(result) == {3: "user_id is longer than 256 characters"}
+
+
 def test_quantity_defaults_to_one_and_negative_is_rejected():
     result = validate_events(
         frame([["a", "2024-03-01", "order", "5", None], ["a", "2024-03-01", "order", "5", "-1"]])

@@ -172,6 +172,25 @@ def test_publisher_retries_a_chunk_after_a_transport_error():
     assert result.ok and result.sent == 4 and len(sqs.calls) == 2
 
 
+@pytest.mark.parametrize("error", ["ReadTimeoutError", "ConnectionClosedError"])
+def test_publisher_reports_a_queue_that_times_out_or_resets_instead_of_raising(error):
+    """These botocore errors carry ``response = None``: reading its error code raised AttributeError,
+    which escaped the publisher (the API answered 500 with nothing reported)."""
+    import botocore.exceptions
+
+    class DeadSqs:
+        calls = 0
+
+        def send_message_batch(self, QueueUrl, Entries):
+            self.calls += 1
+            raise getattr(botocore.exceptions, error)(endpoint_url="http://127.0.0.1:9", error="injected")
+
+    sqs = DeadSqs()
+    result = SqsPromotionsPublisher(sqs, "q", max_attempts=3, sleep=lambda s: None).publish(messages(12))
+    assert result.sent == 0 and sqs.calls == 6  # two chunks, three attempts each
+    assert len(result.failed) == 12 and {f["code"] for f in result.failed} == {error}
+
+
 def test_publisher_does_not_swallow_a_bug_as_a_retryable_queue_error():
     class BrokenSqs:
         def send_message_batch(self, QueueUrl, Entries):
@@ -181,8 +200,10 @@ def test_publisher_does_not_swallow_a_bug_as_a_retryable_queue_error():
         SqsPromotionsPublisher(BrokenSqs(), "q", sleep=lambda s: None).publish(messages(2))
 
 
-def test_every_function_client_has_timeouts_and_standard_retries_within_its_budget():
+def test_every_function_client_has_timeouts_and_standard_retries_within_its_budget(monkeypatch):
     from churnguard import aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     from infra.template import load_template
 
     timeouts = {
@@ -198,6 +219,9 @@ def test_every_function_client_has_timeouts_and_standard_retries_within_its_budg
     ):
         function_timeout_s = timeouts[function]
         config = budget.config()
-        assert config.retries == {"mode": "standard", "max_attempts": budget.max_attempts}
+        # What botocore makes of it: its ``max_attempts`` counts retries only (2 meant three calls).
+        made = aws.client("sqs", budget).meta.config
+        assert made.retries == {"mode": "standard", "total_max_attempts": budget.max_attempts}
+        assert (made.connect_timeout, made.read_timeout) == (config.connect_timeout, config.read_timeout)
         worst_case = budget.max_attempts * (config.connect_timeout + config.read_timeout)
         assert worst_case < function_timeout_s
