@@ -9,6 +9,7 @@ just above the shipped model's base so that a few MB of data fill it: the same r
 import gzip
 import io
 import json
+import zlib
 from urllib.parse import quote_plus
 
 import pandas as pd
@@ -271,3 +272,20 @@ def test_a_memory_size_that_leaves_nothing_for_data_fails_the_cold_start_naming_
     handler.runtime.cache_clear()
     with pytest.raises(Exception, match="AWS_LAMBDA_FUNCTION_MEMORY_SIZE=512 MB leaves no memory"):
         handler.runtime()
+
+
+def test_a_field_of_a_hundred_megabytes_ends_in_a_summary_not_an_out_of_memory_kill(batch):  # noqa: F811
+    handler, aws, queue_url = batch
+    packer = zlib.compressobj(1, wbits=31)
+    head = b"user_id,timestamp,event_type,amount,quantity\nc1,2024-01-01,order,5,1\nc2,2024-01-02,order,"
+    block = b"7" * 1024**2
+    body = b"".join(
+        [packer.compress(head), *(packer.compress(block) for _ in range(100)), packer.compress(b",1\n")]
+    )
+    body += packer.flush()
+    assert len(body) < 1024**2  # 100 MB of one field, in under 1 MB
+
+    summary = _drop(handler, aws, "incoming/one-huge-field.csv.gz", body)
+
+    assert summary["status"] == "failed" and "longer than 64 MiB" in summary["error"]
+    assert drain(aws, queue_url) == []

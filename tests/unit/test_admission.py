@@ -170,3 +170,22 @@ def test_profile_values_are_the_latest_non_null_per_column_however_the_file_is_c
         reasons_for=ReasonsFor.NONE,
     )
     assert not np.allclose(plain.scored.set_index("user_id")["churn_probability"].sort_index(), one_chunk)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_line_length_limit_fails_exactly_when_a_line_is_too_long_and_passes_bytes_through(seed):
+    import io
+
+    from churnguard.batch import _LineLengthLimit
+    from churnguard.events import EventLogError
+
+    rng = np.random.default_rng(seed)
+    lines = [b"x" * int(n) for n in rng.integers(0, 14, size=8)]
+    data = b"\n".join(lines) + (b"\n" if seed % 2 else b"")
+    limit = 12
+    stream = io.BufferedReader(_LineLengthLimit(io.BytesIO(data), limit), buffer_size=int(rng.integers(1, 9)))
+    if max(map(len, lines)) > limit:
+        with pytest.raises(EventLogError, match="longer than"):
+            stream.read()
+    else:
+        assert stream.read() == data
