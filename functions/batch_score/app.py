@@ -117,6 +117,7 @@ def score_object(bucket: str, key: str, etag: str) -> None:
     runtime().process(bucket, key, etag)
 
 
+@tracer.capture_method(capture_response=False)  # a segment per file: read, score, publish, write
 def _score_object(rt: Runtime, bucket: str, key: str) -> dict[str, Any]:
     summary = process_s3_object(
         rt.s3,

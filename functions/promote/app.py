@@ -34,6 +34,8 @@ from churnguard.settings import GateSettings
 SERVICE = "churnguard-promote"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
+# The gate's evaluation as its own trace segment (the domain code stays free of Powertools).
+_decide = tracer.capture_method(decide, capture_response=False)
 metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
 
 
@@ -59,6 +61,7 @@ def runtime() -> Runtime:
     )
 
 
+@tracer.capture_method(capture_response=False)
 def _champion(rt: Runtime) -> ModelBundle | None:
     try:
         pointer = ModelPointer.parse(rt.ssm.get_parameter(Name=rt.pointer)["Parameter"]["Value"])
@@ -68,6 +71,7 @@ def _champion(rt: Runtime) -> ModelBundle | None:
         return None
 
 
+@tracer.capture_method(capture_response=False)
 def _record(rt: Runtime, decision: GateDecision, job: str) -> dict[str, Any]:
     body = {"training_job": job, **decision.to_dict()}
     name = decision.challenger_version or job
@@ -103,7 +107,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         challenger = validate_challenger(files)
     except (ModelLoadError, rt.s3.exceptions.NoSuchKey) as exc:
         return _record(rt, GateDecision(False, None, None, reasons=[f"challenger refused: {exc}"]), job)
-    decision = decide(challenger, _champion(rt), Holdout.from_s3(rt.s3, rt.bucket), rt.policy)
+    decision = _decide(challenger, _champion(rt), Holdout.from_s3(rt.s3, rt.bucket), rt.policy)
     if decision.accepted:
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in files.items():

@@ -71,6 +71,7 @@ def training_job_request(settings: RetrainSettings, job_name: str) -> dict[str, 
     }
 
 
+@tracer.capture_method(capture_response=False)
 def _existing_job(sagemaker: Any, job_name: str) -> dict[str, Any] | None:
     try:
         return sagemaker.describe_training_job(TrainingJobName=job_name)

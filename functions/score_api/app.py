@@ -35,6 +35,8 @@ from churnguard.settings import ServingSettings
 SERVICE = "churnguard-score-api"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
+# Scoring as its own trace segment (features, model, reasons, promotions); domain code has no Powertools.
+_score_request = tracer.capture_method(score_request, capture_response=False)
 metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
 app = APIGatewayRestResolver(enable_validation=True)
 
@@ -152,7 +154,7 @@ def post_scores(request: ScoreRequest):
     started = time.perf_counter()
     bundle = rt.models.current()
     try:
-        response = score_request(
+        response = _score_request(
             request,
             bundle,
             now=dt.datetime.now(dt.UTC),

@@ -227,7 +227,7 @@ def test_a_real_fault_is_a_500_with_the_correlation_id(api, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(api, "score_request", boom)
+    monkeypatch.setattr(api, "_score_request", boom)  # the traced entry point the route calls
     status, body = call(api, load_event("score_api/post_scores.json"))
     assert status == 500
     assert body == {"message": "internal error", "correlation_id": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"}
