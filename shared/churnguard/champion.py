@@ -79,7 +79,9 @@ def files_from_tarball(content: bytes) -> dict[str, bytes]:
         with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as archive:
             files = {}
             for member in archive.getmembers():
-                name = member.name.lstrip("./")
+                # only a "./" prefix (tar -C dir .): lstrip("./") made "../model.tflite" and
+                # ".metadata.json" stand in for the model's own files
+                name = member.name.removeprefix("./")
                 if member.isfile() and "/" not in name:
                     files[name] = archive.extractfile(member).read()
             return files

@@ -46,6 +46,11 @@ def test_launcher_submits_the_script_mode_job_the_promote_rule_expects(aws):
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
     assert channels["train"] == "s3://churnguard-data/training-events/"
     assert job["OutputDataConfig"]["S3OutputPath"] == "s3://churnguard-data/training/"
-    assert job["HyperParameters"]["epochs"] in ("40", '"40"')
+    # ModelTrainer passes string hyperparameters through unquoted (its safe_serialize keeps str as is),
+    # like the retrain function; train.py's argparse would refuse a JSON-quoted '"min_cost"' (choices).
+    hyperparameters = job["HyperParameters"]
+    assert hyperparameters["epochs"] == "40"
+    assert hyperparameters["threshold-policy"] == "min_cost"
+    assert hyperparameters["verbose"] == "0"
     keys = [o["Key"] for o in aws["s3"].list_objects_v2(Bucket="churnguard-data").get("Contents", [])]
     assert any("train.py" in k or k.endswith(".tar.gz") for k in keys), keys  # the packaged source went up

@@ -269,7 +269,12 @@ def test_http_scores_equal_the_tabular_route_for_the_same_customers(api):
 
 def test_openapi_file_matches_the_real_routes(api):
     committed = json.loads((ROOT / "functions/score_api/openapi.json").read_text())
-    assert committed == api.openapi_document(), "regenerate: python -m functions.score_api.openapi"
+    assert committed == api.openapi_document(), (
+        "regenerate it from functions/score_api/app.py's openapi_document(): "
+        "PYTHONPATH=shared:functions/score_api .venv/bin/python -c "
+        "'import json, app; print(json.dumps(app.openapi_document(), indent=2))' "
+        "> functions/score_api/openapi.json"
+    )
     assert set(committed["paths"]) == {"/v1/scores", "/v1/model", "/v1/health"}
     assert "post" in committed["paths"]["/v1/scores"]
 

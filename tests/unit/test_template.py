@@ -1,11 +1,14 @@
 """template.yaml stays true to the code: handlers, routes, settings, and cfn-lint."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from churnguard.settings import GateSettings, RetrainSettings, ServingSettings
+import pytest
+
+from churnguard.settings import GateSettings, RetrainSettings, ServingSettings, SettingsError
 from infra.template import load_template
 from tests.helpers import ROOT, load_handler
 
@@ -35,30 +38,107 @@ def test_api_events_are_exactly_the_openapi_routes():
     assert wired == documented
 
 
-def _resolved(value):
-    """Template parameters resolve to their defaults; other intrinsics to a deploy-time placeholder."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and "Ref" in value and value["Ref"] in TEMPLATE.get("Parameters", {}):
-        return str(TEMPLATE["Parameters"][value["Ref"]]["Default"])
-    return "resolved-at-deploy"
+# --- Refs resolved to what CloudFormation returns for the resource they name ---------------------------
+# Each logical resource gets a distinct physical name, so a value proves which resource it came from: an
+# environment variable that Refs the scoring-jobs queue instead of the promotions queue, or GetAtts an
+# ARN where the code wants a URL, resolves to a different string and fails the equality below.
+ACCOUNT, REGION, STACK = "123456789012", "eu-west-1", "churnguard"
+PSEUDO = {
+    "AWS::AccountId": ACCOUNT,
+    "AWS::Region": REGION,
+    "AWS::Partition": "aws",
+    "AWS::StackName": STACK,
+    "AWS::URLSuffix": "amazonaws.com",
+}
+
+
+def physical_name(logical):
+    return f"{STACK}-{logical}-X1Y2Z3"
+
+
+def _ref(logical):
+    """``!Ref logical`` as CloudFormation resolves it, per resource type (a type the template gains
+    without an entry here fails loudly instead of resolving to a placeholder)."""
+    kind = TEMPLATE["Resources"][logical]["Type"]
+    name = physical_name(logical)
+    return {
+        "AWS::SQS::Queue": f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{name}",
+        "AWS::S3::Bucket": name.lower(),
+        "AWS::DynamoDB::Table": name,
+        "AWS::SSM::Parameter": f"CFN-{logical}-X1Y2Z3",  # SSM names have no leading slash
+        "AWS::IAM::Role": name,
+        "AWS::ECR::Repository": name.lower(),
+        "AWS::Serverless::Function": name,
+        "AWS::Serverless::Api": "a1b2c3d4e5",
+        "AWS::IAM::ManagedPolicy": f"arn:aws:iam::{ACCOUNT}:policy/{name}",
+    }[kind]
+
+
+def _get_att(logical, attribute):
+    kind = TEMPLATE["Resources"][logical]["Type"]
+    ref = _ref(logical)
+    return {
+        ("AWS::SQS::Queue", "Arn"): f"arn:aws:sqs:{REGION}:{ACCOUNT}:{physical_name(logical)}",
+        ("AWS::SQS::Queue", "QueueName"): physical_name(logical),
+        ("AWS::S3::Bucket", "Arn"): f"arn:aws:s3:::{ref}",
+        ("AWS::DynamoDB::Table", "Arn"): f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{ref}",
+        ("AWS::IAM::Role", "Arn"): f"arn:aws:iam::{ACCOUNT}:role/{ref}",
+        ("AWS::ECR::Repository", "Arn"): f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{ref}",
+        ("AWS::ECR::Repository", "RepositoryUri"): f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{ref}",
+    }[(kind, attribute)]
+
+
+def _resolved(value, parameters=None):
+    """``value`` as deployed with ``parameters`` (the rest at their defaults): Ref, GetAtt and Sub
+    resolved to the parameter's value, a pseudo parameter, or the named resource's return value."""
+    parameters = parameters or {}
+
+    def name(logical):
+        if logical in PSEUDO:
+            return PSEUDO[logical]
+        if logical in TEMPLATE.get("Parameters", {}):
+            return str(parameters.get(logical, TEMPLATE["Parameters"][logical].get("Default", "")))
+        return _ref(logical)
+
+    def sub(match):
+        logical, _, attribute = match.group(1).partition(".")
+        return _get_att(logical, attribute) if attribute else name(logical)
+
+    intrinsic, argument = _intrinsic(value)
+    if intrinsic == "Ref":
+        return name(argument)
+    if intrinsic == "GetAtt":
+        logical, attribute = argument.split(".", 1) if isinstance(argument, str) else argument
+        return _get_att(logical, attribute)
+    if intrinsic == "Sub":
+        assert isinstance(argument, str), value  # the template uses only the one-argument form
+        return re.sub(r"\$\{([^}!]+)\}", sub, argument)
+    if isinstance(value, dict):
+        return {k: _resolved(v, parameters) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolved(v, parameters) for v in value]
+    return value
+
+
+def function_environment(name, parameters=None):
+    """The CHURNGUARD_ variables function ``name`` gets (Globals merged under its own), resolved."""
+    env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    merged = {**env, **FUNCTIONS[name]["Properties"].get("Environment", {}).get("Variables", {})}
+    return {k: _resolved(v, parameters) for k, v in merged.items() if k.startswith("CHURNGUARD_")}
+
+
+# make deploy pushes the training image and sets its tag (the default "" means "not pushed yet")
+DEPLOYED = {"TrainingImageTag": "abc123"}
 
 
 def test_the_template_environment_is_valid_settings_for_every_function():
-    env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
-    for name, resource in FUNCTIONS.items():
-        merged = {**env, **resource["Properties"].get("Environment", {}).get("Variables", {})}
-        churnguard = {k: _resolved(v) for k, v in merged.items() if k.startswith("CHURNGUARD_")}
+    for name in FUNCTIONS:
+        churnguard = function_environment(name, DEPLOYED)
         settings = ServingSettings.from_env(churnguard)
         if name == "PromoteFunction":
             assert GateSettings.from_env(churnguard).data_bucket
         if name == "RetrainFunction":
-            resolved = {
-                **churnguard,
-                "CHURNGUARD_TRAINING_ROLE_ARN": "arn:aws:iam::1:role/r",
-                "CHURNGUARD_TRAINING_IMAGE": "1.dkr.ecr.eu-west-1.amazonaws.com/repo:v1",
-            }
-            assert RetrainSettings.from_env(resolved).training_image
+            assert RetrainSettings.from_env(churnguard).training_image
         assert (
             settings.model_pointer_parameter and settings.promotions_queue_url and settings.idempotency_table
         ), name
@@ -69,6 +149,93 @@ def test_the_template_environment_is_valid_settings_for_every_function():
             for f in cls.model_fields.values()
         }
         assert set(churnguard) <= known, set(churnguard) - known
+
+
+def test_every_function_settings_name_the_resources_they_are_for():
+    for name in FUNCTIONS:
+        serving = ServingSettings.from_env(function_environment(name, DEPLOYED))
+        assert serving.model_pointer_parameter == _ref("ModelPointer"), name
+        assert serving.promotions_queue_url == _ref("PromotionsQueue"), name  # the URL, not the ARN
+        assert serving.idempotency_table == _ref("IdempotencyTable"), name
+    assert TEMPLATE["Resources"]["ModelPointer"]["Type"] == "AWS::SSM::Parameter"
+    assert TEMPLATE["Resources"]["PromotionsQueue"]["Type"] == "AWS::SQS::Queue"
+    assert TEMPLATE["Resources"]["IdempotencyTable"]["Type"] == "AWS::DynamoDB::Table"
+
+    gate = GateSettings.from_env(function_environment("PromoteFunction", DEPLOYED))
+    assert (gate.data_bucket, gate.model_pointer_parameter) == (_ref("DataBucket"), _ref("ModelPointer"))
+    assert (gate.max_auc_drop, gate.max_log_loss_increase) == (
+        float(TEMPLATE["Parameters"]["GateMaxAucDrop"]["Default"]),
+        float(TEMPLATE["Parameters"]["GateMaxLogLossIncrease"]["Default"]),
+    )
+
+    retrain = RetrainSettings.from_env(function_environment("RetrainFunction", DEPLOYED))
+    assert retrain.data_bucket == _ref("DataBucket")
+    assert retrain.training_image == _get_att("TrainingImageRepository", "RepositoryUri") + ":abc123"
+    assert retrain.training_role_arn == _get_att("SageMakerTrainingRole", "Arn")
+    assert retrain.instance_type == TEMPLATE["Parameters"]["TrainingInstanceType"]["Default"]
+
+
+def test_the_retrain_settings_refuse_the_untagged_training_image_of_a_fresh_stack():
+    with pytest.raises(SettingsError, match="CHURNGUARD_TRAINING_IMAGE"):
+        RetrainSettings.from_env(function_environment("RetrainFunction"))
+
+
+def test_the_queues_buckets_and_tables_are_wired_to_each_other_as_named():
+    resources = {logical: _resolved(r) for logical, r in deployed_resources(TEMPLATE, {}).items()}
+    # the bucket notifies the scoring-jobs queue, which alone lets S3 send to it and feeds the batch function
+    notification = resources["DataBucket"]["Properties"]["NotificationConfiguration"]
+    assert [q["Queue"] for q in notification["QueueConfigurations"]] == [_get_att("ScoringJobsQueue", "Arn")]
+    queue_policy = resources["ScoringJobsQueuePolicy"]["Properties"]
+    assert queue_policy["Queues"] == [_ref("ScoringJobsQueue")]
+    assert {s["Resource"] for s in queue_policy["PolicyDocument"]["Statement"]} == {
+        _get_att("ScoringJobsQueue", "Arn")
+    }
+    batch_events = resources["BatchScoreFunction"]["Properties"]["Events"]
+    assert [e["Properties"]["Queue"] for e in batch_events.values() if e["Type"] == "SQS"] == [
+        _get_att("ScoringJobsQueue", "Arn")
+    ]
+    # each queue parks its failures in its own DLQ
+    for queue, dlq in (("ScoringJobsQueue", "ScoringJobsDLQ"), ("PromotionsQueue", "PromotionsDLQ")):
+        redrive = resources[queue]["Properties"]["RedrivePolicy"]
+        assert redrive["deadLetterTargetArn"] == _get_att(dlq, "Arn"), queue
+    for function in ("PromoteFunction", "RetrainFunction"):
+        target = resources[function]["Properties"]["DeadLetterQueue"]["TargetArn"]
+        assert target == _get_att("AsyncFunctionsDLQ", "Arn"), function
+    # the TLS-only bucket policy is on the data bucket and covers it and its objects
+    bucket_policy = resources["DataBucketPolicy"]["Properties"]
+    assert bucket_policy["Bucket"] == _ref("DataBucket")
+    (statement,) = bucket_policy["PolicyDocument"]["Statement"]
+    bucket_arn = _get_att("DataBucket", "Arn")
+    assert statement["Resource"] == [bucket_arn, f"{bucket_arn}/*"]
+
+
+def test_the_scoring_functions_may_send_to_the_promotions_queue_and_read_their_own_pointer_and_table():
+    resources = {
+        name: _resolved(r) for name, r in deployed_resources(TEMPLATE, {}).items() if name in FUNCTIONS
+    }
+    pointer_arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{_ref('ModelPointer')}"
+    for name in ("ScoreApiFunction", "BatchScoreFunction"):
+        policies = resources[name]["Properties"]["Policies"]
+        send = [p["SQSSendMessagePolicy"] for p in policies if "SQSSendMessagePolicy" in p]
+        assert send == [{"QueueName": _get_att("PromotionsQueue", "QueueName")}], name
+        grants = {
+            action: statement["Resource"]
+            for policy in policies
+            for statement in policy.get("Statement", [])
+            for action in statement["Action"]
+        }
+        assert grants["ssm:GetParameter"] == pointer_arn, name
+        assert grants["dynamodb:PutItem"] == _get_att("IdempotencyTable", "Arn"), name
+    promote = {
+        action: statement["Resource"]
+        for policy in resources["PromoteFunction"]["Properties"]["Policies"]
+        for statement in policy["Statement"]
+        for action in statement["Action"]
+    }
+    assert promote["ssm:PutParameter"] == pointer_arn
+    retrain = resources["RetrainFunction"]["Properties"]["Policies"][0]["Statement"]
+    pass_role = next(s for s in retrain if s["Action"] == "iam:PassRole")
+    assert pass_role["Resource"] == _get_att("SageMakerTrainingRole", "Arn")
 
 
 def test_batch_scoring_reads_the_scoring_jobs_queue_with_partial_batch_failures():
