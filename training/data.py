@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from churnguard.datasets import cdnow_sha256, load_cdnow
+from churnguard.event_types import EVENT_TYPE_ORDER, EVENT_TYPES
 from churnguard.events import EventLogError, ValidatedEvents, read_event_file, validate_events
 from churnguard.features import FeatureConfig, FeatureSpec, RawFeatures, fit_feature_spec
 from churnguard.tabular import churn_labels, cohort, raw_features_for
@@ -198,8 +199,8 @@ def prepare(
 ) -> PreparedData:
     config = config or FeatureConfig()
     events = source.events
-    event_types = tuple(t for t in ("order", "view", "cart", "return") if (events["event_type"] == t).any())
-    if "order" not in event_types:
+    event_types = tuple(t for t in EVENT_TYPES if (events["event_type"] == t).any())
+    if EVENT_TYPE_ORDER not in event_types:
         raise EventLogError("the event log has no 'order' events: churn is defined on orders")
     users = cohort(events, protocol.as_of)
     if len(users) < 50:

@@ -16,8 +16,8 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from churnguard.bundle import ModelBundle
+from churnguard.event_types import EVENT_TYPES
 from churnguard.features import (
-    EVENT_TYPES,
     ID_BLANKS,
     MAX_AMOUNT,
     MAX_QUANTITY,
@@ -36,8 +36,8 @@ def _normalise_event_type(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-EventType = Annotated[Literal["order", "view", "cart", "return"], BeforeValidator(_normalise_event_type)]
-assert set(EventType.__origin__.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
+# The enum of the canonical types, in table order (churnguard.event_types), as in the OpenAPI schema.
+EventType = Annotated[Literal[EVENT_TYPES], BeforeValidator(_normalise_event_type)]  # type: ignore[valid-type]
 ProfileValue = str | float | int | bool | None
 # Instants the feature path can take: 0001-01-01T00:00:00+01:00 is a valid ISO-8601 string whose UTC
 # value is in year 0, which used to escape as a 500 ("year 0 is out of range"). The rule is on the

@@ -42,6 +42,7 @@ from churnguard.admission import (
     estimate_csv_rows,
 )
 from churnguard.bundle import ModelBundle
+from churnguard.event_types import EVENT_TYPES, TYPE_CODES
 from churnguard.events import (
     CANONICAL_COLUMNS,
     OPTIONAL_COLUMNS,
@@ -304,8 +305,8 @@ class _Accumulator:
     events: int = 0
 
 
-TYPE_CODES = {"order": 0, "view": 1, "cart": 2, "return": 3}
-TYPE_NAMES = np.array(list(TYPE_CODES), dtype=object)
+# Event types travel as int8 codes between reading and scoring (codes are 0..n-1 in table order).
+TYPE_NAMES = np.array(EVENT_TYPES, dtype=object)
 
 
 def score_file(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from churnguard.event_types import BY_NAME, EVENT_TYPE_ORDER, EVENT_TYPE_TABLE
+from churnguard.event_types import EVENT_TYPES as EVENT_TYPES  # re-exported (events.py and callers)
+
 SPEC_FORMAT = "churnguard-feature-spec"
 SPEC_VERSION = 1
 SECONDS_PER_DAY = 86_400.0
-EVENT_TYPE_ORDER = "order"
-EVENT_TYPES: tuple[str, ...] = ("order", "view", "cart", "return")  # the canonical schema's types
 # Upper bounds of the canonical schema (API and files alike): far above any real order, far below
 # where the float32 model inputs overflow (an amount of 1e39 became inf, then a NaN score).
 MAX_AMOUNT = 1e9
@@ -143,25 +145,56 @@ def static_feature_names(event_types: Sequence[str], config: FeatureConfig) -> t
     names += [f"orders_decay_{h}w" for h in config.decay_half_lives]
     for t in event_types:
         if t != EVENT_TYPE_ORDER:
-            names += [f"{t}_count", f"{t}_count_4w", f"{t}_recency_days", f"{t}_per_order"]
+            names += [f"{t}_{suffix}" for suffix in TYPE_FEATURE_SUFFIXES]
     return tuple(names)
 
 
+# Static features of each non-order event type, ``{type}_{suffix}``, in this order.
+TYPE_FEATURE_SUFFIXES: tuple[str, ...] = ("count", "count_4w", "recency_days", "per_order")
+PROFILE_GROUP = "profile"
+# Reason groups of the core (order) features; config-dependent names are matched by _RECENT_TREND.
+_CORE_GROUPS: dict[str, str] = {
+    "recency_days": "recency",
+    "recency_over_ipt": "recency",
+    "ipt_last_days": "recency",
+    "tenure_days": "tenure",
+    "first_order_age_days": "tenure",
+    "total_spend": "spend",
+    "avg_order_value": "spend",
+    "max_order_value": "spend",
+    "avg_items_per_order": "spend",
+    "n_orders": "frequency",
+    "n_order_days": "frequency",
+    "ipt_mean_days": "frequency",
+    "ipt_std_days": "frequency",
+    "has_repeat_order": "frequency",
+    "order_days_per_week": "frequency",
+    "active_weeks": "frequency",
+    "order_trend": "recent_trend",
+    "spend_trend": "recent_trend",
+}
+_RECENT_TREND = re.compile(r"(orders|spend)_\d+w|orders_decay_\d+w")  # orders_4w, spend_13w, orders_decay_4w
+# Each event type's own features -> the type's reason group (from the event type table).
+_TYPE_GROUPS: dict[str, str] = {
+    f"{t.name}_{suffix}": t.reason.name
+    for t in EVENT_TYPE_TABLE
+    if t.reason is not None
+    for suffix in TYPE_FEATURE_SUFFIXES
+}
+
+
 def _group_of(name: str) -> str:
+    """The reason group of a model static input; a name no rule knows is an error, not "frequency"."""
     if name.startswith("profile:"):
-        return "profile"
-    for prefix, group in (("view_", "browsing"), ("cart_", "browsing"), ("return_", "returns")):
-        if name.startswith(prefix):
-            return group
-    if name in ("recency_days", "recency_over_ipt", "ipt_last_days"):
-        return "recency"
-    if name in ("tenure_days", "first_order_age_days"):
-        return "tenure"
-    if name in ("total_spend", "avg_order_value", "max_order_value", "avg_items_per_order"):
-        return "spend"
-    if name.startswith(("orders_", "spend_", "order_trend", "spend_trend")):
+        return PROFILE_GROUP
+    group = _TYPE_GROUPS.get(name) or _CORE_GROUPS.get(name)
+    if group is not None:
+        return group
+    if _RECENT_TREND.fullmatch(name):
         return "recent_trend"
-    return "frequency"
+    raise FeatureSpecError(
+        f"static feature {name!r} has no reason group (event types: churnguard.event_types)"
+    )
 
 
 def _per_user_extreme(index: np.ndarray, values: np.ndarray, n: int, *, largest: bool) -> np.ndarray:
@@ -520,6 +553,9 @@ class FeatureSpec:
             raise FeatureSpecError(f"feature spec is not JSON: {exc}") from exc
 
     def validate(self) -> None:
+        unknown = [t for t in self.event_types if t not in BY_NAME]
+        if unknown:
+            raise FeatureSpecError(f"event types {unknown} are not in churnguard.event_types")
         if self.sequence_channels != sequence_channel_names(self.event_types):
             raise FeatureSpecError("sequence channels do not match the event types")
         if self.static_names != static_feature_names(self.event_types, self.config):

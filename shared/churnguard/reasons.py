@@ -14,16 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from churnguard.event_types import EVENT_REASON_TEXT
+
 SEQUENCE_GROUP = "weekly_activity"
 
+# Core (order) groups here; the event types' own groups and texts come from churnguard.event_types.
 REASON_TEXT = {
     "recency": "long time since the last order compared with the usual rhythm",
     "frequency": "few purchase occasions",
     "spend": "low spend",
     "recent_trend": "activity dropping in recent weeks",
     "tenure": "customer tenure",
-    "browsing": "browsing and cart behaviour",
-    "returns": "returns",
+    **EVENT_REASON_TEXT,
     "profile": "profile",
     SEQUENCE_GROUP: "week-by-week activity pattern",
 }
