@@ -186,6 +186,6 @@ def _gunzip_prefix(sample: bytes) -> tuple[int, bytes, bool]:
             if not inflater.eof:
                 break
             data = inflater.unused_data
-    except zlib.error:
-        pass  # garbage after a good prefix, or not gzip at all: estimate from what decoded
+    except zlib.error:  # garbage after a good prefix, or not gzip at all: estimate from what decoded
+        complete = False
     return consumed, b"".join(out), complete

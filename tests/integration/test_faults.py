@@ -46,9 +46,8 @@ from tests.faults import (
 )
 from tests.helpers import PLANTED, ROOT, FakeLambdaContext, load_event, load_handler
 from tests.integration.test_batch_score import BUCKET, KEY, drain, events_file, put, read
-from tests.integration.test_idempotency import _vip_request
+from tests.integration.test_idempotency import TABLE, _vip_request, env  # noqa: F401 (env: fixture)
 
-TABLE = "churnguard-idempotency"
 SCORED = "scored/2024/démo events+v1.parquet"
 REJECTED = "rejected/2024/démo events+v1.csv"
 SUMMARY = "scored/2024/démo events+v1.summary.json"
@@ -69,18 +68,8 @@ class Stack:
 
 
 @pytest.fixture
-def stack(aws, moto_server, monkeypatch):
-    aws["s3"].create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    queue_url = aws["sqs"].create_queue(QueueName="churnguard-promotions")["QueueUrl"]
-    aws["dynamodb"].create_table(
-        TableName=TABLE,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-    )
-    monkeypatch.setenv("CHURNGUARD_MODEL_DIR", str(ROOT / "tests" / "fixtures" / "model"))
-    monkeypatch.setenv("CHURNGUARD_PROMOTIONS_QUEUE_URL", queue_url)
-    monkeypatch.setenv("CHURNGUARD_IDEMPOTENCY_TABLE", TABLE)
+def stack(env, moto_server, monkeypatch):  # noqa: F811 (the imported fixture)
+    aws, queue_url = env  # bucket, promotions queue, idempotency table and settings, as without faults
     # botocore backs off 1 s x 2^n (jittered) after a throttling answer; scaled down 50x so a queue
     # throttled past every retry fails within seconds. Retry counts and logic are unchanged.
     from botocore.retries.standard import ExponentialBackoff
