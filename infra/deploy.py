@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from churnguard.model_metadata import ModelMetadata, ModelMetadataError
 from infra.template import ROOT
 
 DEFAULT_STACK = "churnguard"
@@ -590,24 +591,24 @@ def ensure_first_model(model_dir: Path, events_dir: Path | None = None) -> Path:
     return model_dir
 
 
-def holdout_from_events(s3: Any, bucket: str, metadata: dict[str, Any], events_dir: Path) -> int | None:
+def holdout_from_events(s3: Any, bucket: str, metadata: ModelMetadata, events_dir: Path) -> int | None:
     """For a model trained on exactly ``events_dir``: its test customers (train.py's split), else None."""
-    if metadata["data"]["source"] != "channel:train":
+    if metadata.data.source != "channel:train":
         return None
     from churnguard.tabular import churn_labels, cohort
     from training.data import load_channel, stratified_split
 
     source = load_channel(str(events_dir))
-    if source.data_sha256 != metadata["data"]["sha256"]:
+    if source.data_sha256 != metadata.data.sha256:
         return None
-    protocol = metadata["protocol"]
-    users = cohort(source.events, protocol["as_of"])
-    labels = churn_labels(source.events, users, protocol["as_of"], protocol["horizon_weeks"])
-    _, test = stratified_split(labels, protocol["test_fraction"], protocol["seed"])
+    protocol = metadata.protocol
+    users = cohort(source.events, protocol.as_of)
+    labels = churn_labels(source.events, users, protocol.as_of, protocol.horizon_weeks)
+    _, test = stratified_split(labels, protocol.test_fraction, protocol.seed)
     from infra.local_stack import put_holdout
 
     events = source.events[source.events["user_id"].isin(set(users[test]))]
-    return put_holdout(s3, bucket, users[test], labels[test], events, protocol["as_of"])
+    return put_holdout(s3, bucket, users[test], labels[test], events, protocol.as_of)
 
 
 def write_gate_holdout(s3: Any, bucket: str, model_dir: Path, events_dir: Path | None = None) -> int:
@@ -616,14 +617,14 @@ def write_gate_holdout(s3: Any, bucket: str, model_dir: Path, events_dir: Path |
     A model trained on the ``--events`` data gets its own test customers; otherwise
     ``infra.local_stack.write_holdout`` (CDNOW test customers, or a synthetic sample for other models).
     """
-    metadata = json.loads((model_dir / "metadata.json").read_text())
+    metadata = ModelMetadata.from_directory(model_dir)
     if events_dir is not None:
         customers = holdout_from_events(s3, bucket, metadata, events_dir)
         if customers is not None:
             return customers
         print(
             f"    warning: {model_dir} was not trained on {events_dir}; the gate's holdout follows the "
-            f"model's data ({metadata['data']['source']}), not the events retraining will use"
+            f"model's data ({metadata.data.source}), not the events retraining will use"
         )
     from infra.local_stack import write_holdout
 
@@ -659,8 +660,8 @@ def publish_first_model(
 
 def model_version(model_dir: Path) -> str | None:
     try:
-        return json.loads((model_dir / "metadata.json").read_text())["model_version"]
-    except (OSError, ValueError, KeyError):
+        return ModelMetadata.from_directory(model_dir).model_version
+    except (OSError, ModelMetadataError):
         return None
 
 

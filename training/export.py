@@ -19,10 +19,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from churnguard.model_metadata import DYNAMIC_RANGE_MODEL, FLOAT32_MODEL, PARITY_TOLERANCE
 from churnguard.scorer import TFLiteScorer
 
-FLOAT32_TOLERANCE = 1e-5
-DYNAMIC_RANGE_TOLERANCE = 5e-3
+FLOAT32_TOLERANCE = PARITY_TOLERANCE[FLOAT32_MODEL]
+DYNAMIC_RANGE_TOLERANCE = PARITY_TOLERANCE[DYNAMIC_RANGE_MODEL]
 RESIZE_BATCHES = (1, 256, 4096)
 STATEFUL_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"})
 
@@ -109,8 +110,8 @@ def export_all(model: tf.keras.Model, sequence: np.ndarray, static: np.ndarray) 
     results: list[ExportedModel | None] = []
     refusal = None
     for name, quantize, tolerance in (
-        ("model.tflite", False, FLOAT32_TOLERANCE),
-        ("model_dynamic_range.tflite", True, DYNAMIC_RANGE_TOLERANCE),
+        (FLOAT32_MODEL, False, FLOAT32_TOLERANCE),
+        (DYNAMIC_RANGE_MODEL, True, DYNAMIC_RANGE_TOLERANCE),
     ):
         content = convert(model, weeks, channels, n_static, quantize=quantize)
         scorer = TFLiteScorer(content)

@@ -7,7 +7,6 @@ naive taken as UTC); ``as_of`` defaults to the request time, and events at or af
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
@@ -222,18 +221,14 @@ def model_summary(bundle: ModelBundle) -> dict[str, Any]:
     """``GET /v1/model``: what a caller needs to trust and interpret the scores."""
     m = bundle.metadata
     spec = bundle.spec
-
-    def clean(values: dict) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
-
     return {
         "model_version": bundle.version,
-        "trained_at": m.get("created_at"),
-        "code_version": m.get("code_version"),
-        "data": {k: m["data"][k] for k in ("source", "sha256", "customers", "event_types") if k in m["data"]},
-        "protocol": m.get("protocol"),
-        "metrics": {split: clean(values) for split, values in m.get("metrics", {}).items()},
-        "thresholds": m.get("thresholds"),
+        "trained_at": m.created_at,
+        "code_version": m.code_version,
+        "data": m.data.model_dump(include={"source", "sha256", "customers", "event_types"}),
+        "protocol": m.protocol.model_dump(),
+        "metrics": {split: m.summary_metrics(split) for split in m.metrics},
+        "thresholds": m.thresholds.model_dump(),
         "features": {
             "weeks": spec.weeks,
             "event_types": list(spec.event_types),

@@ -9,47 +9,26 @@ new one is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from churnguard.features import FeatureSpec, FeatureSpecError
+from churnguard.model_metadata import MODEL_FORMAT, ModelMetadata, ModelMetadataError, RiskThresholds
 from churnguard.reasons import OcclusionExplainer
 from churnguard.scorer import ModelLoadError, TFLiteScorer
 
+__all__ = ["MODEL_FORMAT", "REQUIRED_FILES", "ModelBundle", "RiskThresholds"]
+
 REQUIRED_FILES = ("metadata.json", "feature_spec.json", "model.tflite")
-MODEL_FORMAT = "churnguard-model"
-
-
-@dataclass(frozen=True)
-class RiskThresholds:
-    medium: float
-    high: float
-    promotion: float
-
-    def __post_init__(self) -> None:
-        values = {"risk_tiers.medium": self.medium, "risk_tiers.high": self.high, "promotion": self.promotion}
-        outside = [name for name, value in values.items() if not 0.0 <= value <= 1.0]  # NaN fails too
-        if outside:
-            raise ValueError(f"thresholds {outside} are not probabilities in [0, 1]")
-        if self.medium > self.high:
-            raise ValueError("risk_tiers.medium is above risk_tiers.high")
-
-    def tier(self, probabilities: np.ndarray) -> np.ndarray:
-        tiers = np.full(len(probabilities), "low", dtype=object)
-        tiers[probabilities >= self.medium] = "medium"
-        tiers[probabilities >= self.high] = "high"
-        return tiers
 
 
 @dataclass
 class ModelBundle:
     version: str
-    metadata: dict[str, Any]
+    metadata: ModelMetadata
     spec: FeatureSpec
     scorer: TFLiteScorer
     explainer: OcclusionExplainer
@@ -61,13 +40,11 @@ class ModelBundle:
         if missing:
             raise ModelLoadError(f"model directory is missing {missing}")
         try:
-            metadata = json.loads(files["metadata.json"])
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"metadata.json is not JSON: {exc}") from exc
-        if metadata.get("format") != MODEL_FORMAT:
-            raise ModelLoadError(f"metadata.json format {metadata.get('format')!r} is not {MODEL_FORMAT!r}")
+            metadata = ModelMetadata.from_json(files["metadata.json"])
+        except ModelMetadataError as exc:
+            raise ModelLoadError(str(exc)) from exc
         for name in ("feature_spec.json", model_file):
-            expected = metadata.get("files", {}).get(name, {}).get("sha256")
+            expected = metadata.file_sha256(name)
             actual = hashlib.sha256(files[name]).hexdigest()
             if expected != actual:
                 raise ModelLoadError(
@@ -83,20 +60,14 @@ class ModelBundle:
                 f"feature spec makes inputs ({spec.weeks}, {spec.n_channels}) + {spec.n_static}, the model "
                 f"takes ({scorer.weeks}, {scorer.channels}) + {scorer.n_static}"
             )
+        baseline = metadata.reason_baseline
         try:
-            baseline = metadata["reason_baseline"]
             explainer = OcclusionExplainer(
-                spec.static_groups, np.asarray(baseline["static"]), np.asarray(baseline["sequence"])
+                spec.static_groups, np.asarray(baseline.static), np.asarray(baseline.sequence)
             )
-            t = metadata["thresholds"]
-            thresholds = RiskThresholds(
-                medium=float(t["risk_tiers"]["medium"]),
-                high=float(t["risk_tiers"]["high"]),
-                promotion=float(t["promotion"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"metadata.json has no valid reason baselines or thresholds: {exc}") from exc
-        return cls(metadata["model_version"], metadata, spec, scorer, explainer, thresholds)
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"metadata.json has no valid reason baselines: {exc}") from exc
+        return cls(metadata.model_version, metadata, spec, scorer, explainer, metadata.thresholds.risk())
 
     @classmethod
     def from_directory(cls, directory: str | Path, *, model_file: str = "model.tflite") -> ModelBundle:

@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from churnguard.bundle import ModelBundle
+from churnguard.model_metadata import DYNAMIC_RANGE_MODEL, FLOAT32_MODEL, PARITY_TOLERANCE
 from churnguard.scorer import ModelLoadError, TFLiteScorer
 
-FLOAT32_PARITY = 1e-5
-DYNAMIC_RANGE_PARITY = 5e-3
+# The exporter's own limits: a challenger whose recorded parity is above them was not written by it.
+FLOAT32_PARITY = PARITY_TOLERANCE[FLOAT32_MODEL]
+DYNAMIC_RANGE_PARITY = PARITY_TOLERANCE[DYNAMIC_RANGE_MODEL]
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,10 @@ def validate_challenger(files: dict[str, bytes]) -> ModelBundle:
         )
         if out.shape != (batch,) or not np.all(np.isfinite(out)):
             raise ModelLoadError(f"challenger does not run at batch {batch}")
-    recorded = bundle.metadata.get("files", {})
-    parity = recorded.get("model.tflite", {}).get("parity_max_abs_diff")
+    parity = bundle.metadata.parity(FLOAT32_MODEL)
     if parity is None or not parity <= FLOAT32_PARITY:
         raise ModelLoadError(f"challenger float32 parity {parity} is missing or above {FLOAT32_PARITY}")
-    dynamic = recorded.get("model_dynamic_range.tflite", {}).get("parity_max_abs_diff")
+    dynamic = bundle.metadata.parity(DYNAMIC_RANGE_MODEL)
     if dynamic is not None and not dynamic <= DYNAMIC_RANGE_PARITY:
         raise ModelLoadError(f"challenger dynamic-range parity {dynamic} above {DYNAMIC_RANGE_PARITY}")
     return bundle
