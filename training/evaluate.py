@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import (
@@ -20,6 +21,9 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # The headline metrics recorded in metadata.json and shown by `make demo`.
 SUMMARY_METRICS = (
@@ -145,20 +149,33 @@ def write_plots(
     threshold: float,
     history: Mapping[str, list[float]] | None,
 ) -> list[str]:
+    """The report's figures as PNG files in ``directory``; returns their names in writing order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     os.makedirs(directory, exist_ok=True)
-    written = []
+    written: list[str] = []
 
-    def save(fig: plt.Figure, name: str) -> None:
+    def save(fig: Figure, name: str) -> None:
         path = os.path.join(directory, name)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(name)
+
+    save(_roc_figure(labels, probs), "roc.png")
+    save(_precision_recall_figure(labels, probs), "pr.png")
+    save(_calibration_figure(labels, probs), "calibration.png")
+    save(_confusion_figure(labels, probs, threshold), "confusion_matrix.png")
+    if history:
+        save(_learning_curves_figure(history), "learning_curves.png")
+    return written
+
+
+def _roc_figure(labels: np.ndarray, probs: np.ndarray) -> Figure:
+    import matplotlib.pyplot as plt
 
     fpr, tpr, _ = roc_curve(labels, probs)
     fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -166,7 +183,11 @@ def write_plots(
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC (test)")
     ax.legend(loc="lower right")
-    save(fig, "roc.png")
+    return fig
+
+
+def _precision_recall_figure(labels: np.ndarray, probs: np.ndarray) -> Figure:
+    import matplotlib.pyplot as plt
 
     precision, recall, _ = precision_recall_curve(labels, probs)
     fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -174,7 +195,12 @@ def write_plots(
     ax.axhline(labels.mean(), ls="--", color="grey", lw=1, label="base rate")
     ax.set(xlabel="Recall (churn)", ylabel="Precision (churn)", title="Precision-recall (test)")
     ax.legend(loc="lower left")
-    save(fig, "pr.png")
+    return fig
+
+
+def _calibration_figure(labels: np.ndarray, probs: np.ndarray) -> Figure:
+    """Observed churn rate against mean predicted probability, per decile of the prediction."""
+    import matplotlib.pyplot as plt
 
     order = np.argsort(probs, kind="stable")
     chunks = np.array_split(order, 10)
@@ -186,7 +212,11 @@ def write_plots(
         ylabel="Observed churn rate",
         title=f"Calibration (ECE {expected_calibration_error(labels, probs):.3f})",
     )
-    save(fig, "calibration.png")
+    return fig
+
+
+def _confusion_figure(labels: np.ndarray, probs: np.ndarray, threshold: float) -> Figure:
+    import matplotlib.pyplot as plt
 
     cm = confusion_matrix(labels, (probs >= threshold).astype(int), labels=[0, 1])
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -202,15 +232,18 @@ def write_plots(
         ylabel="Actual",
         title=f"Confusion @ {threshold:.3f}",
     )
-    save(fig, "confusion_matrix.png")
+    return fig
 
-    if history:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-        for ax, key in zip(axes, ("loss", "auc"), strict=True):
-            for prefix, style in (("", "-"), ("val_", "--")):
-                if prefix + key in history:
-                    ax.plot(history[prefix + key], style, label=(prefix or "train_") + key)
-            ax.set(xlabel="epoch", title=key)
-            ax.legend()
-        save(fig, "learning_curves.png")
-    return written
+
+def _learning_curves_figure(history: Mapping[str, list[float]]) -> Figure:
+    """Loss and AUC per epoch, training solid and validation dashed."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, key in zip(axes, ("loss", "auc"), strict=True):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + key in history:
+                ax.plot(history[prefix + key], style, label=(prefix or "train_") + key)
+        ax.set(xlabel="epoch", title=key)
+        ax.legend()
+    return fig

@@ -31,7 +31,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if __package__ in (None, ""):  # run as a script (SageMaker: python train.py ...)
     _root = Path(__file__).resolve().parent.parent
@@ -42,9 +42,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from churnguard.events import EventLogError
-from churnguard.features import FeatureSpecError
+from churnguard.features import FeatureConfig, FeatureSpecError
+from churnguard.model_metadata import FORMAT_VERSION, MODEL_FORMAT, ModelMetadata
 from training.data import (
     CDNOW_PROTOCOL,
+    EventSource,
     PreparedData,
     Protocol,
     Split,
@@ -66,6 +68,11 @@ from training.evaluate import (
 )
 from training.model import HyperParameters
 from training.sagemaker_entry import write_failure
+
+if TYPE_CHECKING:
+    import keras
+
+    from training.export import Exports
 
 log = logging.getLogger("churnguard.train")
 
@@ -298,9 +305,27 @@ def publish(staging: Path, model_dir: Path) -> None:
     shutil.move(str(staging / "metadata.json"), str(model_dir / "metadata.json"))
 
 
-def run(args: argparse.Namespace) -> dict:
-    started = time.time()
-    hp = hyperparameters_from(args)
+def feature_config_from(args: argparse.Namespace) -> FeatureConfig:
+    # A shorter --weeks keeps only the recent windows, and two trend windows, that fit in the sequence.
+    return FeatureConfig(
+        weeks=args.weeks,
+        trend_weeks=min(13, args.weeks // 2),
+        recent_windows=tuple(k for k in (4, 13, 26) if k <= args.weeks),
+    )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The prepared splits, where they came from, and the extra (snapshot) training rows."""
+
+    source: EventSource
+    protocol: Protocol
+    data: PreparedData
+    extra: list[Split]
+
+
+def _load_sources(args: argparse.Namespace) -> tuple[EventSource, EventSource | None, str]:
+    """The training events, the optional validation events, and the cutoff (as_of)."""
     if args.train:
         source = load_channel(args.train, channel="train", max_reject_fraction=args.max_reject_fraction)
         as_of = args.as_of or default_as_of(source.events, args.horizon_weeks)
@@ -312,6 +337,12 @@ def run(args: argparse.Namespace) -> dict:
         if args.validation
         else None
     )
+    return source, validation_source, as_of
+
+
+def load_training_data(args: argparse.Namespace) -> TrainingData:
+    """Read and validate the events, label and split the customers, fit the feature spec."""
+    source, validation_source, as_of = _load_sources(args)
     protocol = Protocol(
         as_of=as_of,
         horizon_weeks=args.horizon_weeks,
@@ -319,14 +350,7 @@ def run(args: argparse.Namespace) -> dict:
         validation_fraction=args.validation_fraction,
         seed=args.seed,
     )
-    from churnguard.features import FeatureConfig
-
-    config = FeatureConfig(
-        weeks=args.weeks,
-        trend_weeks=min(13, args.weeks // 2),
-        recent_windows=tuple(k for k in (4, 13, 26) if k <= args.weeks),
-    )
-    data = prepare(source, protocol, config=config, validation_source=validation_source)
+    data = prepare(source, protocol, config=feature_config_from(args), validation_source=validation_source)
     log.info(
         "data %s: %d rows (%d rejected), %d event types %s; cutoff %s, horizon %d weeks",
         source.name,
@@ -351,23 +375,50 @@ def run(args: argparse.Namespace) -> dict:
     extra = snapshot_augmentation(data, args.snapshots, args.snapshot_step_weeks) if args.snapshots else []
     if extra:
         log.info("snapshot augmentation: +%d training rows", sum(len(s.labels) for s in extra))
+    return TrainingData(source=source, protocol=protocol, data=data, extra=extra)
 
-    hpo_table: list[dict] = []
+
+@dataclass(frozen=True)
+class TrainedNetwork:
+    hp: HyperParameters  # after a random search: the chosen trial's
+    fit: FitResult
+    hpo_table: list[dict[str, Any]]  # one row per random-search trial; empty without a search
+
+
+def train_network(args: argparse.Namespace, training: TrainingData, hp: HyperParameters) -> TrainedNetwork:
+    """Fit the network (or run the random search and keep the best trial on validation)."""
+    hpo_table: list[dict[str, Any]] = []
     if args.hpo_trials > 1:
-        hp, fit, hpo_table = random_search(data, hp, args.hpo_trials, extra, args.seed, args.verbose)
+        hp, fit, hpo_table = random_search(
+            training.data, hp, args.hpo_trials, training.extra, args.seed, args.verbose
+        )
     else:
-        fit = fit_network(data, hp, extra, args.seed, args.verbose)
+        fit = fit_network(training.data, hp, training.extra, args.seed, args.verbose)
     log.info(
         "validation_auc=%.5f validation_log_loss=%.5f epochs=%d", fit.val_auc, fit.val_log_loss, fit.epochs
     )
+    return TrainedNetwork(hp=hp, fit=fit, hpo_table=hpo_table)
 
+
+@dataclass(frozen=True)
+class CalibratedExport:
+    """The network with Platt calibration built in, and its checked TFLite exports."""
+
+    serving_model: keras.Model
+    slope: float
+    intercept: float
+    exports: Exports
+
+
+def export_calibrated(
+    fit: FitResult, data: PreparedData, x_test: tuple[np.ndarray, np.ndarray]
+) -> CalibratedExport:
+    """Calibrate on validation, export to TFLite and check parity on the test inputs."""
     from training.export import export_all
     from training.model import fit_platt, with_calibration
 
     slope, intercept = fit_platt(fit.val_logits, data.validation.labels)
     serving_model = with_calibration(fit.network, slope, intercept)
-    x_val = data.inputs(data.validation)
-    x_test = data.inputs(data.test)
     exports = export_all(serving_model, *x_test)
     float_model, dr_model = exports.float32, exports.dynamic_range
     if dr_model is None:
@@ -378,17 +429,21 @@ def run(args: argparse.Namespace) -> dict:
         float_model.max_abs_diff,
         f"{dr_model.max_abs_diff:.2e}" if dr_model else "refused",
     )
+    return CalibratedExport(serving_model=serving_model, slope=slope, intercept=intercept, exports=exports)
 
-    # Thresholds and every reported number come from the exported float32 TFLite model.
-    from churnguard.scorer import TFLiteScorer
 
-    scorer = TFLiteScorer(float_model.content)
-    p_val = scorer.predict(*x_val)
-    p_test = scorer.predict(*x_test)
-    policy = ThresholdPolicy(args.threshold_policy, args.promotion_cost, args.customer_value, args.uplift)
-    threshold = choose_threshold(data.validation.labels, p_val, policy)
-    tiers = risk_tiers(p_val, threshold)
+@dataclass(frozen=True)
+class Evaluation:
+    policy: ThresholdPolicy
+    threshold: float
+    risk_tiers: dict[str, float]
+    metrics: dict[str, Any]  # report/metrics.json
+    test_probs: np.ndarray
+    scorer_runtime: str  # the TFLite runtime that produced every number
 
+
+def _test_segments(data: PreparedData) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Test customers by tenure band and by value band; the value edges are training spend terciles."""
     names = list(data.spec.static_names)
     raw_test = data.test.raw.static
     tenure_w = raw_test[:, names.index("tenure_days")] / 7
@@ -398,6 +453,26 @@ def run(args: argparse.Namespace) -> dict:
         "tenure_band": band(tenure_w, [13, 26, 39], ["<13w", "13-26w", "26-39w", ">=39w"]),
         "value_band": band(spend, spend_edges, ["low", "mid", "high"]),
     }
+    return segments, spend_edges
+
+
+def evaluate_exported(
+    args: argparse.Namespace,
+    data: PreparedData,
+    exported: CalibratedExport,
+    x_test: tuple[np.ndarray, np.ndarray],
+) -> Evaluation:
+    """Choose the thresholds on validation and measure validation, test and test segments."""
+    # Thresholds and every reported number come from the exported float32 TFLite model.
+    from churnguard.scorer import TFLiteScorer
+
+    float_model, dr_model = exported.exports.float32, exported.exports.dynamic_range
+    scorer = TFLiteScorer(float_model.content)
+    p_val = scorer.predict(*data.inputs(data.validation))
+    p_test = scorer.predict(*x_test)
+    policy = ThresholdPolicy(args.threshold_policy, args.promotion_cost, args.customer_value, args.uplift)
+    threshold = choose_threshold(data.validation.labels, p_val, policy)
+    segments, spend_edges = _test_segments(data)
     metrics = {
         "model": "model.tflite",
         "validation": classification_metrics(data.validation.labels, p_val, threshold),
@@ -420,105 +495,200 @@ def run(args: argparse.Namespace) -> dict:
         test["ece"],
         threshold,
     )
+    return Evaluation(
+        policy=policy,
+        threshold=threshold,
+        risk_tiers=risk_tiers(p_val, threshold),
+        metrics=metrics,
+        test_probs=p_test,
+        scorer_runtime=scorer.runtime,
+    )
 
-    model_dir = Path(args.model_dir)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir.parent))
-    try:
-        report = staging / "report"
-        report.mkdir()
-        plots = write_plots(str(report), data.test.labels, p_test, threshold, fit.history)
-        (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (report / "history.json").write_text(json.dumps(fit.history, indent=2))
-        if hpo_table:
-            (report / "hpo_trials.json").write_text(json.dumps(hpo_table, indent=2))
-        spec_json = data.spec.to_json()
-        (staging / "feature_spec.json").write_text(spec_json)
-        (staging / "model.tflite").write_bytes(float_model.content)
-        # The Keras model, for parity checks (benchmarks, promotion gate); serving never loads it.
-        serving_model.save(staging / "model.keras")
-        if dr_model:
-            (staging / "model_dynamic_range.tflite").write_bytes(dr_model.content)
 
-        x_train_seq, x_train_static = data.inputs(data.train)
-        created = dt.datetime.now(dt.UTC)
-        metadata = {
-            "format": "churnguard-model",
-            "format_version": 1,
-            "model_version": f"{created:%Y%m%dT%H%M%SZ}-{float_model.sha256[:8]}",
+def _data_section(training: TrainingData) -> dict[str, Any]:
+    source, data = training.source, training.data
+    return {
+        "source": source.name,
+        "sha256": source.data_sha256,
+        "rows_in": source.rows_in,
+        "rows_rejected": source.rows_rejected,
+        "event_types": list(data.event_types),
+        "customers": {
+            "train": len(data.train.labels),
+            "validation": len(data.validation.labels),
+            "test": len(data.test.labels),
+        },
+        "augmentation_rows": sum(len(s.labels) for s in training.extra),
+    }
+
+
+def _reason_baseline(data: PreparedData) -> dict[str, list[Any]]:
+    """The median training customer's model inputs, the reference point of the score reasons."""
+    x_train_seq, x_train_static = data.inputs(data.train)
+    return {
+        "static": np.median(x_train_static, axis=0).astype(float).tolist(),
+        "sequence": np.median(x_train_seq, axis=0).astype(float).tolist(),
+    }
+
+
+def _files_section(spec_json: str, exports: Exports) -> dict[str, dict[str, Any]]:
+    """Hash and size of the feature spec and of each written TFLite model, with its parity check."""
+    return {
+        "feature_spec.json": {"sha256": _sha256(spec_json.encode()), "bytes": len(spec_json.encode())},
+        **{
+            m.name: {
+                "sha256": m.sha256,
+                "bytes": len(m.content),
+                "ops": m.ops,
+                "parity_max_abs_diff": m.max_abs_diff,
+                "parity_tolerance": m.tolerance,
+            }
+            for m in (exports.float32, exports.dynamic_range)
+            if m is not None
+        },
+    }
+
+
+def build_metadata(
+    training: TrainingData,
+    trained: TrainedNetwork,
+    exported: CalibratedExport,
+    evaluation: Evaluation,
+    *,
+    spec_json: str,
+    keras_sha256: str,
+    plot_files: list[str],
+    created: dt.datetime,
+    code: str,
+    training_seconds: float,
+) -> ModelMetadata:
+    """metadata.json: what the model is, what it was trained on and how, and how well it did.
+
+    ``code`` is ``code_version()``; ``plot_files`` what ``write_plots`` wrote into report/.
+    """
+    spec, exports = training.data.spec, exported.exports
+    # Validated on the way out: a model directory training writes is one every reader accepts.
+    return ModelMetadata.from_dict(
+        {
+            "format": MODEL_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_version": f"{created:%Y%m%dT%H%M%SZ}-{exports.float32.sha256[:8]}",
             "created_at": created.isoformat(timespec="seconds"),
-            "code_version": code_version(),
-            "data": {
-                "source": source.name,
-                "sha256": source.data_sha256,
-                "rows_in": source.rows_in,
-                "rows_rejected": source.rows_rejected,
-                "event_types": list(data.event_types),
-                "customers": {
-                    "train": len(data.train.labels),
-                    "validation": len(data.validation.labels),
-                    "test": len(data.test.labels),
-                },
-                "augmentation_rows": sum(len(s.labels) for s in extra),
-            },
-            "protocol": protocol.to_dict(),
-            "hyperparameters": hp.to_dict(),
-            "hpo_trials": len(hpo_table),
-            "epochs_trained": fit.epochs,
-            "calibration": {"method": "platt", "slope": slope, "intercept": intercept},
+            "code_version": code,
+            "data": _data_section(training),
+            "protocol": training.protocol.to_dict(),
+            "hyperparameters": trained.hp.to_dict(),
+            "hpo_trials": len(trained.hpo_table),
+            "epochs_trained": trained.fit.epochs,
+            "calibration": {"method": "platt", "slope": exported.slope, "intercept": exported.intercept},
             "thresholds": {
-                "policy": policy.to_dict(),
-                "decision": threshold,
-                "promotion": threshold,
-                "risk_tiers": tiers,
+                "policy": evaluation.policy.to_dict(),
+                "decision": evaluation.threshold,
+                "promotion": evaluation.threshold,
+                "risk_tiers": evaluation.risk_tiers,
             },
             "metrics": {
-                split: {k: metrics[split][k] for k in SUMMARY_METRICS} for split in ("validation", "test")
+                split: {k: evaluation.metrics[split][k] for k in SUMMARY_METRICS}
+                for split in ("validation", "test")
             },
-            "inputs": {
-                "sequence": [None, data.spec.weeks, data.spec.n_channels],
-                "static": [None, data.spec.n_static],
-            },
-            "reason_baseline": {
-                "static": np.median(x_train_static, axis=0).astype(float).tolist(),
-                "sequence": np.median(x_train_seq, axis=0).astype(float).tolist(),
-            },
-            "files": {
-                "feature_spec.json": {
-                    "sha256": _sha256(spec_json.encode()),
-                    "bytes": len(spec_json.encode()),
-                },
-                **{
-                    m.name: {
-                        "sha256": m.sha256,
-                        "bytes": len(m.content),
-                        "ops": m.ops,
-                        "parity_max_abs_diff": m.max_abs_diff,
-                        "parity_tolerance": m.tolerance,
-                    }
-                    for m in (float_model, dr_model)
-                    if m is not None
-                },
-            },
+            "inputs": {"sequence": [None, spec.weeks, spec.n_channels], "static": [None, spec.n_static]},
+            "reason_baseline": _reason_baseline(training.data),
+            "files": _files_section(spec_json, exports),
             "dynamic_range_refused": exports.dynamic_range_refusal,
-            "keras_model": {"file": "model.keras", "sha256": _sha256((staging / "model.keras").read_bytes())},
-            "report": sorted(["metrics.json", "history.json", *plots]),
-            "training_seconds": round(time.time() - started, 1),
+            "keras_model": {"file": "model.keras", "sha256": keras_sha256},
+            "report": sorted(["metrics.json", "history.json", *plot_files]),
+            "training_seconds": training_seconds,
             "runtime": {
                 "python": sys.version.split()[0],
                 "numpy": np.__version__,
                 "tensorflow": __import__("tensorflow").__version__,
-                "tflite_runtime": scorer.runtime,
+                "tflite_runtime": evaluation.scorer_runtime,
             },
         }
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    )
+
+
+def write_report(
+    report: Path, data: PreparedData, trained: TrainedNetwork, evaluation: Evaluation
+) -> list[str]:
+    """report/: the plots, metrics.json, history.json (and hpo_trials.json); returns the plots' names."""
+    report.mkdir()
+    fit = trained.fit
+    plots = write_plots(
+        str(report), data.test.labels, evaluation.test_probs, evaluation.threshold, fit.history
+    )
+    (report / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2))
+    (report / "history.json").write_text(json.dumps(fit.history, indent=2))
+    if trained.hpo_table:
+        (report / "hpo_trials.json").write_text(json.dumps(trained.hpo_table, indent=2))
+    return plots
+
+
+def write_model_files(staging: Path, data: PreparedData, exported: CalibratedExport) -> str:
+    """The feature spec and the models; returns the feature spec's JSON text."""
+    spec_json = data.spec.to_json()
+    (staging / "feature_spec.json").write_text(spec_json)
+    (staging / "model.tflite").write_bytes(exported.exports.float32.content)
+    # The Keras model, for parity checks (benchmarks, promotion gate); serving never loads it.
+    exported.serving_model.save(staging / "model.keras")
+    if exported.exports.dynamic_range:
+        (staging / "model_dynamic_range.tflite").write_bytes(exported.exports.dynamic_range.content)
+    return spec_json
+
+
+def write_model_directory(
+    model_dir: Path,
+    training: TrainingData,
+    trained: TrainedNetwork,
+    exported: CalibratedExport,
+    evaluation: Evaluation,
+    started: float,
+) -> ModelMetadata:
+    """Write every file to a staging folder beside ``model_dir``, then ``publish`` it.
+
+    Returns the metadata written.
+    """
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir.parent))
+    try:
+        plots = write_report(staging / "report", training.data, trained, evaluation)
+        spec_json = write_model_files(staging, training.data, exported)
+        created = dt.datetime.now(dt.UTC)
+        metadata = build_metadata(
+            training,
+            trained,
+            exported,
+            evaluation,
+            spec_json=spec_json,
+            keras_sha256=_sha256((staging / "model.keras").read_bytes()),
+            plot_files=plots,
+            created=created,
+            code=code_version(),
+            training_seconds=round(time.time() - started, 1),
+        )
+        (staging / "metadata.json").write_text(metadata.to_json())
         publish(staging, model_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return metadata
+
+
+def run(args: argparse.Namespace) -> ModelMetadata:
+    """Load, fit, export, evaluate and write the model directory; returns its metadata."""
+    started = time.time()
+    hp = hyperparameters_from(args)
+    training = load_training_data(args)
+    trained = train_network(args, training, hp)
+    data = training.data
+    x_test = data.inputs(data.test)
+    exported = export_calibrated(trained.fit, data, x_test)
+    evaluation = evaluate_exported(args, data, exported, x_test)
+    model_dir = Path(args.model_dir)
+    metadata = write_model_directory(model_dir, training, trained, exported, evaluation, started)
     if args.output_data_dir:
         out = Path(args.output_data_dir) / "report"
         shutil.copytree(model_dir / "report", out, dirs_exist_ok=True)
-    log.info("model %s written to %s in %.0fs", metadata["model_version"], model_dir, time.time() - started)
+    log.info("model %s written to %s in %.0fs", metadata.model_version, model_dir, time.time() - started)
     return metadata
 
 

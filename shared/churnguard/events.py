@@ -83,6 +83,97 @@ def _numeric(values: pd.Series) -> pd.Series:
     return pd.to_numeric(text, errors="coerce").astype("float64")
 
 
+class _RejectReasons:
+    """Every problem found in each row, joined with "; " in the order the checks run."""
+
+    def __init__(self, n: int) -> None:
+        self.text = np.full(n, "", dtype=object)
+
+    def flag(self, mask: pd.Series | np.ndarray, reason: str | np.ndarray) -> None:
+        """Add ``reason`` (one text, or one per flagged row) to the rows where ``mask`` holds."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            current = self.text[mask]
+            self.text[mask] = np.where(current == "", reason, current + "; " + reason)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return np.asarray(self.text == "", dtype=bool)
+
+
+def _require_columns(frame: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise EventLogError(
+            f"missing required column(s) {missing}; the event log needs {list(REQUIRED_COLUMNS)} "
+            f"and may have {list(OPTIONAL_COLUMNS)} plus profile columns (got {list(frame.columns)})"
+        )
+
+
+def _source_rows(n: int, first_row_number: int, row_numbers: np.ndarray | None) -> np.ndarray:
+    if row_numbers is not None:
+        return np.asarray(row_numbers, dtype=np.int64)
+    return np.arange(first_row_number, first_row_number + n, dtype=np.int64)
+
+
+def _check_user_id(raw: pd.Series, reasons: _RejectReasons) -> pd.Series:
+    user_id = raw.astype("string").str.strip(ID_BLANKS)
+    reasons.flag(user_id.isna() | (user_id == ""), "user_id is missing")
+    too_long = (user_id.str.len() > MAX_USER_ID_LENGTH).fillna(False)
+    reasons.flag(too_long, f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
+    return user_id
+
+
+def _check_timestamp(raw: pd.Series, reasons: _RejectReasons) -> pd.Series:
+    timestamp = _to_utc_naive(raw)
+    raw_missing = raw.isna().to_numpy()
+    reasons.flag(raw_missing, "timestamp is missing")
+    reasons.flag(timestamp.isna().to_numpy() & ~raw_missing, "timestamp is not ISO-8601")
+    return timestamp
+
+
+def _check_event_type(raw: pd.Series, reasons: _RejectReasons) -> pd.Series:
+    event_type = raw.astype("string").str.strip().str.lower()
+    bad_type = ~event_type.isin(EVENT_TYPES).fillna(False).to_numpy(dtype=bool)
+    if bad_type.any():
+        shown = event_type.fillna("<missing>").to_numpy(dtype=object)
+        expected = ", ".join(EVENT_TYPES)
+        bad_reason = np.array(
+            [f"unknown event_type '{v}' (expected one of {expected})" for v in shown[bad_type]],
+            dtype=object,
+        )
+        reasons.flag(bad_type, bad_reason)
+    return event_type
+
+
+def _check_number(
+    frame: pd.DataFrame, name: str, default: float, maximum: float, reasons: _RejectReasons
+) -> np.ndarray:
+    """An optional non-negative number column as float64: missing -> ``default``; the column
+    absent -> ``default`` everywhere."""
+    if name not in frame.columns:
+        return np.full(len(frame), default)
+    raw = frame[name]
+    value = _numeric(raw)
+    raw_missing = raw.isna().to_numpy() | (raw.astype("string").str.strip() == "").fillna(True).to_numpy()
+    reasons.flag(value.isna().to_numpy() & ~raw_missing, f"{name} is not a number")
+    finite = np.isfinite(value.to_numpy(dtype="float64", na_value=0.0))
+    reasons.flag(~finite, f"{name} is not finite")
+    reasons.flag((value < 0).fillna(False).to_numpy(dtype=bool), f"{name} is negative")
+    above = (value > maximum).fillna(False).to_numpy(dtype=bool)
+    reasons.flag(finite & above, f"{name} is above {maximum:g}")
+    return np.asarray(value.fillna(default).to_numpy(dtype="float64", na_value=default))
+
+
+def _check_event_id(frame: pd.DataFrame, reasons: _RejectReasons) -> None:
+    """With an ``event_id`` column a repeated id is one event: later rows are duplicates."""
+    if "event_id" not in frame.columns:
+        return
+    event_id = frame["event_id"].astype("string").str.strip()
+    has_id = event_id.notna() & (event_id != "")
+    reasons.flag((event_id.duplicated(keep="first") & has_id).to_numpy(dtype=bool), "duplicate event_id")
+
+
 def validate_events(
     frame: pd.DataFrame, *, first_row_number: int = 1, row_numbers: np.ndarray | None = None
 ) -> ValidatedEvents:
@@ -93,73 +184,17 @@ def validate_events(
     ``row_numbers`` gives every row's number explicitly instead (parts of a split file keep the
     original file's row numbers).
     """
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise EventLogError(
-            f"missing required column(s) {missing}; the event log needs {list(REQUIRED_COLUMNS)} "
-            f"and may have {list(OPTIONAL_COLUMNS)} plus profile columns (got {list(frame.columns)})"
-        )
-    n = len(frame)
-    source_row = (
-        np.asarray(row_numbers, dtype=np.int64)
-        if row_numbers is not None
-        else np.arange(first_row_number, first_row_number + n, dtype=np.int64)
-    )
-    reasons = np.full(n, "", dtype=object)
+    _require_columns(frame)
+    source_row = _source_rows(len(frame), first_row_number, row_numbers)
+    reasons = _RejectReasons(len(frame))
+    user_id = _check_user_id(frame["user_id"], reasons)
+    timestamp = _check_timestamp(frame["timestamp"], reasons)
+    event_type = _check_event_type(frame["event_type"], reasons)
+    amount = _check_number(frame, "amount", 0.0, MAX_AMOUNT, reasons)
+    quantity = _check_number(frame, "quantity", 1.0, MAX_QUANTITY, reasons)
+    _check_event_id(frame, reasons)
 
-    def flag(mask: pd.Series | np.ndarray, reason: str | np.ndarray) -> None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.any():
-            current = reasons[mask]
-            reasons[mask] = np.where(current == "", reason, current + "; " + reason)
-
-    user_id = frame["user_id"].astype("string").str.strip(ID_BLANKS)
-    flag(user_id.isna() | (user_id == ""), "user_id is missing")
-    too_long = (user_id.str.len() > MAX_USER_ID_LENGTH).fillna(False)
-    flag(too_long, f"user_id is longer than {MAX_USER_ID_LENGTH} characters")
-
-    timestamp = _to_utc_naive(frame["timestamp"])
-    raw_ts_missing = frame["timestamp"].isna().to_numpy()
-    flag(raw_ts_missing, "timestamp is missing")
-    flag(timestamp.isna().to_numpy() & ~raw_ts_missing, "timestamp is not ISO-8601")
-
-    event_type = frame["event_type"].astype("string").str.strip().str.lower()
-    bad_type = ~event_type.isin(EVENT_TYPES).fillna(False).to_numpy(dtype=bool)
-    if bad_type.any():
-        shown = event_type.fillna("<missing>").to_numpy(dtype=object)
-        bad_reason = np.array(
-            [f"unknown event_type '{v}' (expected one of {', '.join(EVENT_TYPES)})" for v in shown[bad_type]],
-            dtype=object,
-        )
-        flag(bad_type, bad_reason)
-
-    columns = {}
-    for name, default, maximum in (("amount", 0.0, MAX_AMOUNT), ("quantity", 1.0, MAX_QUANTITY)):
-        if name in frame.columns:
-            raw = frame[name]
-            value = _numeric(raw)
-            raw_missing = (
-                raw.isna().to_numpy() | (raw.astype("string").str.strip() == "").fillna(True).to_numpy()
-            )
-            not_number = value.isna().to_numpy() & ~raw_missing
-            flag(not_number, f"{name} is not a number")
-            finite = np.isfinite(value.to_numpy(dtype="float64", na_value=0.0))
-            flag(~finite, f"{name} is not finite")
-            flag((value < 0).fillna(False).to_numpy(dtype=bool), f"{name} is negative")
-            flag(
-                finite & (value > maximum).fillna(False).to_numpy(dtype=bool), f"{name} is above {maximum:g}"
-            )
-            columns[name] = value.fillna(default).to_numpy(dtype="float64", na_value=default)
-        else:
-            columns[name] = np.full(n, default)
-
-    if "event_id" in frame.columns:
-        event_id = frame["event_id"].astype("string").str.strip()
-        has_id = event_id.notna() & (event_id != "")
-        duplicated = (event_id.duplicated(keep="first") & has_id).to_numpy(dtype=bool)
-        flag(duplicated, "duplicate event_id")
-
-    valid = reasons == ""
+    valid = reasons.valid
     profile_columns = tuple(
         c for c in frame.columns if c not in (*CANONICAL_COLUMNS, "event_id", "source_row")
     )
@@ -168,14 +203,14 @@ def validate_events(
             "user_id": user_id.to_numpy(dtype=object)[valid],
             "timestamp": timestamp.to_numpy()[valid],
             "event_type": event_type.to_numpy(dtype=object)[valid],
-            "amount": columns["amount"][valid],
-            "quantity": columns["quantity"][valid],
+            "amount": amount[valid],
+            "quantity": quantity[valid],
             "source_row": source_row[valid],
         }
     )
     for column in profile_columns:
         events[column] = frame[column].to_numpy()[valid]
-    rejected = pd.DataFrame({"source_row": source_row[~valid], "reason": reasons[~valid]})
+    rejected = pd.DataFrame({"source_row": source_row[~valid], "reason": reasons.text[~valid]})
     return ValidatedEvents(
         events=events.reset_index(drop=True), rejected=rejected, profile_columns=profile_columns
     )

@@ -204,6 +204,214 @@ def _per_user_extreme(index: np.ndarray, values: np.ndarray, n: int, *, largest:
     return out
 
 
+def _finite_or_nan(values: np.ndarray) -> np.ndarray:
+    """±inf (the per-user extreme of no events) -> NaN: undefined, imputed by the spec."""
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+# A static feature: its name and one value per user. Every block below returns these pairs, so a
+# feature's name cannot come apart from its column.
+_StaticColumn = tuple[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _ObservedEvents:
+    """The events that count: of a vocabulary type and strictly before their user's ``as_of``."""
+
+    user: np.ndarray  # int64 index into the users
+    age_days: np.ndarray  # float64, > 0: days before the user's as_of
+    type_code: np.ndarray  # int64 index into the event types
+    amount: np.ndarray  # float64
+    quantity: np.ndarray  # float64
+    timestamp_s: np.ndarray  # float64
+
+
+def _observed_events(events: EventArrays, as_of: np.ndarray, event_types: tuple[str, ...]) -> _ObservedEvents:
+    type_code = np.full(len(events.user_index), -1, dtype=np.int64)
+    for code, t in enumerate(event_types):
+        type_code[events.event_type == t] = code
+    user = np.asarray(events.user_index, dtype=np.int64)
+    age_days = (as_of[user] - events.timestamp_s) / SECONDS_PER_DAY if events.n_users else np.zeros(0)
+    keep = (age_days > 0) & (type_code >= 0)
+    return _ObservedEvents(
+        user=user[keep],
+        age_days=age_days[keep],
+        type_code=type_code[keep],
+        amount=events.amount[keep],
+        quantity=events.quantity[keep],
+        timestamp_s=events.timestamp_s[keep],
+    )
+
+
+def _weekly_tensor(
+    observed: _ObservedEvents,
+    n: int,
+    event_types: tuple[str, ...],
+    weeks: int,
+    first_event_age: np.ndarray,
+) -> np.ndarray:
+    """float64 ``[n, weeks, channels]`` in ``sequence_channel_names`` order: one bincount over
+    (user, week, channel) for the summed channels, then the two flag channels."""
+    W = weeks
+    channels = sequence_channel_names(event_types)
+    C = len(channels)
+    week_back = np.ceil(observed.age_days / 7.0).astype(np.int64) - 1
+    in_window = week_back < W
+    flat_base = (observed.user * W + (W - 1 - week_back)) * C
+    idx_parts: list[np.ndarray] = []
+    weight_parts: list[np.ndarray] = []
+    for code, t in enumerate(event_types):
+        sel = in_window & (observed.type_code == code)
+        base = flat_base[sel]
+        summed = [(f"{t}_count", np.ones(len(base))), (f"{t}_amount", observed.amount[sel])]
+        if t == EVENT_TYPE_ORDER:
+            summed.append((f"{t}_quantity", observed.quantity[sel]))
+        for channel, weights in summed:
+            idx_parts.append(base + channels.index(channel))
+            weight_parts.append(weights)
+    any_idx = flat_base[in_window] + channels.index("any_activity")
+    idx_parts.append(any_idx)
+    weight_parts.append(np.ones(len(any_idx)))
+    seq = np.bincount(
+        np.concatenate(idx_parts), weights=np.concatenate(weight_parts), minlength=n * W * C
+    ).reshape(n, W, C)
+    any_activity = channels.index("any_activity")
+    seq[:, :, any_activity] = np.minimum(seq[:, :, any_activity], 1.0)  # a flag, not a count
+    seq[:, :, channels.index("is_customer")] = _customer_weeks(first_event_age, W)
+    return seq
+
+
+def _customer_weeks(first_event_age: np.ndarray, weeks: int) -> np.ndarray:
+    """``[n, weeks]`` 1.0 from the week of the user's first event on (all 0 for a user without)."""
+    first_week_back = np.where(np.isfinite(first_event_age), np.ceil(first_event_age / 7.0) - 1, -1)
+    weeks_back = np.arange(weeks - 1, -1, -1)
+    return (weeks_back[None, :] <= first_week_back[:, None]).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class _OrderDayGaps:
+    """Per user: distinct UTC order days, and the gaps in days between consecutive ones."""
+
+    n_order_days: np.ndarray
+    count: np.ndarray
+    total: np.ndarray
+    sum_of_squares: np.ndarray
+    last: np.ndarray  # NaN below two order days
+
+
+def _order_day_gaps(user: np.ndarray, timestamp_s: np.ndarray, n: int) -> _OrderDayGaps:
+    """Gaps between order *days*: several orders on one day are one purchase occasion."""
+    day = np.floor(timestamp_s / SECONDS_PER_DAY).astype(np.int64)
+    day_offset = day.min() if len(day) else 0
+    key = np.unique(user * (1 << 24) + (day - day_offset))  # sorted by user, then day
+    k_user, k_day = key >> 24, key & ((1 << 24) - 1)
+    same = k_user[1:] == k_user[:-1]
+    gaps = (k_day[1:] - k_day[:-1])[same].astype(np.float64)
+    g_user = k_user[1:][same]
+    last = np.full(n, np.nan)
+    if len(g_user):
+        is_last = np.r_[g_user[1:] != g_user[:-1], True]
+        last[g_user[is_last]] = gaps[is_last]
+    return _OrderDayGaps(
+        n_order_days=np.bincount(k_user, minlength=n).astype(np.float64),
+        count=np.bincount(g_user, minlength=n).astype(np.float64),
+        total=np.bincount(g_user, weights=gaps, minlength=n),
+        sum_of_squares=np.bincount(g_user, weights=gaps * gaps, minlength=n),
+        last=last,
+    )
+
+
+def _order_columns(
+    observed: _ObservedEvents, n: int, order_code: int, first_event_age: np.ndarray
+) -> list[_StaticColumn]:
+    """Recency, tenure, frequency, spend and inter-purchase times; NaN where a user lacks orders."""
+    is_order = observed.type_code == order_code
+    user, age = observed.user[is_order], observed.age_days[is_order]
+    amount = observed.amount[is_order]
+    last_order_age = _per_user_extreme(user, age, n, largest=False)
+    first_order_age = _per_user_extreme(user, age, n, largest=True)
+    n_orders = np.bincount(user, minlength=n).astype(np.float64)
+    spend = np.bincount(user, weights=amount, minlength=n)
+    items = np.bincount(user, weights=observed.quantity[is_order], minlength=n)
+    max_order = _per_user_extreme(user, amount, n, largest=True)
+    gaps = _order_day_gaps(user, observed.timestamp_s[is_order], n)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recency = _finite_or_nan(last_order_age)
+        first_order = _finite_or_nan(first_order_age)
+        ipt_mean = np.where(gaps.count > 0, gaps.total / gaps.count, np.nan)
+        ipt_var = np.where(gaps.count > 1, gaps.sum_of_squares / gaps.count - ipt_mean**2, np.nan)
+        return [
+            ("recency_days", recency),
+            ("tenure_days", _finite_or_nan(first_event_age)),
+            ("first_order_age_days", first_order),
+            ("n_orders", n_orders),
+            ("n_order_days", gaps.n_order_days),
+            ("total_spend", spend),
+            ("avg_order_value", np.where(n_orders > 0, spend / n_orders, np.nan)),
+            ("max_order_value", _finite_or_nan(max_order)),
+            ("avg_items_per_order", np.where(n_orders > 0, items / n_orders, np.nan)),
+            ("ipt_mean_days", ipt_mean),
+            ("ipt_std_days", np.sqrt(np.clip(ipt_var, 0.0, None))),
+            ("ipt_last_days", gaps.last),
+            ("recency_over_ipt", np.where(gaps.count > 0, recency / np.maximum(ipt_mean, 1.0), np.nan)),
+            ("has_repeat_order", (gaps.n_order_days >= 2).astype(np.float64)),
+            (
+                "order_days_per_week",
+                np.where(
+                    np.isfinite(first_order_age),
+                    gaps.n_order_days / np.maximum(first_order / 7.0, 1.0),
+                    0.0,
+                ),
+            ),
+        ]
+
+
+def _weekly_order_columns(
+    seq: np.ndarray, channels: tuple[str, ...], config: FeatureConfig
+) -> list[_StaticColumn]:
+    """Order activity read off the weekly tensor: active weeks, recent windows, trends, decay."""
+    W, T = config.weeks, config.trend_weeks
+    orders = seq[:, :, channels.index(f"{EVENT_TYPE_ORDER}_count")]
+    spend = seq[:, :, channels.index(f"{EVENT_TYPE_ORDER}_amount")]
+    weeks_back = np.arange(W - 1, -1, -1)
+    return [
+        ("active_weeks", (orders > 0).sum(axis=1).astype(np.float64)),
+        *((f"orders_{k}w", orders[:, W - k :].sum(axis=1)) for k in config.recent_windows),
+        *((f"spend_{k}w", spend[:, W - k :].sum(axis=1)) for k in config.recent_windows),
+        ("order_trend", orders[:, W - T :].sum(axis=1) - orders[:, W - 2 * T : W - T].sum(axis=1)),
+        ("spend_trend", spend[:, W - T :].sum(axis=1) - spend[:, W - 2 * T : W - T].sum(axis=1)),
+        *((f"orders_decay_{h}w", orders @ (0.5 ** (weeks_back / float(h)))) for h in config.decay_half_lives),
+    ]
+
+
+def _event_type_columns(
+    observed: _ObservedEvents,
+    n: int,
+    event_types: tuple[str, ...],
+    seq: np.ndarray,
+    channels: tuple[str, ...],
+    n_orders: np.ndarray,
+) -> list[_StaticColumn]:
+    """Each non-order type's ``TYPE_FEATURE_SUFFIXES``: count, last-4-weeks count, recency, per order."""
+    W = seq.shape[1]
+    columns: list[_StaticColumn] = []
+    for code, t in enumerate(event_types):
+        if t == EVENT_TYPE_ORDER:
+            continue
+        sel = observed.type_code == code
+        count = np.bincount(observed.user[sel], minlength=n).astype(np.float64)
+        last = _per_user_extreme(observed.user[sel], observed.age_days[sel], n, largest=False)
+        values = (
+            count,
+            seq[:, W - 4 :, channels.index(f"{t}_count")].sum(axis=1),
+            _finite_or_nan(last),
+            count / (n_orders + 1.0),
+        )
+        columns += [(f"{t}_{suffix}", v) for suffix, v in zip(TYPE_FEATURE_SUFFIXES, values, strict=True)]
+    return columns
+
+
 def build_raw_features(
     events: EventArrays,
     as_of_s: np.ndarray | float,
@@ -214,145 +422,27 @@ def build_raw_features(
 ) -> RawFeatures:
     """Aggregate events per user into the weekly tensor and the static matrix (vectorised)."""
     n = int(events.n_users)
-    W = config.weeks
     event_types = tuple(event_types)
     if EVENT_TYPE_ORDER not in event_types:
         raise FeatureSpecError(
             "the feature vocabulary must contain 'order' events (churn is defined on orders)"
         )
     as_of = np.broadcast_to(np.asarray(as_of_s, dtype=np.float64), (n,))
-
-    type_code = np.full(len(events.user_index), -1, dtype=np.int64)
-    for code, t in enumerate(event_types):
-        type_code[events.event_type == t] = code
-    user = np.asarray(events.user_index, dtype=np.int64)
-    age_days = (as_of[user] - events.timestamp_s) / SECONDS_PER_DAY if n else np.zeros(0)
-    keep = (age_days > 0) & (type_code >= 0)
-    user, age_days, type_code = user[keep], age_days[keep], type_code[keep]
-    amount, quantity = events.amount[keep], events.quantity[keep]
-    timestamp_s = events.timestamp_s[keep]
-
-    # ---- weekly tensor: one bincount over (user, week, channel) ----
+    observed = _observed_events(events, as_of, event_types)
+    first_event_age = _per_user_extreme(observed.user, observed.age_days, n, largest=True)  # -inf: none
     channels = sequence_channel_names(event_types)
-    C = len(channels)
-    week_back = np.ceil(age_days / 7.0).astype(np.int64) - 1
-    in_window = week_back < W
-    flat_base = (user * W + (W - 1 - week_back)) * C
-    idx_parts, weight_parts = [], []
-    channel = 0
-    for code, t in enumerate(event_types):
-        sel = in_window & (type_code == code)
-        base = flat_base[sel]
-        idx_parts += [base + channel, base + channel + 1]
-        weight_parts += [np.ones(len(base)), amount[sel]]
-        channel += 2
-        if t == EVENT_TYPE_ORDER:
-            idx_parts.append(base + channel)
-            weight_parts.append(quantity[sel])
-            channel += 1
-    any_idx = flat_base[in_window] + channel
-    idx_parts.append(any_idx)
-    weight_parts.append(np.ones(len(any_idx)))
-    seq = np.bincount(
-        np.concatenate(idx_parts), weights=np.concatenate(weight_parts), minlength=n * W * C
-    ).reshape(n, W, C)
-    seq[:, :, channel] = np.minimum(seq[:, :, channel], 1.0)  # any_activity is a flag
+    seq = _weekly_tensor(observed, n, event_types, config.weeks, first_event_age)
 
-    first_event_age = _per_user_extreme(user, age_days, n, largest=True)  # -inf: no events
-    first_week_back = np.where(np.isfinite(first_event_age), np.ceil(first_event_age / 7.0) - 1, -1)
-    weeks_back = np.arange(W - 1, -1, -1)
-    seq[:, :, channel + 1] = (weeks_back[None, :] <= first_week_back[:, None]).astype(np.float64)
-
-    # ---- static features ----
     order_code = event_types.index(EVENT_TYPE_ORDER)
-    is_order = type_code == order_code
-    o_user, o_age = user[is_order], age_days[is_order]
-    o_amount, o_qty = amount[is_order], quantity[is_order]
-
-    last_order_age = _per_user_extreme(o_user, o_age, n, largest=False)
-    first_order_age = _per_user_extreme(o_user, o_age, n, largest=True)
-    n_orders = np.bincount(o_user, minlength=n).astype(np.float64)
-    spend = np.bincount(o_user, weights=o_amount, minlength=n)
-    items = np.bincount(o_user, weights=o_qty, minlength=n)
-    max_order = _per_user_extreme(o_user, o_amount, n, largest=True)
-
-    # Distinct UTC order days per user -> inter-purchase times in days.
-    o_day = np.floor(timestamp_s[is_order] / SECONDS_PER_DAY).astype(np.int64)
-    day_offset = o_day.min() if len(o_day) else 0
-    key = np.unique(o_user * (1 << 24) + (o_day - day_offset))
-    k_user, k_day = key >> 24, key & ((1 << 24) - 1)
-    n_order_days = np.bincount(k_user, minlength=n).astype(np.float64)
-    same = k_user[1:] == k_user[:-1]
-    gaps = (k_day[1:] - k_day[:-1])[same].astype(np.float64)
-    g_user = k_user[1:][same]
-    g_count = np.bincount(g_user, minlength=n).astype(np.float64)
-    g_sum = np.bincount(g_user, weights=gaps, minlength=n)
-    g_sq = np.bincount(g_user, weights=gaps * gaps, minlength=n)
-    ipt_last = np.full(n, np.nan)
-    if len(g_user):
-        is_last = np.r_[g_user[1:] != g_user[:-1], True]
-        ipt_last[g_user[is_last]] = gaps[is_last]
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        recency = np.where(np.isfinite(last_order_age), last_order_age, np.nan)
-        tenure = np.where(np.isfinite(first_event_age), first_event_age, np.nan)
-        first_order = np.where(np.isfinite(first_order_age), first_order_age, np.nan)
-        avg_order_value = np.where(n_orders > 0, spend / n_orders, np.nan)
-        avg_items = np.where(n_orders > 0, items / n_orders, np.nan)
-        max_order = np.where(np.isfinite(max_order), max_order, np.nan)
-        ipt_mean = np.where(g_count > 0, g_sum / g_count, np.nan)
-        ipt_var = np.where(g_count > 1, g_sq / g_count - ipt_mean**2, np.nan)
-        ipt_std = np.sqrt(np.clip(ipt_var, 0.0, None))
-        recency_over_ipt = np.where(g_count > 0, recency / np.maximum(ipt_mean, 1.0), np.nan)
-        order_days_per_week = np.where(
-            np.isfinite(first_order_age), n_order_days / np.maximum(first_order / 7.0, 1.0), 0.0
-        )
-
-    o_ch = channels.index(f"{EVENT_TYPE_ORDER}_count")
-    weekly_orders = seq[:, :, o_ch]
-    weekly_spend = seq[:, :, o_ch + 1]
-    columns: list[np.ndarray] = [
-        recency,
-        tenure,
-        first_order,
-        n_orders,
-        n_order_days,
-        spend,
-        avg_order_value,
-        max_order,
-        avg_items,
-        ipt_mean,
-        ipt_std,
-        ipt_last,
-        recency_over_ipt,
-        (n_order_days >= 2).astype(np.float64),
-        order_days_per_week,
-        (weekly_orders > 0).sum(axis=1).astype(np.float64),
+    columns = [
+        *_order_columns(observed, n, order_code, first_event_age),
+        *_weekly_order_columns(seq, channels, config),
     ]
-    columns += [weekly_orders[:, W - k :].sum(axis=1) for k in config.recent_windows]
-    columns += [weekly_spend[:, W - k :].sum(axis=1) for k in config.recent_windows]
-    T = config.trend_weeks
-    columns.append(weekly_orders[:, W - T :].sum(axis=1) - weekly_orders[:, W - 2 * T : W - T].sum(axis=1))
-    columns.append(weekly_spend[:, W - T :].sum(axis=1) - weekly_spend[:, W - 2 * T : W - T].sum(axis=1))
-    for h in config.decay_half_lives:
-        decay = 0.5 ** (weeks_back / float(h))
-        columns.append(weekly_orders @ decay)
-    for code, t in enumerate(event_types):
-        if t == EVENT_TYPE_ORDER:
-            continue
-        sel = type_code == code
-        count = np.bincount(user[sel], minlength=n).astype(np.float64)
-        t_ch = channels.index(f"{t}_count")
-        last = _per_user_extreme(user[sel], age_days[sel], n, largest=False)
-        columns += [
-            count,
-            seq[:, W - 4 :, t_ch].sum(axis=1),
-            np.where(np.isfinite(last), last, np.nan),
-            count / (n_orders + 1.0),
-        ]
-    static = np.column_stack(columns) if n else np.zeros((0, len(columns)))
-    names = static_feature_names(event_types, config)
-    assert static.shape[1] == len(names), (static.shape, len(names))
+    n_orders = dict(columns)["n_orders"]
+    columns += _event_type_columns(observed, n, event_types, seq, channels, n_orders)
+    names = tuple(name for name, _ in columns)
+    assert names == static_feature_names(event_types, config), "static_feature_names is out of date"
+    static = np.column_stack([c for _, c in columns]) if n else np.zeros((0, len(columns)))
     return RawFeatures(
         sequence=seq.astype(np.float32),
         sequence_channels=channels,
@@ -600,6 +690,91 @@ def _to_float(values: np.ndarray | None, n: int) -> np.ndarray:
         return out
 
 
+def _fit_sequence_scaling(sequence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of log1p weekly values over every (user, week)."""
+    seq = np.log1p(np.clip(sequence.astype(np.float64), 0.0, None)).reshape(-1, sequence.shape[2])
+    std = seq.std(axis=0)
+    return seq.mean(axis=0), np.where(std > 1e-6, std, 1.0)
+
+
+@dataclass(frozen=True)
+class _StaticFit:
+    impute: np.ndarray
+    clip_low: np.ndarray
+    clip_high: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def _fit_static(static: np.ndarray, names: Sequence[str], clip_quantiles: tuple[float, float]) -> _StaticFit:
+    """Clip bounds, imputation and scaling of the transformed (``_apply_kind``) static features."""
+    with warnings.catch_warnings():  # a feature undefined for every customer is expected (e.g. no repeats)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low = np.nanquantile(static, clip_quantiles[0], axis=0)
+        high = np.nanquantile(static, clip_quantiles[1], axis=0)
+        median = np.nanmedian(static, axis=0)
+    all_nan = np.isnan(median)
+    low, high, median = (np.where(all_nan, 0.0, a) for a in (low, high, median))
+    impute = np.array(
+        [high[j] if name.endswith(_IMPUTE_HIGH_SUFFIX) else median[j] for j, name in enumerate(names)]
+    )
+    filled = np.clip(np.where(np.isnan(static), impute, static), low, high)
+    std = filled.std(axis=0)
+    return _StaticFit(
+        impute=impute,
+        clip_low=low,
+        clip_high=high,
+        mean=filled.mean(axis=0),
+        std=np.where(std > 1e-9, std, 1.0),
+    )
+
+
+def _fit_numeric_profile(
+    as_float: np.ndarray, parsed: np.ndarray, clip_quantiles: tuple[float, float]
+) -> dict[str, float]:
+    """Median imputation, clip bounds and scaling of one numeric profile column."""
+    x = as_float[parsed]
+    lo, hi = np.quantile(x, clip_quantiles)
+    med = float(np.median(x))
+    clipped = np.clip(np.where(np.isnan(as_float), med, as_float), lo, hi)
+    return {
+        "median": med,
+        "low": float(lo),
+        "high": float(hi),
+        "mean": float(clipped.mean()),
+        "std": float(clipped.std()) if clipped.std() > 1e-9 else 1.0,
+    }
+
+
+def _fit_vocabulary(present_labels: np.ndarray, max_categories: int, min_category_count: int) -> list[str]:
+    """The most frequent categories (ties: first in sorted order), then the other/missing buckets."""
+    names, counts = np.unique(present_labels.astype(str), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    vocab = [str(names[i]) for i in order if counts[i] >= min_category_count][:max_categories]
+    return [*vocab, OTHER_CATEGORY, MISSING_CATEGORY]
+
+
+def _fit_profile(
+    profile: Mapping[str, np.ndarray],
+    clip_quantiles: tuple[float, float],
+    max_categories: int,
+    min_category_count: int,
+) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
+    """Each profile column becomes numeric or categorical: ``(categorical vocabularies, numeric stats)``."""
+    categorical: dict[str, list[str]] = {}
+    numeric: dict[str, dict[str, float]] = {}
+    for column, values in sorted(profile.items()):
+        as_float = _to_float(values, len(values))
+        labels = _category_labels(values)
+        non_missing = labels != MISSING_CATEGORY
+        parsed = np.isfinite(as_float) & non_missing
+        if non_missing.any() and parsed.sum() >= NUMERIC_PROFILE_SHARE * non_missing.sum():
+            numeric[column] = _fit_numeric_profile(as_float, parsed, clip_quantiles)
+        else:
+            categorical[column] = _fit_vocabulary(labels[non_missing], max_categories, min_category_count)
+    return categorical, numeric
+
+
 def fit_feature_spec(
     raw: RawFeatures,
     *,
@@ -613,56 +788,10 @@ def fit_feature_spec(
     """Fit imputation, clip bounds, scaling and vocabularies on *training* customers only."""
     if raw.n_users == 0:
         raise FeatureSpecError("cannot fit a feature spec on zero customers")
-    seq = np.log1p(np.clip(raw.sequence.astype(np.float64), 0.0, None)).reshape(-1, raw.sequence.shape[2])
-    seq_mean = seq.mean(axis=0)
-    seq_std = seq.std(axis=0)
-    seq_std = np.where(seq_std > 1e-6, seq_std, 1.0)
-
+    seq_mean, seq_std = _fit_sequence_scaling(raw.sequence)
     kinds = tuple(_static_transform_kind(n) for n in raw.static_names)
-    static = _apply_kind(raw.static, kinds)
-    with warnings.catch_warnings():  # a feature undefined for every customer is expected (e.g. no repeats)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low = np.nanquantile(static, clip_quantiles[0], axis=0)
-        high = np.nanquantile(static, clip_quantiles[1], axis=0)
-        median = np.nanmedian(static, axis=0)
-    all_nan = np.isnan(median)
-    low, high, median = (np.where(all_nan, 0.0, a) for a in (low, high, median))
-    impute = np.array(
-        [
-            high[j] if name.endswith(_IMPUTE_HIGH_SUFFIX) else median[j]
-            for j, name in enumerate(raw.static_names)
-        ]
-    )
-    filled = np.clip(np.where(np.isnan(static), impute, static), low, high)
-    mean = filled.mean(axis=0)
-    std = filled.std(axis=0)
-    std = np.where(std > 1e-9, std, 1.0)
-
-    categorical: dict[str, list[str]] = {}
-    numeric: dict[str, dict[str, float]] = {}
-    for column, values in sorted(raw.profile.items()):
-        as_float = _to_float(values, len(values))
-        labels = _category_labels(values)
-        non_missing = labels != MISSING_CATEGORY
-        parsed = np.isfinite(as_float) & non_missing
-        if non_missing.any() and parsed.sum() >= NUMERIC_PROFILE_SHARE * non_missing.sum():
-            x = as_float[parsed]
-            lo, hi = np.quantile(x, clip_quantiles)
-            med = float(np.median(x))
-            clipped = np.clip(np.where(np.isnan(as_float), med, as_float), lo, hi)
-            numeric[column] = {
-                "median": med,
-                "low": float(lo),
-                "high": float(hi),
-                "mean": float(clipped.mean()),
-                "std": float(clipped.std()) if clipped.std() > 1e-9 else 1.0,
-            }
-        else:
-            names, counts = np.unique(labels[non_missing].astype(str), return_counts=True)
-            order = np.argsort(-counts, kind="stable")
-            vocab = [str(names[i]) for i in order if counts[i] >= min_category_count][:max_categories]
-            categorical[column] = [*vocab, OTHER_CATEGORY, MISSING_CATEGORY]
-
+    static = _fit_static(_apply_kind(raw.static, kinds), raw.static_names, clip_quantiles)
+    categorical, numeric = _fit_profile(raw.profile, clip_quantiles, max_categories, min_category_count)
     spec = FeatureSpec(
         config=config,
         event_types=tuple(event_types),
@@ -671,11 +800,11 @@ def fit_feature_spec(
         sequence_std=seq_std,
         static_names=raw.static_names,
         static_kind=kinds,
-        static_impute=impute,
-        static_clip_low=low,
-        static_clip_high=high,
-        static_mean=mean,
-        static_std=std,
+        static_impute=static.impute,
+        static_clip_low=static.clip_low,
+        static_clip_high=static.clip_high,
+        static_mean=static.mean,
+        static_std=static.std,
         profile_categorical=categorical,
         profile_numeric=numeric,
         fitted_on=dict(fitted_on or {}),
