@@ -12,24 +12,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from churnguard import aws
-from churnguard.admission import MemoryModel
-from churnguard.batch import process_s3_object
+from churnguard.batch import BatchSummary, process_s3_object
 from churnguard.idempotency import LedgeredPublisher, PromotionsNotSentError
-from churnguard.model_provider import ModelProvider, provider_from_settings
-from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult, SqsPromotionsPublisher
+from churnguard.promotions import PublishResult
 from churnguard.scoring import ReasonsFor
-from churnguard.settings import ServingSettings, SettingsError
+from churnguard.wiring import BatchRuntime, batch_runtime
 
 SERVICE = "churnguard-batch-score"
 logger = Logger(service=SERVICE)
@@ -41,60 +38,16 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 INCOMING_PREFIX = "incoming/"
 
 
-@dataclass(frozen=True)
-class Runtime:
-    settings: ServingSettings
-    models: ModelProvider
-    publisher: PromotionsPublisher | None
-    policy: PromotionPolicy
-    s3: Any
-    idempotency: Any = None  # IdempotencyConfig when a table is configured
-    process: Any = None  # (bucket, key, etag) -> the loggable summary (counts, categories)
-
-
 def _model_event(name: str, details: dict[str, Any]) -> None:
     metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
     logger.info(name, extra=details)
 
 
 @functools.cache
-def runtime() -> Runtime:
-    settings = ServingSettings.from_env()
-    memory = MemoryModel(budget_mb=settings.batch_memory_mb)
-    if memory.usable_mb <= memory.base_mb:  # every file would be refused: say so at cold start
-        raise SettingsError(
-            f"AWS_LAMBDA_FUNCTION_MEMORY_SIZE={settings.batch_memory_mb:g} MB leaves no memory for data "
-            f"after the runtime's {memory.base_mb:.0f} MB: give the batch function at least "
-            f"{2 * memory.base_mb / memory.headroom:.0f} MB"
-        )
-    models = provider_from_settings(settings, on_event=_model_event, budget=aws.BATCH)
-    publisher = (
-        SqsPromotionsPublisher(aws.client("sqs", aws.BATCH), settings.promotions_queue_url)
-        if settings.promotions_queue_url
-        else None
-    )
-    policy = settings.promotion_policy()
-    idempotency = None
-    if settings.idempotency_table and publisher is not None:
-        from churnguard.idempotency import LedgeredPublisher, SentLedger
-
-        publisher = LedgeredPublisher(
-            publisher, SentLedger(aws.client("dynamodb", aws.BATCH), settings.idempotency_table)
-        )
-    rt = Runtime(settings, models, publisher, policy, aws.client("s3", aws.BATCH))
-    process = lambda bucket, key, etag: _score_object(rt, bucket, key)  # noqa: E731
-    if settings.idempotency_table:
-        from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
-
-        from churnguard.idempotency import idempotency_config, once_per_object
-
-        idempotency = idempotency_config("[bucket, key, etag]")
-        process = once_per_object(
-            lambda bucket, key: _score_object(rt, bucket, key),
-            DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto_config=aws.BATCH.config()),
-            idempotency,
-        )
-    return Runtime(settings, models, publisher, policy, rt.s3, idempotency, process)
+def runtime() -> BatchRuntime:
+    """Cold-start wiring (``churnguard.wiring``), built once per container; each object goes to
+    ``_score_object`` (looked up per call), once per object version with an idempotency table."""
+    return batch_runtime(lambda rt, bucket, key: _score_object(rt, bucket, key), on_model_event=_model_event)
 
 
 def s3_objects(notification: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -118,16 +71,16 @@ def score_object(bucket: str, key: str, etag: str) -> None:
 
 
 @tracer.capture_method(capture_response=False)  # a segment per file: read, score, publish, write
-def _score_object(rt: Runtime, bucket: str, key: str) -> dict[str, Any]:
+def _score_object(rt: BatchRuntime, bucket: str, key: str) -> dict[str, Any]:
     summary = process_s3_object(
-        rt.s3,
+        rt.store,
         bucket,
         key,
         rt.models.current(),
         policy=rt.policy,
         publisher=rt.publisher,
         reasons_for=ReasonsFor(rt.settings.batch_reasons),
-        memory=MemoryModel(budget_mb=rt.settings.batch_memory_mb),
+        memory=rt.memory,
         max_object_bytes=rt.settings.batch_max_object_bytes,
     )
     metrics.add_metric(name="BatchRowsIn", unit=MetricUnit.Count, value=summary.rows_in)
@@ -172,7 +125,7 @@ LOGGED_SUMMARY_FIELDS = (
 )
 
 
-def _loggable(summary: Any, key: str) -> dict[str, Any]:
+def _loggable(summary: BatchSummary, key: str) -> dict[str, Any]:
     fields = {name: getattr(summary, name) for name in LOGGED_SUMMARY_FIELDS}
     return {
         **fields,
@@ -198,7 +151,7 @@ def record_handler(record: SQSRecord) -> None:
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     rt = runtime()
     if rt.idempotency is not None:
         rt.idempotency.register_lambda_context(context)

@@ -18,6 +18,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard import aws
+from churnguard.adapters import S3ObjectStore, SsmParameterStore
 from churnguard.bundle import ModelBundle
 from churnguard.champion import (
     GateDecision,
@@ -27,7 +28,8 @@ from churnguard.champion import (
     files_from_tarball,
     validate_challenger,
 )
-from churnguard.model_store import ModelPointer, download_model_files, publish_model
+from churnguard.model_store import ModelPointer, download_model_files, publish
+from churnguard.ports import ObjectStore, ParameterStore
 from churnguard.scorer import ModelLoadError
 from churnguard.settings import GateSettings
 
@@ -35,7 +37,7 @@ SERVICE = "churnguard-promote"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 # The gate's evaluation as its own trace segment (the domain code stays free of Powertools).
-_decide = tracer.capture_method(decide, capture_response=False)
+_decide = tracer.capture_method(capture_response=False)(decide)
 metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
 
 
@@ -44,28 +46,29 @@ class Runtime:
     bucket: str
     pointer: str
     policy: GatePolicy
-    s3: Any
-    ssm: Any
+    store: ObjectStore
+    parameters: ParameterStore
 
 
 @functools.cache
 def runtime() -> Runtime:
+    """Cold-start wiring: settings validated once, adapters built once per container."""
     settings = GateSettings.from_env()
     policy = GatePolicy(settings.max_auc_drop, settings.max_log_loss_increase, settings.min_holdout_customers)
     return Runtime(
         settings.data_bucket,
         settings.model_pointer_parameter,
         policy,
-        aws.client("s3", aws.CONTROL),
-        aws.client("ssm", aws.CONTROL),
+        S3ObjectStore(aws.client("s3", aws.CONTROL)),
+        SsmParameterStore(aws.client("ssm", aws.CONTROL)),
     )
 
 
 @tracer.capture_method(capture_response=False)
 def _champion(rt: Runtime) -> ModelBundle | None:
     try:
-        pointer = ModelPointer.parse(rt.ssm.get_parameter(Name=rt.pointer)["Parameter"]["Value"])
-        return ModelBundle.from_files(download_model_files(rt.s3, pointer, "model.tflite"))
+        pointer = ModelPointer.parse(rt.parameters.get(rt.pointer))
+        return ModelBundle.from_files(download_model_files(rt.store, pointer, "model.tflite"))
     except ModelLoadError as exc:  # a fresh stack's placeholder pointer, or an unreadable champion
         logger.warning("no usable champion", extra={"reason": str(exc)})
         return None
@@ -75,11 +78,11 @@ def _champion(rt: Runtime) -> ModelBundle | None:
 def _record(rt: Runtime, decision: GateDecision, job: str) -> dict[str, Any]:
     body = {"training_job": job, **decision.to_dict()}
     name = decision.challenger_version or job
-    rt.s3.put_object(
-        Bucket=rt.bucket,
-        Key=f"model-decisions/{name}.json",
-        Body=json.dumps(body, indent=2).encode(),
-        ContentType="application/json",
+    rt.store.put_bytes(
+        rt.bucket,
+        f"model-decisions/{name}.json",
+        json.dumps(body, indent=2).encode(),
+        content_type="application/json",
     )
     metrics.add_metric(
         name="ChallengerAccepted" if decision.accepted else "ChallengerRejected",
@@ -102,17 +105,19 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     rt = runtime()
     artifact = urlparse(detail["ModelArtifacts"]["S3ModelArtifacts"])
     try:
-        content = rt.s3.get_object(Bucket=artifact.netloc, Key=artifact.path.lstrip("/"))["Body"].read()
+        content = rt.store.get_bytes(artifact.netloc, artifact.path.lstrip("/"))
         files = files_from_tarball(content)
         challenger = validate_challenger(files)
-    except (ModelLoadError, rt.s3.exceptions.NoSuchKey) as exc:
+    except (ModelLoadError, *aws.aws_errors()) as exc:
+        if not isinstance(exc, ModelLoadError) and aws.error_code(exc) != "NoSuchKey":
+            raise  # any other AWS error fails the invocation, as before: no decision recorded
         return _record(rt, GateDecision(False, None, None, reasons=[f"challenger refused: {exc}"]), job)
-    decision = _decide(challenger, _champion(rt), Holdout.from_s3(rt.s3, rt.bucket), rt.policy)
+    decision = _decide(challenger, _champion(rt), Holdout.from_s3(rt.store, rt.bucket), rt.policy)
     if decision.accepted:
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
-            publish_model(
-                tmp, s3_client=rt.s3, ssm_client=rt.ssm, bucket=rt.bucket, parameter_name=rt.pointer
+            publish(
+                tmp, store=rt.store, parameters=rt.parameters, bucket=rt.bucket, parameter_name=rt.pointer
             )
     return _record(rt, decision, job)

@@ -14,7 +14,6 @@ import datetime as dt
 import functools
 import json
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -26,28 +25,18 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from churnguard import aws
 from churnguard.api import DuplicateCustomerError, ScoreRequest, ScoreResponse, model_summary, score_request
-from churnguard.model_provider import ModelProvider, ModelUnavailableError, provider_from_settings
-from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
-from churnguard.settings import ServingSettings
+from churnguard.model_provider import ModelUnavailableError
+from churnguard.promotions import SqsPromotionsPublisher  # noqa: F401 (tests patch the class built at cold start)
+from churnguard.wiring import ApiRuntime, api_runtime
 
 SERVICE = "churnguard-score-api"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 # Scoring as its own trace segment (features, model, reasons, promotions); domain code has no Powertools.
-_score_request = tracer.capture_method(score_request, capture_response=False)
+_score_request = tracer.capture_method(capture_response=False)(score_request)
 metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
 app = APIGatewayRestResolver(enable_validation=True)
-
-
-@dataclass(frozen=True)
-class Runtime:
-    settings: ServingSettings
-    models: ModelProvider
-    publisher: PromotionsPublisher | None
-    policy: PromotionPolicy
-    idempotency: Any = None  # IdempotencyConfig when a table is configured
 
 
 def _model_event(name: str, details: dict[str, Any]) -> None:
@@ -56,32 +45,10 @@ def _model_event(name: str, details: dict[str, Any]) -> None:
 
 
 @functools.cache
-def runtime() -> Runtime:
-    """Cold-start wiring: settings validated once, adapters built once per container."""
-    settings = ServingSettings.from_env()
-    models = provider_from_settings(settings, on_event=_model_event, budget=aws.API)
-    publisher = None
-    if settings.promotions_queue_url:
-        publisher = SqsPromotionsPublisher(aws.client("sqs", aws.API), settings.promotions_queue_url)
-    idempotency = None
-    if publisher is not None and settings.idempotency_table:
-        from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
-
-        from churnguard.idempotency import (
-            IdempotentPublisher,
-            LedgeredPublisher,
-            SentLedger,
-            idempotency_config,
-        )
-
-        idempotency = idempotency_config("@")  # the sorted list of message idempotency keys
-        persistence = DynamoDBPersistenceLayer(
-            table_name=settings.idempotency_table, boto_config=aws.API.config()
-        )
-        ledger = SentLedger(aws.client("dynamodb", aws.API), settings.idempotency_table)
-        publisher = IdempotentPublisher(LedgeredPublisher(publisher, ledger), persistence, idempotency)
-    policy = settings.promotion_policy()
-    return Runtime(settings, models, publisher, policy, idempotency)
+def runtime() -> ApiRuntime:
+    """Cold-start wiring (``churnguard.wiring``): settings validated once, adapters built once per
+    container."""
+    return api_runtime(on_model_event=_model_event)
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:

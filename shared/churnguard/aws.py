@@ -3,12 +3,22 @@
 botocore's defaults (60 s connect and read timeouts, legacy retries) let one unreachable endpoint
 outlast the scoring API's 10 s timeout. Every client the functions create comes from here, with
 the standard retry mode (exponential backoff with jitter, throttling and transient errors only).
+The clients are typed with the ``mypy_boto3_*`` stubs for the type checker only (the Lambda
+packages have no stubs); the domain reaches them through ``churnguard.adapters``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+if TYPE_CHECKING:
+    from botocore.config import Config
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_ssm import SSMClient
 
 
 @dataclass(frozen=True)
@@ -17,7 +27,7 @@ class ClientBudget:
     read_timeout_s: float
     max_attempts: int  # including the first call
 
-    def config(self) -> Any:
+    def config(self) -> Config:
         from botocore.config import Config
 
         return Config(
@@ -37,10 +47,21 @@ BATCH = ClientBudget(connect_timeout_s=3.0, read_timeout_s=60.0, max_attempts=5)
 CONTROL = ClientBudget(connect_timeout_s=2.0, read_timeout_s=10.0, max_attempts=3)
 
 
+@overload
+def client(service: Literal["s3"], budget: ClientBudget) -> S3Client: ...
+@overload
+def client(service: Literal["sqs"], budget: ClientBudget) -> SQSClient: ...
+@overload
+def client(service: Literal["ssm"], budget: ClientBudget) -> SSMClient: ...
+@overload
+def client(service: Literal["dynamodb"], budget: ClientBudget) -> DynamoDBClient: ...
+@overload
+def client(service: str, budget: ClientBudget) -> Any: ...  # services without stubs here (sagemaker)
 def client(service: str, budget: ClientBudget) -> Any:
     import boto3
 
-    return boto3.client(service, config=budget.config())
+    make: Callable[..., Any] = boto3.client
+    return make(service, config=budget.config())
 
 
 def aws_errors() -> tuple[type[BaseException], ...]:
@@ -48,3 +69,13 @@ def aws_errors() -> tuple[type[BaseException], ...]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     return (ClientError, BotoCoreError)
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The AWS error code an error answer carried (``NoSuchKey``, ``ThrottlingException``, ...);
+    None for anything else (timeouts and resets carry no answer)."""
+    answer = getattr(exc, "response", None)
+    if not isinstance(answer, dict):
+        return None
+    code = answer.get("Error", {}).get("Code")
+    return str(code) if code else None

@@ -11,6 +11,10 @@ Memory: the file is read in chunks of ``chunk_rows``; only the compact event col
 
 ``as_of`` per file: the ``as-of`` object metadata if present, else the UTC day after the latest event
 in the file (a file is a snapshot export up to its last event).
+
+Objects are read and written through the ``ObjectStore`` port (``churnguard.ports``; S3 in the
+function). Its adapters pass botocore's errors through unchanged, which ``FILE_ERRORS`` and
+``_reraise_transient`` rely on: a bad file ends in a summary, a transient AWS error propagates.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import zlib
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
@@ -51,8 +55,9 @@ from churnguard.events import (
     validate_events,
 )
 from churnguard.features import ID_BLANKS, EventArrays
+from churnguard.ports import ObjectStore, ReadableStream
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
-from churnguard.scoring import ReasonsFor, score_customers
+from churnguard.scoring import ReasonsFor, ScoredBatch, score_customers
 from churnguard.tabular import to_epoch_seconds
 
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -158,7 +163,7 @@ def file_stem(key: str) -> str:
 
 
 def iter_chunks(
-    source: bytes | BinaryIO,
+    source: bytes | ReadableStream,
     key: str,
     chunk_rows: int,
     *,
@@ -174,13 +179,13 @@ def iter_chunks(
     are tokenised but never held: a file with thousands of extra columns costs no memory for them).
     """
     usecols = None if columns is None else _ColumnFilter(frozenset(columns))
-    stream: BinaryIO = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    stream: ReadableStream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     lower = key.lower()
     if lower.endswith(".parquet"):
         yield from _parquet_chunks(stream, chunk_rows, memory, usecols)
         return
     if lower.endswith(".csv.gz"):
-        stream = gzip.GzipFile(fileobj=stream)
+        stream = gzip.GzipFile(fileobj=stream)  # type: ignore[call-overload]  # read only: never seeks
     elif not lower.endswith(".csv"):
         raise EventLogError(f"unsupported file type {key!r}: expected {', '.join(SUPPORTED_SUFFIXES)}")
     stream = io.BufferedReader(_LineLengthLimit(stream, MAX_LINE_BYTES), buffer_size=1024**2)
@@ -206,7 +211,7 @@ class _LineLengthLimit(io.RawIOBase):
     Lines of a few MB (long ids, wide profiles) still pass and get row-level reasons.
     """
 
-    def __init__(self, inner: BinaryIO, limit: int) -> None:
+    def __init__(self, inner: ReadableStream, limit: int) -> None:
         self.inner, self.limit, self.run = inner, limit, 0
 
     def readable(self) -> bool:
@@ -239,7 +244,8 @@ class _ColumnFilter:
     """``usecols`` for pandas that also remembers the file's own header, for the error message."""
 
     def __init__(self, wanted: frozenset[str]) -> None:
-        self.wanted, self.header = wanted, []
+        self.wanted: frozenset[str] = wanted
+        self.header: list[str] = []
 
     def __call__(self, name: str) -> bool:
         self.header.append(name)
@@ -262,7 +268,7 @@ def _with_header_check(
 
 
 def _parquet_chunks(
-    stream: BinaryIO, chunk_rows: int, memory: MemoryModel | None, usecols: Any = None
+    stream: ReadableStream, chunk_rows: int, memory: MemoryModel | None, usecols: _ColumnFilter | None = None
 ) -> Iterator[pd.DataFrame]:
     """Parquet needs random access and an untrusted decoder: the object is spooled to a file
     (Lambda: /tmp, sized by EphemeralStorage) and converted to CSV by a limited child process
@@ -310,7 +316,7 @@ TYPE_NAMES = np.array(EVENT_TYPES, dtype=object)
 
 
 def score_file(
-    body: bytes | BinaryIO,
+    body: bytes | ReadableStream,
     key: str,
     bundle: ModelBundle,
     *,
@@ -336,43 +342,8 @@ def score_file(
     if rejects is not None:
         rejects.write("source_row,reason\n")
     acc = _Accumulator()
-    profile_columns = [*bundle.spec.profile_categorical, *bundle.spec.profile_numeric]
     try:
-        row = 1
-        for chunk in iter_chunks(body, key, chunk_rows, memory=memory, columns=read_columns(bundle, key)):
-            if SOURCE_ROW in chunk.columns:  # a part of a split file: keep the original row numbers
-                numbers = pd.to_numeric(chunk[SOURCE_ROW], errors="raise").to_numpy(dtype=np.int64)
-                validated = validate_events(chunk.drop(columns=SOURCE_ROW), row_numbers=numbers)
-            else:
-                validated = validate_events(chunk, first_row_number=row)
-            row += len(chunk)
-            summary.rows_in += validated.rows_in
-            summary.rows_rejected += len(validated.rejected)
-            if len(validated.rejected) and rejects is not None:
-                validated.rejected.to_csv(rejects, header=False, index=False)
-            events = validated.events
-            acc.events += len(events)
-            local_codes, uniques = pd.factorize(events["user_id"])
-            # Only this chunk's distinct customers go through the dict; rows map vectorised.
-            to_global = np.array([acc.user_ids.setdefault(u, len(acc.user_ids)) for u in uniques], np.int64)
-            if not memory.fits(acc.events, len(acc.user_ids), summary.rows_rejected):
-                predicted = memory.predicted_peak_mb(acc.events, len(acc.user_ids), summary.rows_rejected)
-                raise FileTooLargeError(
-                    f"after {summary.rows_in:,} rows the file needs ~{predicted:,.0f} MB, more than the "
-                    f"{memory.usable_mb:,.0f} MB this invocation may use",
-                    rows_read=summary.rows_in,
-                    events=acc.events,
-                    customers=len(acc.user_ids),
-                    rejected=summary.rows_rejected,
-                )
-            acc.user_codes.append(to_global[local_codes])
-            acc.timestamps.append(to_epoch_seconds(events["timestamp"].to_numpy()))
-            acc.types.append(events["event_type"].map(TYPE_CODES).to_numpy(dtype=np.int8))
-            acc.amounts.append(events["amount"].to_numpy(dtype=np.float32))
-            acc.quantities.append(events["quantity"].to_numpy(dtype=np.float32))
-            for column in (c for c in profile_columns if c in events.columns):
-                _merge_latest(acc.profile_latest, column, events[["user_id", "timestamp", column]])
-        summary.rows_used = acc.events
+        _read_events(acc, summary, body, key, bundle, rejects=rejects, chunk_rows=chunk_rows, memory=memory)
     except FileTooLargeError:
         raise
     except FILE_ERRORS as exc:
@@ -382,6 +353,7 @@ def score_file(
         summary.error_type = type(exc).__name__
         summary.duration_s = round(time.perf_counter() - started, 3)
         return BatchResult(summary, None)
+    summary.rows_used = acc.events
 
     if acc.events == 0:
         summary.status = "failed" if summary.rows_in == 0 else "ok"
@@ -390,85 +362,265 @@ def score_file(
         summary.duration_s = round(time.perf_counter() - started, 3)
         return BatchResult(summary, _empty_scored())
 
-    user_codes = np.concatenate(acc.user_codes)
-    timestamps = np.concatenate(acc.timestamps)
-    types = np.concatenate(acc.types)
-    amounts = np.concatenate(acc.amounts).astype(np.float64)
-    quantities = np.concatenate(acc.quantities).astype(np.float64)
-    user_ids = np.empty(len(acc.user_ids), dtype=object)
-    user_ids[list(acc.user_ids.values())] = list(acc.user_ids.keys())
-    del acc.user_codes, acc.timestamps, acc.types, acc.amounts, acc.quantities
-
-    if as_of is None:
-        as_of_ts = pd.Timestamp(dt.datetime.fromtimestamp(timestamps.max(), dt.UTC).date()) + pd.Timedelta(
-            days=1
-        )
-    else:
-        as_of_ts = pd.Timestamp(as_of)
-        if as_of_ts.tzinfo is not None:
-            as_of_ts = as_of_ts.tz_convert("UTC").tz_localize(None)
-    summary.as_of = as_of_ts.isoformat()
-    as_of_s = to_epoch_seconds(as_of_ts)
-    as_of_day = as_of_ts.date().isoformat()
-
-    profile: dict[str, np.ndarray] = {}
-    for column, latest in acc.profile_latest.items():
-        values = latest.set_index("user_id")[column].reindex(user_ids).to_numpy(dtype=object)
-        profile[column] = np.where(pd.isna(values), None, values).astype(object)
-    acc.profile_latest.clear()
-
-    # Group events by customer once, then score customer chunks (bounded memory per chunk).
-    order = np.argsort(user_codes, kind="stable")
-    user_codes, timestamps, types = user_codes[order], timestamps[order], types[order]
-    amounts, quantities = amounts[order], quantities[order]
-    bounds = np.searchsorted(
-        user_codes, np.arange(0, len(user_ids) + score_chunk_customers, score_chunk_customers)
+    scored = _score_accumulated(
+        acc,
+        summary,
+        bundle,
+        as_of=as_of,
+        policy=policy,
+        publisher=publisher,
+        reasons_for=reasons_for,
+        chunk_customers=score_chunk_customers,
+        now=now,
     )
-    scored_parts = []
-    scored_at = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-    for c, start in enumerate(range(0, len(user_ids), score_chunk_customers)):
-        stop = min(start + score_chunk_customers, len(user_ids))
-        lo, hi = bounds[c], bounds[c + 1] if c + 1 < len(bounds) else len(user_codes)
-        arrays = EventArrays(
-            user_index=user_codes[lo:hi] - start,
-            n_users=stop - start,
-            timestamp_s=timestamps[lo:hi],
-            event_type=TYPE_NAMES[types[lo:hi]],
-            amount=amounts[lo:hi],
-            quantity=quantities[lo:hi],
+    summary.duration_s = round(time.perf_counter() - started, 3)
+    return BatchResult(summary, scored)
+
+
+def _score_accumulated(
+    acc: _Accumulator,
+    summary: BatchSummary,
+    bundle: ModelBundle,
+    *,
+    as_of: str | None,
+    policy: PromotionPolicy,
+    publisher: PromotionsPublisher | None,
+    reasons_for: ReasonsFor,
+    chunk_customers: int,
+    now: dt.datetime | None,
+) -> pd.DataFrame:
+    """Score every customer read (as of the given day, else the day after the latest event) and
+    publish their promotions; ``summary`` gets the as-of and the counts."""
+    customers = _CustomerEvents.take(acc)
+    as_of_ts = _resolve_as_of(as_of, customers.timestamps)
+    summary.as_of = as_of_ts.isoformat()
+    profile = _profile_values(acc.profile_latest, customers.user_ids)
+    customers.sort_by_customer()
+    publishing = _Publishing(
+        policy=policy,
+        publisher=publisher,
+        source=summary.source,
+        scored_at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
+        as_of_day=as_of_ts.date().isoformat(),
+    )
+    return _score_in_chunks(
+        customers,
+        profile,
+        bundle,
+        to_epoch_seconds(as_of_ts),
+        summary,
+        publishing,
+        reasons_for=reasons_for,
+        chunk_customers=chunk_customers,
+    )
+
+
+def _read_events(
+    acc: _Accumulator,
+    summary: BatchSummary,
+    body: bytes | ReadableStream,
+    key: str,
+    bundle: ModelBundle,
+    *,
+    rejects: TextIO | None,
+    chunk_rows: int,
+    memory: MemoryModel,
+) -> None:
+    """Read, validate and accumulate the file chunk by chunk, counting rows in ``summary`` and
+    writing rejected rows to ``rejects``; ``FileTooLargeError`` at the first chunk that would not fit."""
+    profile_columns = [*bundle.spec.profile_categorical, *bundle.spec.profile_numeric]
+    row = 1
+    for chunk in iter_chunks(body, key, chunk_rows, memory=memory, columns=read_columns(bundle, key)):
+        if SOURCE_ROW in chunk.columns:  # a part of a split file: keep the original row numbers
+            numbers = pd.to_numeric(chunk[SOURCE_ROW], errors="raise").to_numpy(dtype=np.int64)
+            validated = validate_events(chunk.drop(columns=SOURCE_ROW), row_numbers=numbers)
+        else:
+            validated = validate_events(chunk, first_row_number=row)
+        row += len(chunk)
+        summary.rows_in += validated.rows_in
+        summary.rows_rejected += len(validated.rejected)
+        if len(validated.rejected) and rejects is not None:
+            validated.rejected.to_csv(rejects, header=False, index=False)
+        _accumulate(acc, validated.events, profile_columns, summary, memory)
+
+
+def _accumulate(
+    acc: _Accumulator,
+    events: pd.DataFrame,
+    profile_columns: list[str],
+    summary: BatchSummary,
+    memory: MemoryModel,
+) -> None:
+    """Add a chunk's valid events to ``acc`` as compact arrays, once the counts so far still fit."""
+    acc.events += len(events)
+    local_codes, uniques = pd.factorize(events["user_id"])
+    # Only this chunk's distinct customers go through the dict; rows map vectorised.
+    to_global = np.array([acc.user_ids.setdefault(u, len(acc.user_ids)) for u in uniques], np.int64)
+    if not memory.fits(acc.events, len(acc.user_ids), summary.rows_rejected):
+        predicted = memory.predicted_peak_mb(acc.events, len(acc.user_ids), summary.rows_rejected)
+        raise FileTooLargeError(
+            f"after {summary.rows_in:,} rows the file needs ~{predicted:,.0f} MB, more than the "
+            f"{memory.usable_mb:,.0f} MB this invocation may use",
+            rows_read=summary.rows_in,
+            events=acc.events,
+            customers=len(acc.user_ids),
+            rejected=summary.rows_rejected,
         )
-        chunk_ids = user_ids[start:stop]
+    acc.user_codes.append(to_global[local_codes])
+    acc.timestamps.append(np.asarray(to_epoch_seconds(events["timestamp"].to_numpy())))
+    acc.types.append(events["event_type"].map(TYPE_CODES).to_numpy(dtype=np.int8))
+    acc.amounts.append(events["amount"].to_numpy(dtype=np.float32))
+    acc.quantities.append(events["quantity"].to_numpy(dtype=np.float32))
+    for column in (c for c in profile_columns if c in events.columns):
+        _merge_latest(acc.profile_latest, column, events[["user_id", "timestamp", column]])
+
+
+@dataclass
+class _CustomerEvents:
+    """Every valid event of the file as one set of arrays; customer ``c`` is ``user_ids[c]``."""
+
+    user_ids: np.ndarray
+    user_codes: np.ndarray
+    timestamps: np.ndarray
+    types: np.ndarray
+    amounts: np.ndarray
+    quantities: np.ndarray
+
+    @classmethod
+    def take(cls, acc: _Accumulator) -> _CustomerEvents:
+        """The accumulated chunks joined; ``acc`` lets go of its per-chunk arrays."""
+        user_ids = np.empty(len(acc.user_ids), dtype=object)
+        user_ids[list(acc.user_ids.values())] = list(acc.user_ids.keys())
+        joined = cls(
+            user_ids=user_ids,
+            user_codes=np.concatenate(acc.user_codes),
+            timestamps=np.concatenate(acc.timestamps),
+            types=np.concatenate(acc.types),
+            amounts=np.concatenate(acc.amounts).astype(np.float64),
+            quantities=np.concatenate(acc.quantities).astype(np.float64),
+        )
+        del acc.user_codes, acc.timestamps, acc.types, acc.amounts, acc.quantities
+        return joined
+
+    def sort_by_customer(self) -> None:
+        """Group events by customer once (stable: file order within a customer)."""
+        order = np.argsort(self.user_codes, kind="stable")
+        self.user_codes, self.timestamps, self.types = (
+            self.user_codes[order],
+            self.timestamps[order],
+            self.types[order],
+        )
+        self.amounts, self.quantities = self.amounts[order], self.quantities[order]
+
+    def chunk_bounds(self, chunk_customers: int) -> np.ndarray:
+        """Event offsets where customers 0, chunk, 2 x chunk, ... begin (sorted events)."""
+        starts = np.arange(0, len(self.user_ids) + chunk_customers, chunk_customers)
+        return np.searchsorted(self.user_codes, starts)
+
+    def arrays(self, start: int, stop: int, lo: int, hi: int) -> EventArrays:
+        """Customers ``start:stop``, whose events are ``lo:hi``, indexed from 0."""
+        return EventArrays(
+            user_index=self.user_codes[lo:hi] - start,
+            n_users=stop - start,
+            timestamp_s=self.timestamps[lo:hi],
+            event_type=TYPE_NAMES[self.types[lo:hi]],
+            amount=self.amounts[lo:hi],
+            quantity=self.quantities[lo:hi],
+        )
+
+
+def _resolve_as_of(as_of: str | None, timestamps: np.ndarray) -> pd.Timestamp:
+    """The given as-of (UTC, naive), else the UTC day after the file's latest event."""
+    if as_of is None:
+        return pd.Timestamp(dt.datetime.fromtimestamp(timestamps.max(), dt.UTC).date()) + pd.Timedelta(days=1)
+    as_of_ts = pd.Timestamp(as_of)
+    if as_of_ts.tzinfo is not None:
+        as_of_ts = as_of_ts.tz_convert("UTC").tz_localize(None)
+    return as_of_ts
+
+
+def _profile_values(latest: dict[str, pd.DataFrame], user_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Per profile column, each customer's latest non-null value (None without one); empties ``latest``."""
+    profile: dict[str, np.ndarray] = {}
+    for column, rows in latest.items():
+        values = rows.set_index("user_id")[column].reindex(user_ids).to_numpy(dtype=object)
+        profile[column] = np.where(pd.isna(values), None, values).astype(object)  # type: ignore[call-overload]
+    latest.clear()
+    return profile
+
+
+@dataclass(frozen=True)
+class _Publishing:
+    """What promotions of this file are sent with (``publisher`` None: none are sent)."""
+
+    policy: PromotionPolicy
+    publisher: PromotionsPublisher | None
+    source: str
+    scored_at: str
+    as_of_day: str
+
+
+def _score_in_chunks(
+    customers: _CustomerEvents,
+    profile: dict[str, np.ndarray],
+    bundle: ModelBundle,
+    as_of_s: np.ndarray | float,
+    summary: BatchSummary,
+    publishing: _Publishing,
+    *,
+    reasons_for: ReasonsFor,
+    chunk_customers: int,
+) -> pd.DataFrame:
+    """Score customer chunks (bounded memory per chunk), publish each chunk's promotions, count them
+    in ``summary``; the scored rows of every customer, in customer order."""
+    n = len(customers.user_ids)
+    bounds = customers.chunk_bounds(chunk_customers)
+    scored_parts = []
+    for c, start in enumerate(range(0, n, chunk_customers)):
+        stop = min(start + chunk_customers, n)
+        lo, hi = bounds[c], bounds[c + 1] if c + 1 < len(bounds) else len(customers.user_codes)
+        chunk_ids = customers.user_ids[start:stop]
         scored = score_customers(
             bundle,
             chunk_ids,
-            arrays,
+            customers.arrays(start, stop, lo, hi),
             as_of_s,
             profile={k: v[start:stop] for k, v in profile.items()},
             reasons_for=reasons_for,
         )
         summary.customers_scored += len(chunk_ids)
         summary.customers_at_or_above_promotion += int(scored.at_or_above_promotion.sum())
-        if publisher is not None:
-            messages = build_messages(
-                scored, policy, source=source, scored_at=scored_at, as_of=[as_of_day] * len(chunk_ids)
-            )
-            if messages:
-                result = publisher.publish(messages)
-                summary.customers_queued += result.sent
-                summary.promotion_failures += result.failed
-        scored_parts.append(
-            pd.DataFrame(
-                {
-                    "user_id": chunk_ids.astype(str),
-                    "churn_probability": scored.churn_probability,
-                    "risk_tier": scored.risk_tier.astype(str),
-                    "reasons": [json.dumps([r.to_dict() for r in rs]) for rs in scored.reasons],
-                    "model_version": bundle.version,
-                }
-            )
-        )
-    summary.duration_s = round(time.perf_counter() - started, 3)
-    return BatchResult(summary, pd.concat(scored_parts, ignore_index=True))
+        _publish(scored, publishing, summary)
+        scored_parts.append(_scored_frame(chunk_ids, scored, bundle.version))
+    return pd.concat(scored_parts, ignore_index=True)
+
+
+def _publish(scored: ScoredBatch, publishing: _Publishing, summary: BatchSummary) -> None:
+    if publishing.publisher is None:
+        return
+    messages = build_messages(
+        scored,
+        publishing.policy,
+        source=publishing.source,
+        scored_at=publishing.scored_at,
+        as_of=[publishing.as_of_day] * len(scored.user_ids),
+    )
+    if messages:
+        result = publishing.publisher.publish(messages)
+        summary.customers_queued += result.sent
+        summary.promotion_failures += result.failed
+
+
+def _scored_frame(user_ids: np.ndarray, scored: ScoredBatch, model_version: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": user_ids.astype(str),
+            "churn_probability": scored.churn_probability,
+            "risk_tier": scored.risk_tier.astype(str),
+            "reasons": [json.dumps([r.to_dict() for r in rs]) for rs in scored.reasons],
+            "model_version": model_version,
+        }
+    )
 
 
 def read_columns(bundle: ModelBundle, key: str) -> tuple[str, ...]:
@@ -495,7 +647,7 @@ def _empty_scored() -> pd.DataFrame:
 
 
 def split_object(
-    s3_client: Any,
+    store: ObjectStore,
     bucket: str,
     key: str,
     parts: int,
@@ -518,19 +670,51 @@ def split_object(
     before any part is uploaded.
     """
     level = split_level(key)
+    prefix = _parts_prefix(key, level)
+    body = store.open(bucket, key)
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
+        paths = [f"{tmp}/part-{i:05d}.csv.gz" for i in range(parts)]
+        written, latest = _write_parts(
+            body, key, paths, level=level, columns=columns, chunk_rows=chunk_rows, find_latest=as_of is None
+        )
+        if as_of is None and latest is not None:
+            as_of = (pd.Timestamp(latest).normalize() + pd.Timedelta(days=1)).date().isoformat()
+        keys = []
+        for i, path in enumerate(paths):
+            if written[i]:
+                part_key = f"{prefix}part-{i:05d}.csv.gz"
+                store.upload_file(path, bucket, part_key, metadata={"as-of": as_of} if as_of else None)
+                keys.append(part_key)
+    return keys
+
+
+def _parts_prefix(key: str, level: int) -> str:
+    """Where the parts of ``key`` (a file at split ``level``) go."""
     stem = OutputKeys.for_input(key).scored[len("scored/") : -len(".parquet")]
     if level == 0:
-        prefix = f"{PARTS_PREFIX}{stem}/"
-    else:  # incoming/_parts/<name>/part-00003.csv.gz -> incoming/_parts2/<name>/part-00003/
-        prefix = f"{PARTS_PREFIX.rstrip('/')}{level + 1}/{stem[len('_parts/') :]}/"
+        return f"{PARTS_PREFIX}{stem}/"
+    # incoming/_parts/<name>/part-00003.csv.gz -> incoming/_parts2/<name>/part-00003/
+    return f"{PARTS_PREFIX.rstrip('/')}{level + 1}/{stem[len('_parts/') :]}/"
+
+
+def _write_parts(
+    body: ReadableStream,
+    key: str,
+    paths: list[str],
+    *,
+    level: int,
+    columns: Collection[str] | None,
+    chunk_rows: int,
+    find_latest: bool,
+) -> tuple[np.ndarray, np.datetime64 | None]:
+    """Stream the file into one gzip CSV per path by customer hash: which paths got rows, and (with
+    ``find_latest``) the latest valid event's timestamp."""
     hash_key = f"churnguard-lvl{level:02d}"  # 16 characters, as pandas requires
     latest: np.datetime64 | None = None
-    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
-    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp, contextlib.ExitStack() as stack:
-        paths = [f"{tmp}/part-{i:05d}.csv.gz" for i in range(parts)]
+    with contextlib.ExitStack() as stack:
         # level 1: parts are read once, soon; speed matters more than size
         writers = [stack.enter_context(gzip.open(path, "wt", compresslevel=1, newline="")) for path in paths]
-        written = np.zeros(parts, dtype=bool)
+        written = np.zeros(len(paths), dtype=bool)
         row = 1
         for chunk in iter_chunks(body, key, chunk_rows, columns=columns):
             if "user_id" not in chunk.columns:
@@ -539,29 +723,20 @@ def split_object(
                 chunk = chunk.drop(columns=SOURCE_ROW, errors="ignore")
                 chunk = chunk.assign(**{SOURCE_ROW: np.arange(row, row + len(chunk))})
             row += len(chunk)
-            if as_of is None:
+            if find_latest:
                 valid = validate_events(chunk.drop(columns=SOURCE_ROW)).events["timestamp"]
                 if len(valid):
                     latest = valid.max() if latest is None else max(latest, valid.max())
             ids = chunk["user_id"].astype("string").str.strip(ID_BLANKS).fillna("").to_numpy(dtype=object)
-            part_of = pd.util.hash_array(ids, hash_key=hash_key, categorize=True) % np.uint64(parts)
-            for i in range(parts):
+            part_of = pd.util.hash_array(ids, hash_key=hash_key, categorize=True) % np.uint64(len(paths))
+            for i, writer in enumerate(writers):
                 rows = chunk[part_of == i]
                 if len(rows):
-                    rows.to_csv(writers[i], header=not written[i], index=False)
+                    rows.to_csv(writer, header=not written[i], index=False)
                     written[i] = True
         for writer in writers:
             writer.close()
-        if as_of is None and latest is not None:
-            as_of = (pd.Timestamp(latest).normalize() + pd.Timedelta(days=1)).date().isoformat()
-        extra = {"Metadata": {"as-of": as_of}} if as_of else {}
-        keys = []
-        for i, path in enumerate(paths):
-            if written[i]:
-                part_key = f"{prefix}part-{i:05d}.csv.gz"
-                s3_client.upload_file(path, bucket, part_key, ExtraArgs=extra)
-                keys.append(part_key)
-    return keys
+    return written, latest
 
 
 @dataclass(frozen=True)
@@ -578,8 +753,34 @@ class OutputKeys:
         return cls(f"scored/{stem}.parquet", f"rejected/{stem}.csv", f"scored/{stem}.summary.json")
 
 
+@dataclass(frozen=True)
+class _Drop:
+    """One object being processed: where it is, where its outputs go, when its processing began."""
+
+    store: ObjectStore
+    bucket: str
+    key: str
+    outputs: OutputKeys
+    started: float
+
+    @property
+    def source(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def elapsed_s(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+
+@dataclass(frozen=True)
+class _TooLarge:
+    """Why a file does not fit one invocation, and the parts to split it into (-1: too large to split)."""
+
+    reason: str
+    parts: int
+
+
 def process_s3_object(
-    s3_client: Any,
+    store: ObjectStore,
     bucket: str,
     key: str,
     bundle: ModelBundle,
@@ -599,124 +800,148 @@ def process_s3_object(
     does not fit ends in a failed summary. Transient AWS errors propagate (the caller's queue
     retries); problems with the file itself end in a summary with ``status: failed``.
     """
-    outputs = OutputKeys.for_input(key, incoming_prefix)
-    source = f"s3://{bucket}/{key}"
-    started = time.perf_counter()
-    head = s3_client.head_object(Bucket=bucket, Key=key)
-    size = head["ContentLength"]
-    is_part = key.startswith(PARTS_PREFIX)
-    may_split = split_level(key) < MAX_SPLIT_LEVEL
-    estimate = _estimate_rows(s3_client, bucket, key, size)
+    drop = _Drop(store, bucket, key, OutputKeys.for_input(key, incoming_prefix), time.perf_counter())
+    head = store.head(bucket, key)
+    as_of = head.metadata.get("as-of")
+    estimate = _estimate_rows(store, bucket, key, head.size)
     with tempfile.TemporaryDirectory() as tmp:
         rejects_path = Path(tmp) / "rejected.csv"
-        too_large: str | None = None
-        parts = 0
-        try:
-            if size > max_object_bytes or (estimate is not None and memory.cannot_fit(estimate.rows)):
-                rows = estimate.rows if estimate is not None else 0
-                too_large = f"it is {size:,} bytes (~{rows:,} rows), more than one invocation holds"
-                parts = max(-(-size // max(max_object_bytes // 2, 1)), memory.parts_for_rows(rows), 2)
-                check_split(parts, rows)
-            else:
-                body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]  # streamed, never read whole
-                try:
-                    with rejects_path.open("w", newline="") as rejects:
-                        result = score_file(
-                            body,
-                            key,
-                            bundle,
-                            as_of=head.get("Metadata", {}).get("as-of"),
-                            policy=policy,
-                            publisher=publisher,
-                            source=source,
-                            reasons_for=reasons_for,
-                            rejects=rejects,
-                            memory=memory,
-                        )
-                except FileTooLargeError as exc:
-                    too_large = str(exc)
-                    parts = _parts_after(exc, estimate, memory)
-                    check_split(parts, exc.declared_rows or (estimate.rows if estimate else None))
-        except TooLargeToSplitError as exc:
-            too_large, parts = f"{too_large or 'it is too large'}; {exc}", -1
+        too_large = _too_large_to_read(head.size, estimate, memory, max_object_bytes)
+        if too_large is None:
+            body = store.open(bucket, key)  # streamed, never read whole
+            try:
+                with rejects_path.open("w", newline="") as rejects:
+                    result = score_file(
+                        body,
+                        key,
+                        bundle,
+                        as_of=as_of,
+                        policy=policy,
+                        publisher=publisher,
+                        source=drop.source,
+                        reasons_for=reasons_for,
+                        rejects=rejects,
+                        memory=memory,
+                    )
+            except FileTooLargeError as exc:
+                too_large = _too_large_after_reading(exc, estimate, memory)
         if too_large is not None:
-            if parts > 0 and may_split:
+            if too_large.parts > 0 and split_level(key) < MAX_SPLIT_LEVEL:
                 # Beyond one invocation: split by customer; each part arrives as its own drop (same
                 # queue, same function) and is scored in parallel.
-                try:
-                    part_keys = split_object(
-                        s3_client,
-                        bucket,
-                        key,
-                        parts,
-                        as_of=head.get("Metadata", {}).get("as-of"),
-                        columns=read_columns(bundle, key),
-                        tmp_dir=tmp,
-                    )
-                except FILE_ERRORS as exc:  # the file itself is bad: retrying cannot fix it
-                    _reraise_transient(exc)
-                    summary = BatchSummary(
-                        source=source,
-                        status="failed",
-                        model_version=bundle.version,
-                        error=f"{type(exc).__name__}: {exc}",
-                        error_type=type(exc).__name__,
-                        duration_s=round(time.perf_counter() - started, 3),
-                    )
-                else:
-                    summary = BatchSummary(
-                        source=source,
-                        status="split",
-                        model_version=bundle.version,
-                        parts=part_keys,
-                        duration_s=round(time.perf_counter() - started, 3),
-                    )
-                _put_summary(s3_client, bucket, outputs.summary, summary)
+                summary = _split(drop, bundle, too_large.parts, as_of, tmp)
+                _put_summary(drop, summary)
                 return summary
-            advice = (
-                "raise the batch function's MemorySize, or upload the dataset in smaller files"
-                if parts > 0
-                else "upload it as smaller files"
-            )
-            result = BatchResult(
-                BatchSummary(
-                    source=source,
-                    status="failed",
-                    model_version=bundle.version,
-                    error=f"{'this part of a split file' if is_part else 'the file'} does not fit: "
-                    f"{too_large}; {advice}",
-                    error_type="PartTooLarge" if parts > 0 else "TooLargeToSplit",
-                    duration_s=round(time.perf_counter() - started, 3),
-                ),
-                None,
-            )
+            result = _refused(drop, bundle, too_large)
             rejects_path.write_text("source_row,reason\n")  # nothing was kept of a partial read
-        if result.scored is not None:
-            import fastparquet
-
-            scored_path = f"{tmp}/scored.parquet"
-            fastparquet.write(scored_path, result.scored, compression="SNAPPY", stats=False)
-            s3_client.upload_file(scored_path, bucket, outputs.scored)  # multipart for large outputs
-        s3_client.upload_file(
-            str(rejects_path), bucket, outputs.rejected, ExtraArgs={"ContentType": "text/csv"}
-        )
-    _put_summary(s3_client, bucket, outputs.summary, result.summary)
+        _write_outputs(drop, result, rejects_path, tmp)
+    _put_summary(drop, result.summary)
     return result.summary
 
 
-def _put_summary(s3_client: Any, bucket: str, key: str, summary: BatchSummary) -> None:
+def _too_large_to_read(
+    size: int, estimate: RowEstimate | None, memory: MemoryModel, max_object_bytes: int
+) -> _TooLarge | None:
+    """Admission before reading: too many bytes, or more estimated rows than could fit."""
+    if not (size > max_object_bytes or (estimate is not None and memory.cannot_fit(estimate.rows))):
+        return None
+    rows = estimate.rows if estimate is not None else 0
+    reason = f"it is {size:,} bytes (~{rows:,} rows), more than one invocation holds"
+    try:
+        parts = max(-(-size // max(max_object_bytes // 2, 1)), memory.parts_for_rows(rows), 2)
+        check_split(parts, rows)
+    except TooLargeToSplitError as exc:
+        return _TooLarge(f"{reason}; {exc}", -1)
+    return _TooLarge(reason, parts)
+
+
+def _too_large_after_reading(
+    exc: FileTooLargeError, estimate: RowEstimate | None, memory: MemoryModel
+) -> _TooLarge:
+    """A file that stopped being read: the parts its counts so far call for."""
+    reason = str(exc)
+    try:
+        parts = _parts_after(exc, estimate, memory)
+        check_split(parts, exc.declared_rows or (estimate.rows if estimate else None))
+    except TooLargeToSplitError as split_exc:
+        return _TooLarge(f"{reason or 'it is too large'}; {split_exc}", -1)
+    return _TooLarge(reason, parts)
+
+
+def _split(drop: _Drop, bundle: ModelBundle, parts: int, as_of: str | None, tmp: str) -> BatchSummary:
+    """Split the object into ``parts`` (a ``split`` summary), or the failed summary of a bad file."""
+    try:
+        part_keys = split_object(
+            drop.store,
+            drop.bucket,
+            drop.key,
+            parts,
+            as_of=as_of,
+            columns=read_columns(bundle, drop.key),
+            tmp_dir=tmp,
+        )
+    except FILE_ERRORS as exc:  # the file itself is bad: retrying cannot fix it
+        _reraise_transient(exc)
+        return BatchSummary(
+            source=drop.source,
+            status="failed",
+            model_version=bundle.version,
+            error=f"{type(exc).__name__}: {exc}",
+            error_type=type(exc).__name__,
+            duration_s=drop.elapsed_s(),
+        )
+    return BatchSummary(
+        source=drop.source,
+        status="split",
+        model_version=bundle.version,
+        parts=part_keys,
+        duration_s=drop.elapsed_s(),
+    )
+
+
+def _refused(drop: _Drop, bundle: ModelBundle, too_large: _TooLarge) -> BatchResult:
+    """The failed summary of a file that does not fit and is not split (again)."""
+    splittable = too_large.parts > 0
+    advice = (
+        "raise the batch function's MemorySize, or upload the dataset in smaller files"
+        if splittable
+        else "upload it as smaller files"
+    )
+    what = "this part of a split file" if drop.key.startswith(PARTS_PREFIX) else "the file"
+    summary = BatchSummary(
+        source=drop.source,
+        status="failed",
+        model_version=bundle.version,
+        error=f"{what} does not fit: {too_large.reason}; {advice}",
+        error_type="PartTooLarge" if splittable else "TooLargeToSplit",
+        duration_s=drop.elapsed_s(),
+    )
+    return BatchResult(summary, None)
+
+
+def _write_outputs(drop: _Drop, result: BatchResult, rejects_path: Path, tmp: str) -> None:
+    """The scored Parquet (when there is one), then the rejected rows."""
+    if result.scored is not None:
+        import fastparquet
+
+        scored_path = f"{tmp}/scored.parquet"
+        fastparquet.write(scored_path, result.scored, compression="SNAPPY", stats=False)
+        drop.store.upload_file(scored_path, drop.bucket, drop.outputs.scored)  # multipart for large outputs
+    drop.store.upload_file(rejects_path, drop.bucket, drop.outputs.rejected, content_type="text/csv")
+
+
+def _put_summary(drop: _Drop, summary: BatchSummary) -> None:
     body = summary.to_json().encode()
-    s3_client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    drop.store.put_bytes(drop.bucket, drop.outputs.summary, body, content_type="application/json")
 
 
-def _estimate_rows(s3_client: Any, bucket: str, key: str, size: int) -> RowEstimate | None:
+def _estimate_rows(store: ObjectStore, bucket: str, key: str, size: int) -> RowEstimate | None:
     """Rows of a CSV / CSV.gz object from its first bytes (a ranged GET); None for Parquet, whose
     footer gives the exact count when it is read."""
     lower = key.lower()
     if lower.endswith(".parquet") or not lower.endswith((".csv", ".csv.gz")) or size == 0:
         return None
-    head = s3_client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{HEAD_SAMPLE_BYTES - 1}")
-    sample = head["Body"].read()
+    sample = store.get_range(bucket, key, 0, HEAD_SAMPLE_BYTES)
     return estimate_csv_rows(sample, size, gzipped=lower.endswith(".gz"))
 
 

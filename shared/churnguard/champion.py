@@ -18,13 +18,16 @@ import io
 import json
 import tarfile
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from churnguard.bundle import ModelBundle
 from churnguard.model_metadata import DYNAMIC_RANGE_MODEL, FLOAT32_MODEL, PARITY_TOLERANCE
 from churnguard.scorer import ModelLoadError, TFLiteScorer
+
+if TYPE_CHECKING:
+    from churnguard.ports import ObjectStore
 
 # The exporter's own limits: a challenger whose recorded parity is above them was not written by it.
 FLOAT32_PARITY = PARITY_TOLERANCE[FLOAT32_MODEL]
@@ -123,13 +126,14 @@ class Holdout:
     profile_columns: tuple[str, ...] = ()
 
     @classmethod
-    def from_s3(cls, s3_client: Any, bucket: str, prefix: str = "holdout/") -> Holdout:
+    def from_s3(cls, store: ObjectStore, bucket: str, prefix: str = "holdout/") -> Holdout:
+        """``meta.json``, ``labels.csv`` and ``events.csv`` under ``prefix``; AWS errors propagate."""
         import pandas as pd
 
         from churnguard.events import validate_events
 
         def read(key: str) -> bytes:
-            return s3_client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
+            return store.get_bytes(bucket, prefix + key)
 
         meta = json.loads(read("meta.json"))
         labels = pd.read_csv(io.BytesIO(read("labels.csv")), dtype={"user_id": str})

@@ -8,10 +8,11 @@ plus a ledger of the promotions already sent.
 * Batch: processing one S3 object version (bucket, key, eTag) happens once when it succeeded; a file
   whose promotions could not all be sent fails its record (SQS redelivers it, then the DLQ), and on
   redelivery the ledger again sends only the missing ones.
-* The ledger (``SentLedger``): one item per sent promotion, ``promotion#<idempotency key>``, in the
-  idempotency table with the same TTL; written after each ``SendMessageBatch`` chunk SQS accepted,
-  before the next is sent. A crash (or a ledger failure) between the send and the write can still
-  repeat that one chunk on retry (at least once, within that window).
+* The ledger (``SentLedger``, the DynamoDB adapter of ``churnguard.ports.PromotionLedger``): one item
+  per sent promotion, ``promotion#<idempotency key>``, in the idempotency table with the same TTL;
+  written after each ``SendMessageBatch`` chunk SQS accepted, before the next is sent. A crash (or a
+  ledger failure) between the send and the write can still repeat that one chunk on retry (at least
+  once, within that window).
 
 The handlers register the Lambda context on the config, so a timed-out invocation's record expires
 with the invocation instead of staying IN_PROGRESS.
@@ -20,16 +21,21 @@ with the invocation instead of staying IN_PROGRESS.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
+    BasePersistenceLayer,
     IdempotencyConfig,
     idempotent_function,
 )
 
-from churnguard.promotions import PromotionsPublisher, PublishResult, SqsPromotionsPublisher
+from churnguard.ports import PromotionLedger
+from churnguard.promotions import PromotionsPublisher, PublishResult, QueuePromotionsPublisher
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import KeysAndAttributesUnionTypeDef, WriteRequestUnionTypeDef
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 
@@ -52,19 +58,19 @@ class SentLedger:
 
     def __init__(
         self,
-        dynamodb: Any,
+        dynamodb: DynamoDBClient,
         table: str,
         ttl_s: int = DEFAULT_TTL_S,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-    ):
+    ) -> None:
         self._ddb, self._table, self._ttl_s, self._clock, self._sleep = dynamodb, table, ttl_s, clock, sleep
 
     def sent(self, keys: Sequence[str]) -> set[str]:
         found: set[str] = set()
         unique = sorted(set(keys))
         for start in range(0, len(unique), 100):  # BatchGetItem: 100 keys per call
-            request = {
+            request: Mapping[str, KeysAndAttributesUnionTypeDef] = {
                 self._table: {
                     "Keys": [{"id": {"S": self.PREFIX + k}} for k in unique[start : start + 100]],
                     "ProjectionExpression": "id",
@@ -88,7 +94,7 @@ class SentLedger:
         expires = str(int(self._clock()) + self._ttl_s)
         unique = sorted(set(keys))
         for start in range(0, len(unique), 25):  # BatchWriteItem: 25 items per call
-            request = {
+            request: Mapping[str, Sequence[WriteRequestUnionTypeDef]] = {
                 self._table: [
                     {"PutRequest": {"Item": {"id": {"S": self.PREFIX + k}, "expiration": {"N": expires}}}}
                     for k in unique[start : start + 25]
@@ -113,9 +119,9 @@ class LedgeredPublisher:
     (``SendMessageBatch`` size): a crash or a ledger failure mid-publish leaves at most the chunk in
     flight unrecorded. (Recorded once at the end, every promotion sent before it was sent again.)"""
 
-    CHUNK = SqsPromotionsPublisher.BATCH
+    CHUNK = QueuePromotionsPublisher.BATCH
 
-    def __init__(self, inner: PromotionsPublisher, ledger: SentLedger) -> None:
+    def __init__(self, inner: PromotionsPublisher, ledger: PromotionLedger) -> None:
         self._inner, self._ledger = inner, ledger
 
     def publish(self, messages: Sequence[dict[str, Any]]) -> PublishResult:
@@ -146,18 +152,19 @@ class IdempotentPublisher:
     failures is not remembered as done."""
 
     def __init__(
-        self, inner: PromotionsPublisher, persistence: DynamoDBPersistenceLayer, config: IdempotencyConfig
+        self, inner: PromotionsPublisher, persistence: BasePersistenceLayer, config: IdempotencyConfig
     ) -> None:
         self.config = config
 
-        @idempotent_function(data_keyword_argument="keys", persistence_store=persistence, config=config)
+        # Records are keyed on this function's qualified name too: keep the name.
         def publish_once(keys: list[str], messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
             result = inner.publish(messages)
             if result.failed:
                 raise PromotionsNotSentError(result)
             return {"sent": result.sent, "failed": []}
 
-        self._publish_once = publish_once
+        once = idempotent_function(data_keyword_argument="keys", persistence_store=persistence, config=config)
+        self._publish_once: Callable[..., dict[str, Any]] = once(publish_once)
 
     def publish(self, messages: Sequence[dict[str, Any]]) -> PublishResult:
         keys = sorted(m["idempotency_key"] for m in messages)
@@ -170,16 +177,22 @@ class IdempotentPublisher:
 
 def once_per_object(
     process: Callable[[str, str], dict[str, Any]],
-    persistence: DynamoDBPersistenceLayer,
+    persistence: BasePersistenceLayer,
     config: IdempotencyConfig,
 ) -> Callable[[str, str, str], dict[str, Any]]:
     """``process(bucket, key)`` at most once per (bucket, key, eTag)."""
 
-    @idempotent_function(data_keyword_argument="s3_object", persistence_store=persistence, config=config)
+    # Records are keyed on this function's module and qualified name
+    # (``churnguard.idempotency.once_per_object.<locals>.run``): renaming it forgets every stored record.
     def run(s3_object: dict[str, str]) -> dict[str, Any]:
         return process(s3_object["bucket"], s3_object["key"])
 
+    once = idempotent_function(
+        data_keyword_argument="s3_object", persistence_store=persistence, config=config
+    )
+    run_once: Callable[..., dict[str, Any]] = once(run)
+
     def call(bucket: str, key: str, etag: str) -> dict[str, Any]:
-        return run(s3_object={"bucket": bucket, "key": key, "etag": etag})
+        return run_once(s3_object={"bucket": bucket, "key": key, "etag": etag})
 
     return call

@@ -7,12 +7,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from churnguard.bundle import ModelBundle
 from churnguard.scorer import ModelLoadError
 
+if TYPE_CHECKING:
+    from churnguard.aws import ClientBudget
+    from churnguard.settings import ServingSettings
+
 log = logging.getLogger("churnguard.model")
+
+# Told about model loads and refusals: (event name, details); the handlers turn them into metrics.
+ModelEventSink = Callable[[str, dict[str, Any]], None]
 
 
 class ModelUnavailableError(RuntimeError):
@@ -34,7 +41,7 @@ class ModelProvider(Protocol):
 
 
 def provider_from_settings(
-    settings: Any, on_event: Callable[[str, dict[str, Any]], None] | None = None, budget: Any = None
+    settings: ServingSettings, on_event: ModelEventSink | None = None, budget: ClientBudget | None = None
 ) -> ModelProvider:
     """The model source the settings name: a local directory, or the SSM pointer to S3 (with the
     calling function's client budget, ``churnguard.aws``)."""

@@ -1,7 +1,9 @@
 """Models in S3, located by an SSM pointer; loaded, verified, cached in /tmp and hot-swapped.
 
 Pointer (an SSM String parameter, JSON): ``{"version": "...", "s3_uri": "s3://bucket/prefix/"}``;
-the prefix holds the model directory (metadata.json, feature_spec.json, model.tflite, ...).
+the prefix holds the model directory (metadata.json, feature_spec.json, model.tflite, ...). Objects
+and parameters are reached through the ports (``churnguard.ports``); ``publish_model`` and the CLI
+take boto3 clients and wrap them in the adapters.
 
 * The pointer is read with Powertools Parameters and a max age, so a warm container notices a new
   version within ``max_age`` seconds and moves to it on the next request — no cold start.
@@ -24,13 +26,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from churnguard.aws import API, ClientBudget, client
+from churnguard import aws
 from churnguard.bundle import REQUIRED_FILES, ModelBundle
-from churnguard.model_provider import ModelStatus, ModelUnavailableError
+from churnguard.model_metadata import ModelMetadata
+from churnguard.model_provider import ModelEventSink, ModelStatus, ModelUnavailableError
+from churnguard.ports import ObjectStore, ParameterStore
 from churnguard.scorer import ModelLoadError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ssm import SSMClient
+
+    from churnguard.settings import ServingSettings
 
 log = logging.getLogger("churnguard.model")
 
@@ -47,8 +57,9 @@ class ModelPointer:
     s3_uri: str
 
     @classmethod
-    def parse(cls, value: Any) -> ModelPointer:
-        data = json.loads(value) if isinstance(value, str | bytes) else value
+    def parse(cls, value: object) -> ModelPointer:
+        """From the parameter's JSON text (or what Powertools already decoded)."""
+        data: Any = json.loads(value) if isinstance(value, str | bytes) else value
         try:
             pointer = cls(version=str(data["version"]), s3_uri=str(data["s3_uri"]))
         except (KeyError, TypeError) as exc:
@@ -72,15 +83,15 @@ class ModelPointer:
         return path if not path or path.endswith("/") else path + "/"
 
 
-def download_model_files(s3_client: Any, pointer: ModelPointer, model_file: str) -> dict[str, bytes]:
+def download_model_files(store: ObjectStore, pointer: ModelPointer, model_file: str) -> dict[str, bytes]:
+    """metadata.json, feature_spec.json and ``model_file`` of the pointed-to model; any AWS error
+    becomes ``ModelFetchError`` (retried later, not refused)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     files = {}
     for name in (*REQUIRED_FILES[:2], model_file):
         try:
-            files[name] = s3_client.get_object(Bucket=pointer.bucket, Key=pointer.prefix + name)[
-                "Body"
-            ].read()
+            files[name] = store.get_bytes(pointer.bucket, pointer.prefix + name)
         except ClientError as exc:  # NoSuchKey, NoSuchBucket, AccessDenied (a missing key without ListBucket)
             code = exc.response.get("Error", {}).get("Code", "error")
             raise ModelFetchError(f"{pointer.s3_uri}{name} could not be read: {code}") from exc
@@ -90,19 +101,22 @@ def download_model_files(s3_client: Any, pointer: ModelPointer, model_file: str)
 
 
 class S3PointerModelProvider:
+    """The model the pointer names, from the object store; ``get_parameter(name, max_age_s)`` reads
+    the pointer (cached for ``max_age_s``: Powertools Parameters in the functions)."""
+
     def __init__(
         self,
         *,
         parameter_name: str,
-        s3_client: Any,
-        get_parameter: Callable[[str, int], Any],
+        store: ObjectStore,
+        get_parameter: Callable[[str, int], object],
         max_age_s: int = 60,
         cache_dir: str | Path = "/tmp/churnguard-models",
         model_file: str = "model.tflite",
-        on_event: Callable[[str, dict[str, Any]], None] = lambda name, details: None,
+        on_event: ModelEventSink = lambda name, details: None,
     ) -> None:
         self._parameter_name = parameter_name
-        self._s3 = s3_client
+        self._store = store
         self._get_parameter = get_parameter
         self._max_age_s = max_age_s
         self._cache_dir = Path(cache_dir)
@@ -117,20 +131,24 @@ class S3PointerModelProvider:
     @classmethod
     def from_settings(
         cls,
-        settings: Any,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
-        budget: ClientBudget = API,
-    ):
+        settings: ServingSettings,
+        on_event: ModelEventSink | None = None,
+        budget: aws.ClientBudget = aws.API,
+    ) -> S3PointerModelProvider:
         from aws_lambda_powertools.utilities.parameters import SSMProvider
 
+        from churnguard.adapters import S3ObjectStore
+
+        if settings.model_pointer_parameter is None:
+            raise ModelUnavailableError("no model pointer parameter is configured")
         ssm = SSMProvider(boto_config=budget.config())
 
-        def get_parameter(name: str, max_age: int) -> Any:
+        def get_parameter(name: str, max_age: int) -> object:
             return ssm.get(name, max_age=max_age)
 
         return cls(
             parameter_name=settings.model_pointer_parameter,
-            s3_client=client("s3", budget),
+            store=S3ObjectStore(aws.client("s3", budget)),
             get_parameter=get_parameter,
             max_age_s=settings.model_pointer_max_age_s,
             cache_dir=settings.model_cache_dir,
@@ -143,7 +161,7 @@ class S3PointerModelProvider:
         names = (*REQUIRED_FILES[:2], self._model_file)
         if all((cached / n).exists() for n in names):
             return {n: (cached / n).read_bytes() for n in names}
-        files = download_model_files(self._s3, pointer, self._model_file)
+        files = download_model_files(self._store, pointer, self._model_file)
         cached.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
             tmp = cached / f".{name}.part"
@@ -155,12 +173,16 @@ class S3PointerModelProvider:
         """Whether the pointed-to version is the one serving (for /v1/health), as of the last request."""
         return self._status
 
-    def _settled(self, version: str) -> bool:
-        """Nothing to do for this pointer version: serving it, refused it, or waiting to retry it."""
-        return self._bundle is not None and (
-            version in (self._bundle.version, self._refused_version)
+    def _settled(self, version: str) -> ModelBundle | None:
+        """The serving bundle when there is nothing to do for this pointer version (serving it,
+        refused it, or waiting to retry it); None when it should be loaded."""
+        bundle = self._bundle
+        if bundle is not None and (
+            version in (bundle.version, self._refused_version)
             or time.monotonic() < self._retry_at.get(version, 0.0)
-        )
+        ):
+            return bundle
+        return None
 
     def current(self) -> ModelBundle:
         try:
@@ -173,12 +195,12 @@ class S3PointerModelProvider:
                 return self._bundle
             self._status = ModelStatus("degraded", None, None, reason)
             raise ModelUnavailableError(f"model pointer {self._parameter_name} unreadable: {exc}") from exc
-        if self._settled(pointer.version):
-            return self._bundle
+        settled = self._settled(pointer.version)
+        if settled is not None:
+            return settled
         with self._lock:
-            if self._settled(pointer.version):
-                return self._bundle
-            return self._load(pointer)
+            settled = self._settled(pointer.version)
+            return settled if settled is not None else self._load(pointer)
 
     def _load(self, pointer: ModelPointer) -> ModelBundle:
         previous = self._bundle.version if self._bundle else None
@@ -211,11 +233,11 @@ class S3PointerModelProvider:
         return bundle
 
 
-def publish_model(
+def publish(
     model_dir: str | Path,
     *,
-    s3_client: Any,
-    ssm_client: Any,
+    store: ObjectStore,
+    parameters: ParameterStore,
     bucket: str,
     parameter_name: str,
     prefix: str = "models/",
@@ -226,37 +248,53 @@ def publish_model(
     ``aws ssm label-parameter-version`` / ``put-parameter`` with the old value (see README).
     """
     model_dir = Path(model_dir)
-    version = json.loads((model_dir / "metadata.json").read_text())["model_version"]
+    version = ModelMetadata.from_directory(model_dir).model_version
     key_prefix = f"{prefix.rstrip('/')}/{version}/"
     names = [n for n in MODEL_FILES if (model_dir / n).exists()]
     for name in sorted(names, key=lambda n: n == "metadata.json"):  # metadata last: marks it complete
-        s3_client.put_object(Bucket=bucket, Key=key_prefix + name, Body=(model_dir / name).read_bytes())
+        store.put_bytes(bucket, key_prefix + name, (model_dir / name).read_bytes())
     pointer = ModelPointer(version=version, s3_uri=f"s3://{bucket}/{key_prefix}")
-    ssm_client.put_parameter(Name=parameter_name, Value=pointer.to_json(), Type="String", Overwrite=True)
+    parameters.put(parameter_name, pointer.to_json())
     return pointer
 
 
-def rollback_model(ssm_client: Any, parameter_name: str) -> ModelPointer:
+def publish_model(
+    model_dir: str | Path,
+    *,
+    s3_client: S3Client,
+    ssm_client: SSMClient,
+    bucket: str,
+    parameter_name: str,
+    prefix: str = "models/",
+) -> ModelPointer:
+    """``publish`` with boto3 clients (deploy tooling, the local stacks, the CLI)."""
+    from churnguard.adapters import S3ObjectStore, SsmParameterStore
+
+    return publish(
+        model_dir,
+        store=S3ObjectStore(s3_client),
+        parameters=SsmParameterStore(ssm_client),
+        bucket=bucket,
+        parameter_name=parameter_name,
+        prefix=prefix,
+    )
+
+
+def rollback_model(parameters: ParameterStore, parameter_name: str) -> ModelPointer:
     """Point back at the model that was current before this one (the previous distinct version).
 
     SSM keeps every value of the pointer; the newest value whose version differs from the current
     one is restored. Serving functions follow within the pointer max age, without a cold start.
     """
-    history: list[dict[str, Any]] = []
-    paginator = ssm_client.get_paginator("get_parameter_history")
-    for page in paginator.paginate(Name=parameter_name):
-        history += page["Parameters"]
-    history.sort(key=lambda p: p["Version"])
-    current = ModelPointer.parse(history[-1]["Value"])
+    history = sorted(parameters.history(parameter_name), key=lambda p: p.version)
+    current = ModelPointer.parse(history[-1].value)
     for entry in reversed(history[:-1]):
         try:
-            candidate = ModelPointer.parse(entry["Value"])
+            candidate = ModelPointer.parse(entry.value)
         except ModelLoadError:
             continue  # e.g. the placeholder value a fresh stack starts with
         if candidate.version != current.version:
-            ssm_client.put_parameter(
-                Name=parameter_name, Value=candidate.to_json(), Type="String", Overwrite=True
-            )
+            parameters.put(parameter_name, candidate.to_json())
             return candidate
     raise ModelLoadError(f"{parameter_name} has no earlier model version to roll back to")
 
@@ -266,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     import boto3
+
+    from churnguard.adapters import SsmParameterStore
 
     parser = argparse.ArgumentParser(prog="python -m churnguard.model_store")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ssm = boto3.client("ssm")
     if args.command == "rollback":
-        pointer = rollback_model(ssm, args.parameter)
+        pointer = rollback_model(SsmParameterStore(ssm), args.parameter)
     else:
         pointer = publish_model(
             args.model_dir,

@@ -21,6 +21,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_MEMORY_MB = 2048
 DEFAULT_TIMEOUT_S = 600
@@ -87,14 +91,18 @@ def convert(
     raise ParquetReadError(reason[:500])
 
 
-def _iso(column):  # datetimes as ISO-8601 text, which validation parses like any CSV value
+def _iso(column: pd.Series) -> pd.Series:
+    """Datetimes as ISO-8601 text, which validation parses like any CSV value."""
     import pandas as pd
 
+    text: pd.Series
     if isinstance(column.dtype, pd.DatetimeTZDtype):
-        return column.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if pd.api.types.is_datetime64_any_dtype(column):
-        return column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
-    return column
+        text = column.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    elif pd.api.types.is_datetime64_any_dtype(column):
+        text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    else:
+        text = column
+    return text
 
 
 def _main(source: str, target: str, memory_mb: int, max_rows: int) -> int:

@@ -19,12 +19,16 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from churnguard.aws import aws_errors
+from churnguard.aws import aws_errors, error_code
+from churnguard.ports import MessageQueue, QueueMessage
 from churnguard.scoring import ScoredBatch
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 MESSAGE_SCHEMA = "churnguard.promotion/v1"
 
@@ -54,7 +58,8 @@ class PromotionPolicy:
     def customer_value(self, total_spend: np.ndarray, tenure_days: np.ndarray) -> np.ndarray:
         weeks = np.maximum(np.nan_to_num(tenure_days, nan=0.0) / 7.0, 1.0)
         per_week = np.nan_to_num(total_spend, nan=0.0) / weeks
-        return np.maximum(per_week * self.value_horizon_weeks, self.min_customer_value)
+        value: np.ndarray = np.maximum(per_week * self.value_horizon_weeks, self.min_customer_value)
+        return value
 
     def best_actions(self, churn_probability: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per customer: index of the best action (-1 = none pays off) and its expected value."""
@@ -90,7 +95,7 @@ def build_messages(
     action_idx, ev = policy.best_actions(scored.churn_probability, value)
     chosen = np.flatnonzero(scored.at_or_above_promotion & (action_idx >= 0))
     messages = []
-    for i in chosen:
+    for i in chosen.tolist():
         action = policy.actions[action_idx[i]]
         user_id = str(scored.user_ids[i])
         messages.append(
@@ -134,22 +139,22 @@ class PublishResult:
         return not self.failed
 
 
-class SqsPromotionsPublisher:
-    """``SendMessageBatch`` in tens; failed entries are retried with backoff, then reported."""
+class QueuePromotionsPublisher:
+    """Sends in batches of ``BATCH`` (``SendMessageBatch``); failed entries are retried with backoff,
+    then reported. AWS errors (botocore's, see ``churnguard.ports``) fail the whole batch and are
+    retried too; anything else is a bug and propagates."""
 
     BATCH = 10
 
     def __init__(
         self,
-        sqs_client: Any,
-        queue_url: str,
+        queue: MessageQueue,
         *,
         max_attempts: int = 3,
         backoff_s: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._sqs = sqs_client
-        self._queue_url = queue_url
+        self._queue = queue
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
         self._sleep = sleep
@@ -165,37 +170,18 @@ class SqsPromotionsPublisher:
                 if attempt:
                     self._sleep(self._backoff_s * 2 ** (attempt - 1))
                 try:
-                    response = self._sqs.send_message_batch(
-                        QueueUrl=self._queue_url,
-                        Entries=[
-                            {
-                                "Id": entry_id,
-                                "MessageBody": json.dumps(message, separators=(",", ":")),
-                                "MessageAttributes": {
-                                    "schema": {"DataType": "String", "StringValue": MESSAGE_SCHEMA},
-                                    "idempotency_key": {
-                                        "DataType": "String",
-                                        "StringValue": message["idempotency_key"],
-                                    },
-                                },
-                            }
-                            for entry_id, message in chunk.items()
-                        ],
-                    )
+                    answer = self._queue.send_batch([_queue_message(k, m) for k, m in chunk.items()])
                 except aws_errors() as exc:  # a throttled or unreachable queue: retry the whole chunk
                     # Timeouts and resets carry ``response = None`` (an AttributeError here escaped the
                     # publisher: the API answered 500 instead of reporting the failures).
-                    answer = getattr(exc, "response", None) or {}
-                    code = answer.get("Error", {}).get("Code") or type(exc).__name__
+                    code = error_code(exc) or type(exc).__name__
                     last_errors = {k: {"code": code, "message": str(exc)} for k in chunk}
                     continue
-                result.sent += len(response.get("Successful", []))
-                failed = {f["Id"]: f for f in response.get("Failed", [])}
-                last_errors = {
-                    k: {"code": f.get("Code", ""), "message": f.get("Message", "")} for k, f in failed.items()
-                }
+                result.sent += answer.sent
+                failed = {f.id: f for f in answer.failed}
+                last_errors = {k: {"code": f.code, "message": f.message} for k, f in failed.items()}
                 # Sender faults (malformed message) will not succeed on retry.
-                retryable = {k for k, f in failed.items() if not f.get("SenderFault")}
+                retryable = {k for k, f in failed.items() if not f.sender_fault}
                 chunk = {k: chunk[k] for k in retryable}
                 if len(retryable) < len(failed):
                     for k in set(failed) - retryable:
@@ -204,6 +190,36 @@ class SqsPromotionsPublisher:
                 if k in last_errors:
                     result.failed.append({**_who(chunk[k]), **last_errors[k]})
         return result
+
+
+class SqsPromotionsPublisher(QueuePromotionsPublisher):
+    """The publisher on one SQS queue, from a boto3 client (``churnguard.adapters.SqsMessageQueue``)."""
+
+    def __init__(
+        self,
+        sqs_client: SQSClient,
+        queue_url: str,
+        *,
+        max_attempts: int = 3,
+        backoff_s: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        from churnguard.adapters import SqsMessageQueue
+
+        super().__init__(
+            SqsMessageQueue(sqs_client, queue_url),
+            max_attempts=max_attempts,
+            backoff_s=backoff_s,
+            sleep=sleep,
+        )
+
+
+def _queue_message(entry_id: str, message: dict[str, Any]) -> QueueMessage:
+    return QueueMessage(
+        id=entry_id,
+        body=json.dumps(message, separators=(",", ":")),
+        attributes={"schema": MESSAGE_SCHEMA, "idempotency_key": message["idempotency_key"]},
+    )
 
 
 def _who(message: dict[str, Any]) -> dict[str, str]:

@@ -26,7 +26,7 @@ class ReasonsFor(StrEnum):
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    user_ids: Sequence[str]
+    user_ids: Sequence[str] | np.ndarray  # object array of str in batch
     churn_probability: np.ndarray  # float32 [n]
     risk_tier: np.ndarray  # object [n]: low | medium | high
     at_or_above_promotion: np.ndarray  # bool [n]
@@ -40,7 +40,7 @@ POLICY_FEATURES = ("total_spend", "tenure_days", "recency_days", "n_orders")
 
 def score_customers(
     bundle: ModelBundle,
-    user_ids: Sequence[str],
+    user_ids: Sequence[str] | np.ndarray,
     events: EventArrays,
     as_of_s: np.ndarray | float,
     *,

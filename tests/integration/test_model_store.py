@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from churnguard.adapters import S3ObjectStore
 from churnguard.model_provider import ModelUnavailableError
 from churnguard.model_store import ModelPointer, S3PointerModelProvider, publish_model
 from tests.helpers import FakeLambdaContext, load_event, load_handler, model_variant
@@ -22,7 +23,7 @@ def store(aws, tmp_path):
 
     provider = S3PointerModelProvider(
         parameter_name=POINTER,
-        s3_client=aws["s3"],
+        store=S3ObjectStore(aws["s3"]),
         get_parameter=get_parameter,
         max_age_s=0,
         cache_dir=tmp_path / "cache",

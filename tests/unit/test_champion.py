@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
+from churnguard.adapters import S3ObjectStore
 from churnguard.champion import GatePolicy, Holdout, decide, files_from_tarball, log_loss, roc_auc
 from churnguard.scorer import ModelLoadError
 from tests.helpers import FIXTURE_MODEL, tarball
@@ -189,7 +190,7 @@ HOLDOUT_OBJECTS = {
 
 def test_holdout_from_s3_reads_the_three_objects_under_the_prefix_and_keeps_user_ids_as_text():
     s3 = FakeS3(HOLDOUT_OBJECTS)
-    holdout = Holdout.from_s3(s3, "bucket")
+    holdout = Holdout.from_s3(S3ObjectStore(s3), "bucket")
     assert {key for _, key in s3.read} == set(HOLDOUT_OBJECTS)
     assert {bucket for bucket, _ in s3.read} == {"bucket"}
     assert list(holdout.user_ids) == ["007", "42"]  # not 7: ids are joined to events as strings
@@ -201,7 +202,7 @@ def test_holdout_from_s3_reads_the_three_objects_under_the_prefix_and_keeps_user
 def test_a_missing_holdout_object_fails_loudly_instead_of_building_a_holdout(missing):
     objects = {k: v for k, v in HOLDOUT_OBJECTS.items() if k != missing}
     with pytest.raises(KeyError, match=missing):
-        Holdout.from_s3(FakeS3(objects), "bucket")
+        Holdout.from_s3(S3ObjectStore(FakeS3(objects)), "bucket")
 
 
 # --- decide --------------------------------------------------------------------------------------------

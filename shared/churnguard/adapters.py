@@ -1,0 +1,123 @@
+"""boto3 adapters of the ports in ``churnguard.ports``: translations of calls and answers, no logic.
+
+Clients are typed with the ``mypy_boto3_*`` stubs, imported for type checking only: the Lambda
+packages have no stubs, so nothing here imports them at run time (a unit test checks it). botocore's
+exceptions pass through unchanged (see ``churnguard.ports``). The DynamoDB ledger of sent promotions
+(``churnguard.idempotency.SentLedger``) is the adapter of ``PromotionLedger``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from churnguard.ports import (
+    ObjectInfo,
+    ParameterVersion,
+    QueueMessage,
+    ReadableStream,
+    SendBatchResult,
+    SendFailure,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
+    from mypy_boto3_ssm import SSMClient
+
+
+class S3ObjectStore:
+    """``ObjectStore`` on S3."""
+
+    def __init__(self, client: S3Client) -> None:
+        self._client = client
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def get_range(self, bucket: str, key: str, start: int, stop: int) -> bytes:
+        answer = self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}")
+        return answer["Body"].read()
+
+    def open(self, bucket: str, key: str) -> ReadableStream:
+        return self._client.get_object(Bucket=bucket, Key=key)["Body"]
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        answer = self._client.head_object(Bucket=bucket, Key=key)
+        return ObjectInfo(size=answer["ContentLength"], metadata=dict(answer.get("Metadata", {})))
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None:
+        if content_type is None:
+            self._client.put_object(Bucket=bucket, Key=key, Body=body)
+        else:
+            self._client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+    def upload_file(
+        self,
+        path: str | Path,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        extra: dict[str, Any] = {}
+        if content_type is not None:
+            extra["ContentType"] = content_type
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        self._client.upload_file(str(path), bucket, key, ExtraArgs=extra or None)
+
+
+class SsmParameterStore:
+    """``ParameterStore`` on SSM Parameter Store (String parameters)."""
+
+    def __init__(self, client: SSMClient) -> None:
+        self._client = client
+
+    def get(self, name: str) -> str:
+        return self._client.get_parameter(Name=name)["Parameter"]["Value"]
+
+    def put(self, name: str, value: str) -> None:
+        self._client.put_parameter(Name=name, Value=value, Type="String", Overwrite=True)
+
+    def history(self, name: str) -> list[ParameterVersion]:
+        versions: list[ParameterVersion] = []
+        for page in self._client.get_paginator("get_parameter_history").paginate(Name=name):
+            versions += [ParameterVersion(p["Version"], p["Value"]) for p in page["Parameters"]]
+        return versions
+
+
+class SqsMessageQueue:
+    """``MessageQueue`` on one SQS queue: ``SendMessageBatch`` (at most 10 messages per call)."""
+
+    def __init__(self, client: SQSClient, queue_url: str) -> None:
+        self._client = client
+        self._queue_url = queue_url
+
+    def send_batch(self, messages: Sequence[QueueMessage]) -> SendBatchResult:
+        entries: list[SendMessageBatchRequestEntryTypeDef] = [
+            {
+                "Id": m.id,
+                "MessageBody": m.body,
+                "MessageAttributes": {
+                    name: {"DataType": "String", "StringValue": value} for name, value in m.attributes.items()
+                },
+            }
+            for m in messages
+        ]
+        answer = self._client.send_message_batch(QueueUrl=self._queue_url, Entries=entries)
+        return SendBatchResult(
+            sent=len(answer.get("Successful", [])),
+            failed=[
+                SendFailure(
+                    id=f["Id"],
+                    code=f.get("Code", ""),
+                    message=f.get("Message", ""),
+                    sender_fault=bool(f.get("SenderFault")),
+                )
+                for f in answer.get("Failed", [])
+            ],
+        )

@@ -1,0 +1,116 @@
+"""Ports: what the domain needs from AWS, as small protocols (boto3 adapters: ``churnguard.adapters``).
+
+Each port has exactly the operations the domain code calls; tests drive the domain through in-memory
+fakes of them (``tests/unit/fakes.py``), no moto needed.
+
+Errors: adapters let botocore's exceptions through unchanged — ``ClientError`` carrying the AWS error
+code (``NoSuchKey``, ``SlowDown``, ...) and ``BotoCoreError`` for transport faults (a
+``ReadTimeoutError`` raised while a streamed body is read is also an ``OSError``). The domain's
+retry and summary decisions depend on exactly these types (``churnguard.batch.FILE_ERRORS`` and
+``_reraise_transient``, ``churnguard.model_store.download_model_files``, the promotions publisher),
+so a fake that simulates an AWS failure raises the same botocore exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class ReadableStream(Protocol):
+    """A streamed object body (botocore's ``StreamingBody``, ``io.BytesIO``, ...)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int  # bytes
+    metadata: Mapping[str, str] = field(default_factory=dict)  # user metadata (x-amz-meta-*), keys lower case
+
+
+class ObjectStore(Protocol):
+    """Objects by bucket and key (S3)."""
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        """The whole object."""
+        ...
+
+    def get_range(self, bucket: str, key: str, start: int, stop: int) -> bytes:
+        """Bytes ``start`` to ``stop - 1`` (fewer when the object ends sooner)."""
+        ...
+
+    def open(self, bucket: str, key: str) -> ReadableStream:
+        """The object as a stream, never read whole."""
+        ...
+
+    def head(self, bucket: str, key: str) -> ObjectInfo: ...
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None: ...
+
+    def upload_file(
+        self,
+        path: str | Path,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """A local file as an object (multipart when large)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ParameterVersion:
+    version: int
+    value: str
+
+
+class ParameterStore(Protocol):
+    """Named string parameters that keep their history (SSM Parameter Store)."""
+
+    def get(self, name: str) -> str: ...
+
+    def put(self, name: str, value: str) -> None:
+        """Overwrite ``name`` with ``value``; the previous value stays in its history."""
+        ...
+
+    def history(self, name: str) -> list[ParameterVersion]: ...
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    id: str  # unique within one batch
+    body: str
+    attributes: Mapping[str, str] = field(default_factory=dict)  # string message attributes
+
+
+@dataclass(frozen=True)
+class SendFailure:
+    id: str
+    code: str
+    message: str
+    sender_fault: bool  # the message itself is at fault: sending it again will not help
+
+
+@dataclass(frozen=True)
+class SendBatchResult:
+    sent: int
+    failed: list[SendFailure] = field(default_factory=list)
+
+
+class MessageQueue(Protocol):
+    """One queue (SQS): a batch send answers per message."""
+
+    def send_batch(self, messages: Sequence[QueueMessage]) -> SendBatchResult: ...
+
+
+class PromotionLedger(Protocol):
+    """Which promotions (by idempotency key) the queue has accepted."""
+
+    def sent(self, keys: Sequence[str]) -> set[str]: ...
+
+    def mark(self, keys: Sequence[str]) -> None: ...

@@ -1,0 +1,132 @@
+"""Cold-start wiring of the scoring functions: settings -> AWS clients -> adapters -> domain objects.
+
+One place for what ``score_api`` and ``batch_score`` share (settings validated once, the model
+provider, the SQS promotions publisher with its ledger, the idempotency layer), each with its own
+client budget (``churnguard.aws``). The handlers call their builder once per container (their
+``runtime()``) and stay thin: parse the event, call the domain, shape the response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from churnguard import aws
+from churnguard.adapters import S3ObjectStore
+from churnguard.admission import MemoryModel
+from churnguard.model_provider import ModelEventSink, ModelProvider, provider_from_settings
+from churnguard.ports import ObjectStore
+from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
+from churnguard.settings import ServingSettings, SettingsError
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer, IdempotencyConfig
+
+
+@dataclass(frozen=True)
+class ApiRuntime:
+    settings: ServingSettings
+    models: ModelProvider
+    publisher: PromotionsPublisher | None  # idempotent and ledgered when a table is configured
+    policy: PromotionPolicy
+    idempotency: IdempotencyConfig | None = None  # the handler registers the Lambda context on it
+
+
+# (bucket, key, eTag) -> the loggable summary of processing that object version
+ObjectProcessor = Callable[[str, str, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class BatchRuntime:
+    settings: ServingSettings
+    models: ModelProvider
+    publisher: PromotionsPublisher | None  # ledgered when a table is configured
+    policy: PromotionPolicy
+    store: ObjectStore
+    memory: MemoryModel
+    process: ObjectProcessor  # once per object version when a table is configured
+    idempotency: IdempotencyConfig | None = None  # the handler registers the Lambda context on it
+
+
+def api_runtime(on_model_event: ModelEventSink) -> ApiRuntime:
+    """The HTTP scoring function's wiring (``aws.API`` budget): a retried request publishes nothing
+    it already sent."""
+    settings = ServingSettings.from_env()
+    models = provider_from_settings(settings, on_event=on_model_event, budget=aws.API)
+    publisher = promotions_publisher(settings, aws.API)
+    idempotency: IdempotencyConfig | None = None
+    if publisher is not None and settings.idempotency_table:
+        from churnguard.idempotency import IdempotentPublisher, idempotency_config
+
+        idempotency = idempotency_config("@")  # the sorted list of message idempotency keys
+        persistence = persistence_layer(settings.idempotency_table, aws.API)
+        publisher = IdempotentPublisher(publisher, persistence, idempotency)
+    return ApiRuntime(settings, models, publisher, settings.promotion_policy(), idempotency)
+
+
+def batch_runtime(
+    score_object: Callable[[BatchRuntime, str, str], dict[str, Any]], on_model_event: ModelEventSink
+) -> BatchRuntime:
+    """The batch function's wiring (``aws.BATCH`` budget); ``process`` runs
+    ``score_object(runtime, bucket, key)``, at most once per object version (bucket, key, eTag)
+    when an idempotency table is configured."""
+    settings = ServingSettings.from_env()
+    memory = batch_memory(settings)
+    models = provider_from_settings(settings, on_event=on_model_event, budget=aws.BATCH)
+    publisher = promotions_publisher(settings, aws.BATCH)
+    store = S3ObjectStore(aws.client("s3", aws.BATCH))
+    runtime: BatchRuntime  # bound below, before anything can call ``process``
+
+    def process(bucket: str, key: str) -> dict[str, Any]:
+        return score_object(runtime, bucket, key)
+
+    def every_time(bucket: str, key: str, etag: str) -> dict[str, Any]:
+        return process(bucket, key)
+
+    idempotency: IdempotencyConfig | None = None
+    processor: ObjectProcessor = every_time
+    if settings.idempotency_table:
+        from churnguard.idempotency import idempotency_config, once_per_object
+
+        idempotency = idempotency_config("[bucket, key, etag]")
+        persistence = persistence_layer(settings.idempotency_table, aws.BATCH)
+        processor = once_per_object(process, persistence, idempotency)
+    policy = settings.promotion_policy()
+    runtime = BatchRuntime(settings, models, publisher, policy, store, memory, processor, idempotency)
+    return runtime
+
+
+def batch_memory(settings: ServingSettings) -> MemoryModel:
+    """The batch admission budget; a memory size that would refuse every file fails the cold start."""
+    memory = MemoryModel(budget_mb=settings.batch_memory_mb)
+    if memory.usable_mb <= memory.base_mb:
+        raise SettingsError(
+            f"AWS_LAMBDA_FUNCTION_MEMORY_SIZE={settings.batch_memory_mb:g} MB leaves no memory for data "
+            f"after the runtime's {memory.base_mb:.0f} MB: give the batch function at least "
+            f"{2 * memory.base_mb / memory.headroom:.0f} MB"
+        )
+    return memory
+
+
+def promotions_publisher(settings: ServingSettings, budget: aws.ClientBudget) -> PromotionsPublisher | None:
+    """SQS ``SendMessageBatch`` to the promotions queue (None without one), behind the ledger of sent
+    promotions when an idempotency table is configured."""
+    if not settings.promotions_queue_url:
+        return None
+    publisher: PromotionsPublisher = SqsPromotionsPublisher(
+        aws.client("sqs", budget), settings.promotions_queue_url
+    )
+    if settings.idempotency_table:
+        from churnguard.idempotency import LedgeredPublisher, SentLedger
+
+        ledger = SentLedger(aws.client("dynamodb", budget), settings.idempotency_table)
+        publisher = LedgeredPublisher(publisher, ledger)
+    return publisher
+
+
+def persistence_layer(table: str, budget: aws.ClientBudget) -> BasePersistenceLayer:
+    """Powertools idempotency records in ``table`` (DynamoDB, the function's client budget)."""
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    return DynamoDBPersistenceLayer(table_name=table, boto_config=budget.config())

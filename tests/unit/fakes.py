@@ -1,0 +1,178 @@
+"""In-memory implementations of the ports (``churnguard.ports``): domain tests without moto or network.
+
+They fail the way the boto3 adapters do — botocore's exceptions, unchanged — so the domain's
+retry / summary decisions can be driven from here: ``MemoryObjectStore.faults`` makes one call
+raise, ``MemoryObjectStore.stream_faults`` makes a streamed body break after some bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+from churnguard.ports import (
+    ObjectInfo,
+    ParameterVersion,
+    QueueMessage,
+    ReadableStream,
+    SendBatchResult,
+    SendFailure,
+)
+
+
+def client_error(code: str, operation: str) -> ClientError:
+    """What boto3 raises for an AWS error answer."""
+    return ClientError({"Error": {"Code": code, "Message": f"injected {code}"}}, operation)
+
+
+@dataclass
+class StoredObject:
+    body: bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+class BreakingStream(io.RawIOBase):
+    """A body that raises ``error`` once ``after`` bytes have been read (a connection cut mid-body)."""
+
+    def __init__(self, data: bytes, after: int, error: BaseException) -> None:
+        self._data, self._after, self._error, self._at = data, after, error, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        if self._at >= self._after:
+            raise self._error
+        size = min(len(buffer), self._after - self._at, len(self._data) - self._at)
+        buffer[:size] = self._data[self._at : self._at + size]
+        self._at += size
+        return size
+
+
+class MemoryObjectStore:
+    """``ObjectStore`` over a dict; every call is recorded as (operation, key)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], StoredObject] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.faults: dict[tuple[str, str], BaseException] = {}  # (operation, key) -> raised by that call
+        self.stream_faults: dict[str, tuple[int, BaseException]] = {}  # key -> (after bytes, error)
+
+    def add(self, bucket: str, key: str, body: bytes, metadata: Mapping[str, str] | None = None) -> None:
+        self.objects[(bucket, key)] = StoredObject(body, dict(metadata or {}))
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        return sorted(k for b, k in self.objects if b == bucket and k.startswith(prefix))
+
+    def body(self, bucket: str, key: str) -> bytes:
+        return self.objects[(bucket, key)].body
+
+    def _call(self, operation: str, key: str) -> None:
+        self.calls.append((operation, key))
+        fault = self.faults.get((operation, key))
+        if fault is not None:
+            raise fault
+
+    def _get(self, bucket: str, key: str, operation: str) -> StoredObject:
+        try:
+            return self.objects[(bucket, key)]
+        except KeyError:
+            raise client_error("NoSuchKey" if operation == "GetObject" else "404", operation) from None
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        self._call("get_bytes", key)
+        return self._get(bucket, key, "GetObject").body
+
+    def get_range(self, bucket: str, key: str, start: int, stop: int) -> bytes:
+        self._call(f"get_range {start}-{stop}", key)
+        return self._get(bucket, key, "GetObject").body[start:stop]
+
+    def open(self, bucket: str, key: str) -> ReadableStream:
+        self._call("open", key)
+        data = self._get(bucket, key, "GetObject").body
+        if key in self.stream_faults:
+            after, error = self.stream_faults[key]
+            return io.BufferedReader(BreakingStream(data, after, error))
+        return io.BytesIO(data)
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        self._call("head", key)
+        stored = self._get(bucket, key, "HeadObject")
+        return ObjectInfo(size=len(stored.body), metadata=dict(stored.metadata))
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None:
+        self._call("put_bytes", key)
+        self.objects[(bucket, key)] = StoredObject(body, {}, content_type)
+
+    def upload_file(
+        self,
+        path: str | Path,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self._call("upload_file", key)
+        self.objects[(bucket, key)] = StoredObject(
+            Path(path).read_bytes(), dict(metadata or {}), content_type
+        )
+
+
+class MemoryParameterStore:
+    """``ParameterStore`` keeping every value of every parameter."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[str]] = {}
+
+    def get(self, name: str) -> str:
+        if name not in self.values:
+            raise client_error("ParameterNotFound", "GetParameter")
+        return self.values[name][-1]
+
+    def put(self, name: str, value: str) -> None:
+        self.values.setdefault(name, []).append(value)
+
+    def history(self, name: str) -> list[ParameterVersion]:
+        return [ParameterVersion(i + 1, v) for i, v in enumerate(self.values.get(name, []))]
+
+
+class MemoryQueue:
+    """``MessageQueue`` that accepts everything, except ids listed in ``fail`` (once per listing)."""
+
+    def __init__(self) -> None:
+        self.messages: list[QueueMessage] = []
+        self.batches: list[int] = []
+        self.fail: dict[str, SendFailure] = {}  # body's user_id -> the failure answered (once)
+
+    def send_batch(self, messages: Sequence[QueueMessage]) -> SendBatchResult:
+        self.batches.append(len(messages))
+        failed = []
+        for message in messages:
+            user = next((u for u in self.fail if f'"user_id":"{u}"' in message.body), None)
+            if user is not None:
+                failure = self.fail.pop(user)
+                failed.append(SendFailure(message.id, failure.code, failure.message, failure.sender_fault))
+            else:
+                self.messages.append(message)
+        return SendBatchResult(sent=len(messages) - len(failed), failed=failed)
+
+
+class MemoryLedger:
+    """``PromotionLedger`` in a set."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.marks: list[list[str]] = []
+
+    def sent(self, keys: Sequence[str]) -> set[str]:
+        return self.keys & set(keys)
+
+    def mark(self, keys: Sequence[str]) -> None:
+        self.marks.append(list(keys))
+        self.keys |= set(keys)
