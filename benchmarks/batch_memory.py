@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
+from benchmarks.common import peak_rss_mb, pin_one_core, run_child, write_results
+from churnguard.model_metadata import ModelMetadata
+from infra.model_fixtures import FIXTURE_MODEL
 
 # (shape, customers at scale 1.0): sizes chosen so the largest run stays well under a 2-core CI box's memory
 RUNS = (
@@ -61,18 +60,8 @@ def write_file(path: Path, shape: str, customers: int) -> None:
     events.to_csv(path, index=False)
 
 
-def _vm_hwm_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def child(model_dir: str, path: str) -> dict:
-    import os
-
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    pin_one_core()
     from churnguard.admission import MemoryModel
     from churnguard.batch import score_file
     from churnguard.bundle import ModelBundle
@@ -80,7 +69,7 @@ def child(model_dir: str, path: str) -> dict:
     from churnguard.scoring import ReasonsFor
 
     bundle = ModelBundle.from_directory(model_dir)
-    base = _vm_hwm_mb()
+    base = peak_rss_mb()
     started = time.perf_counter()
     unlimited = MemoryModel(budget_mb=10**9)
     with open(path, "rb") as stream, tempfile.TemporaryFile("w+") as rejects:
@@ -98,7 +87,7 @@ def child(model_dir: str, path: str) -> dict:
     summary = result.summary
     return {
         "rss_after_imports_mb": base,
-        "peak_rss_mb": _vm_hwm_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "seconds": time.perf_counter() - started,
         "events": summary.rows_used,
         "customers": summary.customers_scored,
@@ -194,30 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         for shape, customers in RUNS:
             path = Path(tmp) / f"{shape}-{customers}.csv"
             write_file(path, shape, max(1, int(customers * args.scale)))
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.batch_memory", "--child", args.model_dir, str(path)],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            measured = json.loads(out.stdout.splitlines()[-1])
+            measured, _ = run_child("benchmarks.batch_memory", args.model_dir, str(path))
             run = {"shape": shape, "file_mb": path.stat().st_size / 1024**2, **measured}
             print(json.dumps(run))
             runs.append(run)
             path.unlink()
-    metadata = json.loads((Path(args.model_dir) / "metadata.json").read_text())
+    metadata = ModelMetadata.from_directory(args.model_dir)
     result = {
-        "model_version": metadata["model_version"],
+        "model_version": metadata.model_version,
         "runs": runs,
         "fit": fit(runs),
         "shipped_model": check_model(runs),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "batch_memory.json").write_text(json.dumps(result, indent=2))
-    table = render(result)
-    (RESULTS / "batch_memory.md").write_text(table)
-    print(table)
+    write_results("batch_memory", result, render(result))
     return 0
 
 

@@ -11,7 +11,6 @@ Usage: ``python -m benchmarks.quality`` (``make bench-quality``) -> benchmarks/r
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,7 +24,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 
+from benchmarks.common import write_results
 from churnguard.features import FeatureSpec, build_raw_features
+from churnguard.model_metadata import ModelMetadata
 from churnguard.scorer import TFLiteScorer
 from churnguard.tabular import customer_events, to_epoch_seconds
 from training.data import CDNOW_PROTOCOL, PreparedData, load_cdnow_source, prepare
@@ -36,7 +37,6 @@ from training.evaluate import (
 )
 from training.model import fit_platt
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODEL_DIR = Path("artifacts/bench-model")
 HOLDOUT_DAYS = 273
 log = logging.getLogger("churnguard.bench")
@@ -219,6 +219,35 @@ def paired_bootstrap_auc_diff(
     }
 
 
+def score_all(data: PreparedData, model_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """(validation, test) probabilities of our model and every baseline, and LightGBM's chosen params."""
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    scores["churnguard_tflite"] = churnguard_tflite(data, model_dir)
+    scores["recency_rule"] = recency_rule(data)
+    scores.update(bgnbd(data))
+    scores["logistic_rfm"] = logistic_rfm(data)
+    p_val, p_test, lgb_params = lightgbm_static(data)
+    scores["lightgbm_static"] = (p_val, p_test)
+    return scores, lgb_params
+
+
+def method_metrics(
+    scores: dict[str, tuple[np.ndarray, np.ndarray]], y_val: np.ndarray, y_test: np.ndarray
+) -> dict[str, dict]:
+    """Test metrics per method at the threshold its validation scores choose (max F1)."""
+    methods = {}
+    for name, (pv, pt) in scores.items():
+        threshold = choose_threshold(y_val, pv, ThresholdPolicy("max_f1"))
+        m = classification_metrics(y_test, pt, threshold)
+        methods[name] = {
+            k: m[k] for k in ("roc_auc", "log_loss", "pr_auc_churn", "pr_auc_active", "f1", "ece", "brier")
+        }
+        methods[name]["threshold_from_validation"] = threshold
+        methods[name]["validation_roc_auc"] = float(roc_auc_score(y_val, pv))
+        methods[name]["validation_log_loss"] = float(log_loss(y_val, np.clip(pv, 1e-7, 1 - 1e-7)))
+    return methods
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", default=str(MODEL_DIR))
@@ -236,35 +265,37 @@ def main(argv: list[str] | None = None) -> int:
         code = train.main(["--model-dir", str(model_dir), "--verbose", "0", *args.train_args.split()])
         if code:
             return code
-    metadata = json.loads((model_dir / "metadata.json").read_text())
-    if metadata["protocol"] != CDNOW_PROTOCOL.to_dict() or metadata["data"]["source"] != "cdnow":
+    metadata = ModelMetadata.from_directory(model_dir)
+    if metadata.protocol.model_dump() != CDNOW_PROTOCOL.to_dict() or metadata.data.source != "cdnow":
         raise SystemExit(f"{model_dir} was not trained on the CDNOW benchmark protocol")
 
     data = prepare(load_cdnow_source(), CDNOW_PROTOCOL)
-    y_val, y_test = data.validation.labels, data.test.labels
-    log.info("scoring baselines on %d validation / %d test customers", len(y_val), len(y_test))
-    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    scores["churnguard_tflite"] = churnguard_tflite(data, model_dir)
-    scores["recency_rule"] = recency_rule(data)
-    scores.update(bgnbd(data))
-    scores["logistic_rfm"] = logistic_rfm(data)
-    p_val, p_test, lgb_params = lightgbm_static(data)
-    scores["lightgbm_static"] = (p_val, p_test)
+    log.info(
+        "scoring baselines on %d validation / %d test customers",
+        len(data.validation.labels),
+        len(data.test.labels),
+    )
+    scores, lgb_params = score_all(data, model_dir)
+    result = build_result(data, scores, lgb_params, model_dir, metadata)
+    result["seconds"] = round(time.time() - started, 1)
+    write_results("quality", result, render_markdown(result))
+    return 0
 
-    methods = {}
-    for name, (pv, pt) in scores.items():
-        threshold = choose_threshold(y_val, pv, ThresholdPolicy("max_f1"))
-        m = classification_metrics(y_test, pt, threshold)
-        methods[name] = {
-            k: m[k] for k in ("roc_auc", "log_loss", "pr_auc_churn", "pr_auc_active", "f1", "ece", "brier")
-        }
-        methods[name]["threshold_from_validation"] = threshold
-        methods[name]["validation_roc_auc"] = float(roc_auc_score(y_val, pv))
-        methods[name]["validation_log_loss"] = float(log_loss(y_val, np.clip(pv, 1e-7, 1 - 1e-7)))
+
+def build_result(
+    data: PreparedData,
+    scores: dict[str, tuple[np.ndarray, np.ndarray]],
+    lgb_params: dict,
+    model_dir: Path,
+    metadata: dict,
+) -> dict:
+    """The benchmark's JSON: protocol, metrics per method, our model against the best baseline."""
+    y_val, y_test = data.validation.labels, data.test.labels
+    methods = method_metrics(scores, y_val, y_test)
     baselines = [n for n in methods if n != "churnguard_tflite"]
     best = max(baselines, key=lambda n: methods[n]["roc_auc"])
     diff = paired_bootstrap_auc_diff(y_test, scores["churnguard_tflite"][1], scores[best][1])
-    result = {
+    return {
         "protocol": {
             **CDNOW_PROTOCOL.to_dict(),
             "calibration_period": "1997-01-01..1997-09-30",
@@ -279,20 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         "auc_diff_vs_best_baseline": diff,
         "model": {
             "dir": str(model_dir),
-            "model_version": metadata["model_version"],
-            "hyperparameters": metadata["hyperparameters"],
-            "code_version": metadata["code_version"],
-            "augmentation_rows": metadata["data"]["augmentation_rows"],
+            "model_version": metadata.model_version,
+            "hyperparameters": metadata.hyperparameters,
+            "code_version": metadata.code_version,
+            "augmentation_rows": metadata.data.augmentation_rows,
         },
         "lightgbm_params": lgb_params,
-        "seconds": round(time.time() - started, 1),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps(result, indent=2))
-    table = render_markdown(result)
-    (RESULTS / "quality.md").write_text(table)
-    print(table)
-    return 0
 
 
 def render_markdown(result: dict) -> str:

@@ -20,17 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.local_stack import free_port
+from benchmarks.common import write_results
+from infra.lambda_harness import load_event
+from infra.local_aws import free_port
+from infra.model_fixtures import FIXTURE_MODEL, model_variant, tarball
 from infra.sam_local import SamLocalStack, start_sam_stack, stop_process
-from infra.template import ROOT
-
-RESULTS = ROOT / "benchmarks" / "results"
-FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
-EVENTS = ROOT / "events"
-
-
-def _event(relative: str) -> dict[str, Any]:
-    return json.loads((EVENTS / relative).read_text())
 
 
 def _batch_event(stack: SamLocalStack, index: int) -> dict[str, Any]:
@@ -47,12 +41,10 @@ def _batch_event(stack: SamLocalStack, index: int) -> dict[str, Any]:
 
 def _promote_event(stack: SamLocalStack, work: Path, index: int) -> dict[str, Any]:
     """A completed job whose challenger is the fixture model under a new version (gate runs fully)."""
-    from tests.helpers import model_variant, tarball
-
     version = f"bench-{index}"
     key = f"training/churnguard-bench-{index}/output/model.tar.gz"
     stack.clients["s3"].put_object(Bucket=stack.bucket, Key=key, Body=tarball(model_variant(work, version)))
-    event = _event("promote/training_job_completed.json")
+    event = load_event("promote/training_job_completed.json")
     event["detail"].update(
         TrainingJobName=f"churnguard-bench-{index}",
         ModelArtifacts={"S3ModelArtifacts": f"s3://{stack.bucket}/{key}"},
@@ -62,7 +54,7 @@ def _promote_event(stack: SamLocalStack, work: Path, index: int) -> dict[str, An
 
 def events_for(stack: SamLocalStack, work: Path, function: str, index: int) -> dict[str, Any]:
     if function == "ScoreApiFunction":
-        return _event("score_api/post_scores.json")
+        return load_event("score_api/post_scores.json")
     if function == "BatchScoreFunction":
         return _batch_event(stack, index)
     if function == "PromoteFunction":
@@ -163,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=int, default=20)
     args = parser.parse_args(argv)
     results = run(args.cold, args.warm)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sam_local.json").write_text(json.dumps(results, indent=2))
-    table = to_markdown(results)
-    (RESULTS / "sam_local.md").write_text(table)
-    print(table)
+    write_results("sam_local", results, to_markdown(results))
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -20,54 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _pin_one_core() -> None:
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process image. Not ru_maxrss: that survives exec and reports the forked
-    parent's peak (a child of a 230 MB parent "peaks" at 230 MB before doing anything)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from benchmarks.common import ROOT, peak_rss_mb, pin_one_core, run_child, write_results
+from churnguard.model_metadata import ModelMetadata
+from infra.cdnow_requests import cdnow_scoring_request, first_with_six_orders
 
 
 def _cdnow_customer_request() -> dict:
     """A real CDNOW customer with several orders, as an API request."""
-    from churnguard.datasets import load_cdnow
-
-    events = load_cdnow()
-    events = events[events["timestamp"] < "1997-10-01"]
-    counts = events.groupby("user_id").size()
-    user = counts[counts == 6].index[0]
-    rows = events[events["user_id"] == user]
-    return {
-        "customers": [
-            {
-                "user_id": user,
-                "as_of": "1997-10-01",
-                "events": [
-                    {
-                        "timestamp": t.strftime("%Y-%m-%d"),
-                        "event_type": "order",
-                        "amount": float(a),
-                        "quantity": float(q),
-                    }
-                    for t, a, q in zip(rows["timestamp"], rows["amount"], rows["quantity"], strict=True)
-                ],
-            }
-        ]
-    }
+    return cdnow_scoring_request(first_with_six_orders)
 
 
 def _api_event(body: dict) -> dict:
-    from tests.helpers import load_event
+    from infra.lambda_harness import load_event
 
     event = load_event("score_api/post_scores.json")
     event["body"] = json.dumps(body)
@@ -80,12 +43,12 @@ def _api_event(body: dict) -> dict:
 
 
 def child_warm(model_dir: str, n: int) -> dict:
-    _pin_one_core()
+    pin_one_core()
     os.environ["CHURNGUARD_MODEL_DIR"] = model_dir
-    from tests.helpers import FakeLambdaContext, load_handler
+    from infra.lambda_harness import LambdaContext, load_handler
 
     handler = load_handler("score_api")
-    event, ctx = _api_event(_cdnow_customer_request()), FakeLambdaContext()
+    event, ctx = _api_event(_cdnow_customer_request()), LambdaContext()
     for _ in range(100):
         assert handler.lambda_handler(event, ctx)["statusCode"] == 200
     times = []
@@ -105,18 +68,18 @@ def child_cold(model_dir: str, event_path: str) -> dict:
     """What a Lambda cold start does: import the handler, load the model, answer one request."""
     started = time.perf_counter()
     os.environ["CHURNGUARD_MODEL_DIR"] = model_dir
-    from tests.helpers import FakeLambdaContext, load_handler
+    from infra.lambda_harness import LambdaContext, load_handler
 
     with open(event_path) as fh:
         event = json.load(fh)
     handler = load_handler("score_api")
-    response = handler.lambda_handler(event, FakeLambdaContext())
+    response = handler.lambda_handler(event, LambdaContext())
     assert response["statusCode"] == 200, response
-    return {"cold_in_process_s": time.perf_counter() - started, "cold_rss_mb": _peak_rss_mb()}
+    return {"cold_in_process_s": time.perf_counter() - started, "cold_rss_mb": peak_rss_mb()}
 
 
 def child_batch_cdnow(model_dir: str) -> dict:
-    _pin_one_core()
+    pin_one_core()
     import fastparquet
 
     from churnguard.batch import score_file
@@ -157,14 +120,14 @@ def child_batch_cdnow(model_dir: str) -> dict:
 
 
 def child_batch_file(model_dir: str, path: str) -> dict:
-    _pin_one_core()
+    pin_one_core()
     from churnguard.batch import score_file
     from churnguard.bundle import ModelBundle
     from churnguard.promotions import PromotionPolicy
     from churnguard.scoring import ReasonsFor
 
     bundle = ModelBundle.from_directory(model_dir)
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_mb()
     start = time.perf_counter()
     with open(path, "rb") as stream:  # streamed like an S3 body
         result = score_file(
@@ -181,7 +144,7 @@ def child_batch_file(model_dir: str, path: str) -> dict:
     assert result.summary.status == "ok", result.summary.error
     return {
         "batch_1m_seconds": elapsed,
-        "batch_1m_peak_rss_mb": _peak_rss_mb(),
+        "batch_1m_peak_rss_mb": peak_rss_mb(),
         "rss_after_imports_mb": rss_before,
         "batch_1m_customers": result.summary.customers_scored,
         "batch_1m_rows": result.summary.rows_in,
@@ -189,7 +152,7 @@ def child_batch_file(model_dir: str, path: str) -> dict:
 
 
 def child_keras(model_dir: str) -> dict:
-    _pin_one_core()
+    pin_one_core()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import numpy as np
@@ -230,22 +193,6 @@ CHILDREN = {
     "batch_file": child_batch_file,
     "keras": child_keras,
 }
-
-
-def run_child(name: str, *args: str, env: dict | None = None) -> tuple[dict, float]:
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.serving", "--child", name, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=3600,
-    )
-    wall = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1]), wall
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,34 +321,30 @@ def main(argv: list[str] | None = None) -> int:
 
         if train.main(["--model-dir", str(model_dir), "--verbose", "0"]):
             return 1
-    metadata = json.loads((model_dir / "metadata.json").read_text())
-    result: dict = {"model_version": metadata["model_version"], "targets": "one core for warm and batch"}
+    metadata = ModelMetadata.from_directory(model_dir)
+    result: dict = {"model_version": metadata.model_version, "targets": "one core for warm and batch"}
     env = {"POWERTOOLS_METRICS_NAMESPACE": "ChurnGuardBench"}
-    warm, _ = run_child("warm", "--model-dir", str(model_dir), "2000", env=env)
+    warm, _ = run_child("benchmarks.serving", "warm", "--model-dir", str(model_dir), "2000", env=env)
     result.update(warm)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(
             _api_event(_cdnow_customer_request()), fh
         )  # built here so the child imports only the handler
-    cold, cold_wall = run_child("cold", "--model-dir", str(model_dir), fh.name, env=env)
+    cold, cold_wall = run_child("benchmarks.serving", "cold", "--model-dir", str(model_dir), fh.name, env=env)
     os.unlink(fh.name)
     result.update(cold)
     result["cold_start_s"] = cold_wall  # interpreter start + imports + model load + first answer
-    batch, _ = run_child("batch_cdnow", "--model-dir", str(model_dir))
+    batch, _ = run_child("benchmarks.serving", "batch_cdnow", "--model-dir", str(model_dir))
     result.update(batch)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synthetic_1m.csv"
         result["synthetic_file"] = write_synthetic(path, args.customers_1m)
-        big, _ = run_child("batch_file", "--model-dir", str(model_dir), str(path))
+        big, _ = run_child("benchmarks.serving", "batch_file", "--model-dir", str(model_dir), str(path))
         result.update(big)
-    keras_result, _ = run_child("keras", "--model-dir", str(model_dir))
+    keras_result, _ = run_child("benchmarks.serving", "keras", "--model-dir", str(model_dir))
     result.update(keras_result)
     result["package_mb"] = package_sizes()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(result, indent=2))
-    table = render(result)
-    (RESULTS / "serving.md").write_text(table)
-    print(table)
+    write_results("serving", result, render(result))
     return 0
 
 

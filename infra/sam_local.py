@@ -7,7 +7,7 @@ container that has only the runtime's boto3 (``infra/containers.py``: the offici
 Docker, a home-made stand-in with podman). The AWS side is moto's server as a container on a
 container network of ours: function containers reach it by its address on that network, host-side
 code (setup, tests) through ``127.0.0.1:<port>``. The resources are the ones ``template.yaml``
-declares (``infra.local_stack.create_resources``), and every function gets the template's
+declares (``infra.local_stack.resources.create_resources``), and every function gets the template's
 environment with the references resolved to them (``--env-vars``), plus ``AWS_ENDPOINT_URL`` through
 the template's ``LocalAwsEndpoint`` parameter (empty, so absent, in AWS).
 """
@@ -31,7 +31,10 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from infra.containers import Engine, ensure_base_images, ensure_engine, moto_image
-from infra.local_stack import REGION, create_resources, free_port, write_holdout
+from infra.lambda_harness import load_event
+from infra.local_aws import REGION, free_port
+from infra.local_stack.model import write_holdout
+from infra.local_stack.resources import LocalResources, create_resources
 from infra.template import ROOT, load_template
 
 NETWORK_PREFIX = "churnguard-sam"  # one network per stack: stopping it removes exactly its containers
@@ -160,7 +163,7 @@ class SamLocalStack:
     engine: Engine
     moto: MotoContainer
     built_template: Path
-    resources: Any  # infra.local_stack.LocalResources
+    resources: LocalResources
     clients: dict[str, Any]
     workdir: Path
     env_overrides: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -253,7 +256,7 @@ class SamLocalStack:
     def scoring_job_event(self, key: str) -> dict[str, Any]:
         """The SQS event the scoring-jobs queue delivers for an object under incoming/ (its real eTag)."""
         etag = self.clients["s3"].head_object(Bucket=self.bucket, Key=key)["ETag"].strip('"')
-        event = json.loads((ROOT / "events" / "batch_score" / "sqs_s3_put.json").read_text())
+        event = load_event("batch_score/sqs_s3_put.json")
         notification = json.loads(event["Records"][0]["body"])
         notification["Records"][0]["s3"]["bucket"]["name"] = self.bucket
         notification["Records"][0]["s3"]["object"].update(key=quote_plus(key, safe="/"), eTag=etag)
@@ -291,11 +294,35 @@ def run_training_job(engine: Engine, job: dict[str, Any], s3: Any, workdir: Path
     /opt/ml laid out from the request (hyperparameters.json, inputdataconfig.json, each File-mode
     channel downloaded from its S3 prefix), ``docker run <image> train`` without network, then
     /opt/ml/model packed as model.tar.gz under the output path."""
-    import tarfile
+    name = job["TrainingJobName"]
+    opt_ml = _lay_out_opt_ml(job, s3, workdir / name / "opt_ml")
+    started = time.time()
+    result = engine.run(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{opt_ml}:/opt/ml",
+        job["AlgorithmSpecification"]["TrainingImage"],
+        "train",
+        check=False,
+        timeout=job.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600),
+    )
+    seconds = time.time() - started
+    failure_file = opt_ml / "output" / "failure"
+    failure = failure_file.read_text() if failure_file.exists() else None
+    artifacts = _upload_model_artifacts(job, s3, opt_ml, workdir / name) if result.returncode == 0 else None
+    return TrainingJobRun(
+        result.returncode, failure, artifacts, opt_ml, result.stdout + result.stderr, seconds
+    )
+
+
+def _lay_out_opt_ml(job: dict[str, Any], s3: Any, opt_ml: Path) -> Path:
+    """/opt/ml as SageMaker prepares it for ``job``: config files, and each channel's S3 prefix
+    downloaded under input/data/<channel>."""
     from urllib.parse import urlparse
 
-    name = job["TrainingJobName"]
-    opt_ml = workdir / name / "opt_ml"
     config = opt_ml / "input" / "config"
     config.mkdir(parents=True)
     for folder in ("model", "output/data", "code"):
@@ -320,35 +347,23 @@ def run_training_job(engine: Engine, job: dict[str, Any], s3: Any, workdir: Path
             "RecordWrapperType": "None",
         }
     (config / "inputdataconfig.json").write_text(json.dumps(channels))
-    started = time.time()
-    result = engine.run(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        f"{opt_ml}:/opt/ml",
-        job["AlgorithmSpecification"]["TrainingImage"],
-        "train",
-        check=False,
-        timeout=job.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600),
-    )
-    seconds = time.time() - started
-    failure_file = opt_ml / "output" / "failure"
-    failure = failure_file.read_text() if failure_file.exists() else None
-    artifacts = None
-    if result.returncode == 0:
-        archive = workdir / name / "model.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
-            for path in sorted((opt_ml / "model").iterdir()):
-                tar.add(path, arcname=path.name)
-        output = urlparse(job["OutputDataConfig"]["S3OutputPath"])
-        key = f"{output.path.strip('/')}/{name}/output/model.tar.gz".lstrip("/")
-        s3.upload_file(str(archive), output.netloc, key)
-        artifacts = f"s3://{output.netloc}/{key}"
-    return TrainingJobRun(
-        result.returncode, failure, artifacts, opt_ml, result.stdout + result.stderr, seconds
-    )
+    return opt_ml
+
+
+def _upload_model_artifacts(job: dict[str, Any], s3: Any, opt_ml: Path, job_dir: Path) -> str:
+    """/opt/ml/model packed as model.tar.gz under the job's output path; returns its s3:// URI."""
+    import tarfile
+    from urllib.parse import urlparse
+
+    name = job["TrainingJobName"]
+    archive = job_dir / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted((opt_ml / "model").iterdir()):
+            tar.add(path, arcname=path.name)
+    output = urlparse(job["OutputDataConfig"]["S3OutputPath"])
+    key = f"{output.path.strip('/')}/{name}/output/model.tar.gz".lstrip("/")
+    s3.upload_file(str(archive), output.netloc, key)
+    return f"s3://{output.netloc}/{key}"
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -406,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "--model-dir", type=Path, default=None, help="default: the CDNOW model (trained if needed)"
     )
     args = parser.parse_args(argv)
-    from infra.local_stack import ensure_model
+    from infra.local_stack.model import ensure_model
 
     model_dir = args.model_dir or ensure_model()[0]
     with tempfile.TemporaryDirectory(prefix="churnguard-sam-") as tmp:

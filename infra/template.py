@@ -1,34 +1,55 @@
-"""Read template.yaml (CloudFormation short-form tags included) for tests and the local stack."""
+"""Read template.yaml: one parser, cfn-lint's, for the tests, the local stack and the template checks.
+
+cfn-lint is a dev dependency (and in the infra venv); it is imported on first use, so the modules
+that only need ``ROOT`` stay light.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = ROOT / "template.yaml"
 
 
-class _CfnLoader(yaml.SafeLoader):
+class TemplateParseError(ValueError):
     pass
 
 
-def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    """``!Ref X`` -> ``{"Ref": "X"}``, ``!GetAtt A.B`` -> ``{"GetAtt": "A.B"}``, and so on."""
-    if isinstance(node, yaml.ScalarNode):
-        return {suffix: loader.construct_scalar(node)}
-    if isinstance(node, yaml.SequenceNode):
-        return {suffix: loader.construct_sequence(node, deep=True)}
-    return {suffix: loader.construct_mapping(node, deep=True)}
+def decode_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
+    """The template in CloudFormation's JSON form (``!GetAtt A.B`` -> ``{"Fn::GetAtt": ["A", "B"]}``),
+    as cfn-lint and the SAM translator read it."""
+    from cfnlint.decode import decode
 
-
-_CfnLoader.add_multi_constructor("!", _tag)
+    template, problems = decode(str(path))
+    if problems:
+        raise TemplateParseError(f"{path.name} does not parse: {problems}")
+    return template
 
 
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
-    return yaml.load(path.read_text(), Loader=_CfnLoader)
+    """The template with its intrinsic functions in the short form it is written in, as plain dicts,
+    lists and strings: ``!Ref X`` -> ``{"Ref": "X"}``, ``!GetAtt A.B`` -> ``{"GetAtt": "A.B"}``,
+    ``!Sub s`` -> ``{"Sub": s}``, ``!If [c, a, b]`` -> ``{"If": [c, a, b]}``, and so on."""
+    return _short_form(decode_template(path))
+
+
+def _short_form(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((key, argument),) = value.items()
+            if key.startswith("Fn::"):
+                function = key.removeprefix("Fn::")
+                if function == "GetAtt" and isinstance(argument, list):
+                    return {function: ".".join(argument)}
+                return {function: _short_form(argument)}
+        return {str(key): _short_form(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_short_form(item) for item in value]
+    if isinstance(value, str):
+        return str(value)  # cfn-lint's str_node, which carries its line numbers
+    return value
 
 
 def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:

@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from tests.helpers import ROOT, FakeLambdaContext
+from tests.helpers import ROOT
 
 ERROR, DROP, LOSE_ANSWER, HOLD, UNPROCESSED = "error", "drop", "lose-answer", "hold", "unprocessed"
 HOP_BY_HOP = {
@@ -298,25 +298,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(fault.status, headers, data.encode())
 
 
-class DeadlineContext(FakeLambdaContext):
-    """A Lambda context whose invocation ends ``seconds`` after it was created (Powertools
-    idempotency stores that deadline as the IN_PROGRESS record's expiry)."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.deadline = time.time() + seconds
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self.deadline - time.time()) * 1000))
-
-
 CHILD = """
 import json, sys
-from tests.faults import DeadlineContext
-from tests.helpers import load_handler
+from infra.lambda_harness import LambdaContext, load_handler
 event, seconds = json.loads(sys.argv[1]), float(sys.argv[2])
 handler = load_handler("batch_score")
-result = handler.lambda_handler(event, DeadlineContext(seconds))
+# the invocation ends ``seconds`` from now: idempotency stores that as the IN_PROGRESS record's expiry
+result = handler.lambda_handler(event, LambdaContext(timeout_s=seconds))
 errors = [info[0].__name__ for info in handler.processor.exceptions]  # why records failed
 print("RESULT " + json.dumps({**result, "errors": errors}), flush=True)
 """

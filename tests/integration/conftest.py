@@ -1,43 +1,17 @@
 """moto in server mode: a real HTTP endpoint on 127.0.0.1 that boto3 reaches via AWS_ENDPOINT_URL."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from infra.local_aws import MotoServer
 
 
 @pytest.fixture(scope="session")
 def moto_server():
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with MotoServer() as server:
+        yield server.url
 
 
 @pytest.fixture

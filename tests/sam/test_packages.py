@@ -185,7 +185,7 @@ def test_retrain_package_creates_the_training_job_and_promote_package_gates_it(s
 
 
 def test_start_api_serves_the_scoring_api_over_http_from_the_package(sam_stack):
-    from infra.local_stack import free_port
+    from infra.local_aws import free_port
     from infra.sam_local import stop_process
 
     port = free_port()
@@ -209,7 +209,7 @@ def test_training_image_trains_cdnow_as_sagemaker_runs_it_and_the_packaged_gate_
     sam_stack, engine, tmp_path
 ):
     from churnguard.datasets import load_cdnow
-    from infra.local_stack import cdnow_holdout, put_holdout
+    from infra.local_stack.model import cdnow_holdout, put_holdout
     from infra.sam_local import run_training_job
     from infra.training_image import build_training_image
 

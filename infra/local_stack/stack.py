@@ -1,0 +1,141 @@
+"""Starting and stopping the local stack: moto, the template's resources, the model, the functions."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from infra.lambda_harness import load_handler
+from infra.local_aws import MotoServer, aws_environment
+from infra.local_stack.api import make_api_server
+from infra.local_stack.deliveries import EventRuleDelivery, ScoringJobsDelivery
+from infra.local_stack.model import ensure_model, write_holdout
+from infra.local_stack.resources import LocalResources, create_resources
+from infra.template import load_template
+
+AWS_SERVICES = ("s3", "sqs", "ssm", "dynamodb", "events")
+# Locally the pointer is re-read every 2 s (cloud: 60 s) so a promotion shows up promptly.
+LOCAL_FUNCTION_SETTINGS = {"CHURNGUARD_MODEL_POINTER_MAX_AGE": "2"}
+
+
+@dataclass
+class Stack:
+    moto: MotoServer
+    resources: LocalResources
+    clients: dict[str, Any]
+    api_url: str
+    server: ThreadingHTTPServer
+    delivery: ScoringJobsDelivery
+    promote_delivery: EventRuleDelivery | None
+    model_version: str
+    model_dir: Path
+    trained: bool
+
+    def stop(self) -> None:
+        self.delivery.stop()
+        if self.promote_delivery:
+            self.promote_delivery.stop()
+        self.server.shutdown()
+        self.delivery.join(timeout=5)
+        self.moto.stop()
+
+
+@dataclass
+class _Functions:
+    server: ThreadingHTTPServer
+    delivery: ScoringJobsDelivery
+    promote_delivery: EventRuleDelivery | None
+
+
+def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = False) -> Stack:
+    """Everything up: moto, the resources, the model published (``model_dir``, or the CDNOW model,
+    trained if its inputs changed) with its holdout, the API on ``port`` and the deliveries."""
+    moto = MotoServer()
+    moto.start()
+    try:
+        os.environ.update(aws_environment(moto.url))
+        settings = LOCAL_FUNCTION_SETTINGS | (_quiet_functions() if quiet else {})
+        import boto3
+
+        clients = {name: boto3.client(name) for name in AWS_SERVICES}
+        resources = create_resources(load_template(), clients)
+        trained = False
+        if model_dir is None:
+            model_dir, trained = ensure_model()
+        model_version = _publish(clients, resources, Path(model_dir))
+        functions = _start_functions(clients, resources, settings, port)
+    except BaseException:
+        moto.stop()
+        raise
+    api_url = f"http://127.0.0.1:{functions.server.server_address[1]}"
+    return Stack(
+        moto,
+        resources,
+        clients,
+        api_url,
+        functions.server,
+        functions.delivery,
+        functions.promote_delivery,
+        model_version,
+        Path(model_dir),
+        trained,
+    )
+
+
+def _quiet_functions() -> dict[str, str]:
+    """For the demo's output: the functions log warnings only and publish no metrics; returns the
+    function settings that say so."""
+    import logging
+    import warnings
+
+    logging.getLogger("churnguard").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+    return {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
+
+
+def _publish(clients: dict[str, Any], resources: LocalResources, model_dir: Path) -> str:
+    """The gate's holdout for the model, the model under ``models/<version>/``, the pointer set;
+    returns the version."""
+    from churnguard.model_store import publish_model
+
+    bucket = resources.refs["DataBucket"]
+    write_holdout(clients["s3"], bucket, model_dir)
+    pointer = publish_model(
+        model_dir,
+        s3_client=clients["s3"],
+        ssm_client=clients["ssm"],
+        bucket=bucket,
+        parameter_name=resources.refs["ModelPointer"],
+    )
+    return pointer.version
+
+
+def _start_functions(
+    clients: dict[str, Any], resources: LocalResources, settings: dict[str, str], port: int
+) -> _Functions:
+    """Each function loaded warm with the template's environment (plus ``settings``), and what
+    invokes it: the API server, the scoring-jobs delivery, the promote rule's delivery."""
+
+    def load(folder: str, logical_id: str) -> Any:
+        return load_handler(folder, {**resources.function_env[logical_id], **settings}, cold_start=True)
+
+    score_api = load("score_api", "ScoreApiFunction")
+    batch = load("batch_score", "BatchScoreFunction")
+    server = make_api_server(score_api, port)
+    threading.Thread(target=server.serve_forever, daemon=True, name="api").start()
+    delivery = ScoringJobsDelivery(
+        clients["sqs"], resources.refs["ScoringJobsQueue"], resources.arns["ScoringJobsQueue"], batch
+    )
+    delivery.start()
+    promote_delivery = None
+    if "PromoteFunction" in resources.event_queues:
+        promote = load("promote", "PromoteFunction")
+        promote_delivery = EventRuleDelivery(
+            clients["sqs"], resources.event_queues["PromoteFunction"][0], promote, "PromoteFunction"
+        )
+        promote_delivery.start()
+    return _Functions(server, delivery, promote_delivery)
