@@ -35,7 +35,7 @@ train: install
 ## sam local (tests/sam: needs Docker, or root to set up podman; skipped with the reason otherwise,
 ## never skipped with CI=true). See README for the layers.
 test: install infra-venv
-	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile --cov --cov-report=term $(PYTEST_ARGS)
 
 ## The long API fuzz run: schemathesis, 10,000 examples per operation (CI runs 3,400: tests/fuzz).
 fuzz: install
@@ -63,9 +63,13 @@ DEPLOY_ARGS ?=
 deploy: install infra-venv
 	$(PY) -m infra.deploy $(DEPLOY_ARGS)
 
+## ruff, and mypy --strict on the Lambda side: the domain package and each function (one run per
+## function: every handler module is called app).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy shared/churnguard
+	@for app in functions/*/app.py; do echo "mypy $$app"; $(VENV)/bin/mypy $$app || exit 1; done
 
 ## Quality benchmark on the fixed CDNOW protocol -> benchmarks/results/quality.{md,json}
 bench-quality: install

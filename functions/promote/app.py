@@ -108,7 +108,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         content = rt.store.get_bytes(artifact.netloc, artifact.path.lstrip("/"))
         files = files_from_tarball(content)
         challenger = validate_challenger(files)
-    except (ModelLoadError, *aws.aws_errors()) as exc:
+    except (ModelLoadError, *aws.aws_errors()) as exc:  # type: ignore[misc]  # mypy cannot size a starred tuple
         if not isinstance(exc, ModelLoadError) and aws.error_code(exc) != "NoSuchKey":
             raise  # any other AWS error fails the invocation, as before: no decision recorded
         return _record(rt, GateDecision(False, None, None, reasons=[f"challenger refused: {exc}"]), job)

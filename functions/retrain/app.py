@@ -74,7 +74,8 @@ def training_job_request(settings: RetrainSettings, job_name: str) -> dict[str, 
 @tracer.capture_method(capture_response=False)
 def _existing_job(sagemaker: Any, job_name: str) -> dict[str, Any] | None:
     try:
-        return sagemaker.describe_training_job(TrainingJobName=job_name)
+        job: dict[str, Any] = sagemaker.describe_training_job(TrainingJobName=job_name)
+        return job
     except sagemaker.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("ValidationException", "ResourceNotFound"):
             return None  # SageMaker answers an unknown job name with ValidationException

@@ -544,7 +544,8 @@ def _profile_values(latest: dict[str, pd.DataFrame], user_ids: np.ndarray) -> di
     profile: dict[str, np.ndarray] = {}
     for column, rows in latest.items():
         values = rows.set_index("user_id")[column].reindex(user_ids).to_numpy(dtype=object)
-        profile[column] = np.where(pd.isna(values), None, values).astype(object)  # type: ignore[call-overload]
+        missing: np.ndarray = pd.isna(values)
+        profile[column] = np.asarray(np.where(missing, None, values), dtype=object)
     latest.clear()
     return profile
 

@@ -87,8 +87,9 @@ def files_from_tarball(content: bytes) -> dict[str, bytes]:
                 # only a "./" prefix (tar -C dir .): lstrip("./") made "../model.tflite" and
                 # ".metadata.json" stand in for the model's own files
                 name = member.name.removeprefix("./")
-                if member.isfile() and "/" not in name:
-                    files[name] = archive.extractfile(member).read()
+                stream = archive.extractfile(member) if member.isfile() and "/" not in name else None
+                if stream is not None:
+                    files[name] = stream.read()
             return files
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ModelLoadError(f"model artifact is not a readable tar.gz: {exc}") from exc

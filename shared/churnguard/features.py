@@ -473,11 +473,11 @@ def _static_transform_kind(name: str) -> str:
 
 def _apply_kind(values: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
     out = np.array(values, dtype=np.float64, copy=True)
-    kinds = np.asarray(kinds)
-    log = kinds == "log1p"
+    kind_of_column = np.asarray(kinds)
+    log = kind_of_column == "log1p"
     if log.any():
         out[:, log] = np.log1p(np.clip(out[:, log], 0.0, None))
-    signed = kinds == "signed_log1p"
+    signed = kind_of_column == "signed_log1p"
     if signed.any():
         part = out[:, signed]
         out[:, signed] = np.sign(part) * np.log1p(np.abs(part))
@@ -673,7 +673,8 @@ def _category_labels(values: np.ndarray) -> np.ndarray:
 def _one_hot(values: np.ndarray, vocab: Sequence[str]) -> np.ndarray:
     labels = _category_labels(values)
     labels = np.where(np.isin(labels, np.asarray(vocab, dtype=object)), labels, OTHER_CATEGORY)
-    return (labels[:, None] == np.asarray(vocab, dtype=object)[None, :]).astype(np.float64)
+    one_hot: np.ndarray = (labels[:, None] == np.asarray(vocab, dtype=object)[None, :]).astype(np.float64)
+    return one_hot
 
 
 def _to_float(values: np.ndarray | None, n: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class Reason:
     group: str
     contribution: float  # churn probability minus the probability with this group at its baseline
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "group": self.group,
             "contribution": round(self.contribution, 4),
@@ -78,7 +79,8 @@ class OcclusionExplainer:
     def contributions(self, probabilities_stacked: np.ndarray, n: int) -> np.ndarray:
         """``[n, groups]``: original probability minus each occluded probability."""
         p = probabilities_stacked.reshape(len(self.groups) + 1, n)
-        return (p[0][None, :] - p[1:]).T
+        contributions: np.ndarray = (p[0][None, :] - p[1:]).T
+        return contributions
 
     def top_reasons(self, contributions: np.ndarray, k: int = 3) -> list[list[Reason]]:
         """The ``k`` groups that push each customer's risk up the most (positive contributions only)."""

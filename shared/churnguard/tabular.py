@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import pandas as pd
 
+from churnguard.event_types import EVENT_TYPE_ORDER
 from churnguard.features import (
-    EVENT_TYPE_ORDER,
     EventArrays,
     FeatureConfig,
     RawFeatures,
@@ -16,15 +17,20 @@ from churnguard.features import (
 )
 
 
+@overload
+def to_epoch_seconds(values: pd.Timestamp | str) -> float: ...
+@overload
+def to_epoch_seconds(values: pd.Series | np.ndarray) -> np.ndarray: ...
 def to_epoch_seconds(values: pd.Series | np.ndarray | pd.Timestamp | str) -> np.ndarray | float:
     """UTC-naive datetimes -> float seconds since the epoch."""
     if isinstance(values, str | pd.Timestamp):
         ts = pd.Timestamp(values)
         if ts.tzinfo is not None:
             ts = ts.tz_convert("UTC").tz_localize(None)
-        return ts.value / 1e9
+        return float(ts.value / 1e9)
     arr = np.asarray(values, dtype="datetime64[ns]")
-    return arr.astype(np.int64).astype(np.float64) / 1e9
+    seconds: np.ndarray = arr.astype(np.int64).astype(np.float64) / 1e9
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,8 @@ def customer_events(
         last = last.reindex(user_ids)
         for column in profile_columns:
             values = last[column].to_numpy(dtype=object)
-            profile[column] = np.where(pd.isna(values), None, values).astype(object)
+            missing: np.ndarray = pd.isna(values)
+            profile[column] = np.asarray(np.where(missing, None, values), dtype=object)
     return CustomerEvents(user_ids=user_ids, arrays=arrays, profile=profile)
 
 
@@ -118,4 +125,5 @@ def churn_labels(
     ts = events["timestamp"].to_numpy()
     mask = (events["event_type"].to_numpy() == EVENT_TYPE_ORDER) & (ts >= start) & (ts < end)
     buyers = pd.Index(pd.unique(events.loc[mask, "user_id"].to_numpy(dtype=object)))
-    return (~pd.Index(user_ids).isin(buyers)).astype(np.int64)
+    churned: np.ndarray = (~pd.Index(user_ids).isin(buyers)).astype(np.int64)
+    return churned
