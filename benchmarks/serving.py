@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT, peak_rss_mb, pin_one_core, run_child, write_results
-from churnguard.model_metadata import ModelMetadata
 from infra.cdnow_requests import cdnow_scoring_request, first_with_six_orders
 
 
@@ -321,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if train.main(["--model-dir", str(model_dir), "--verbose", "0"]):
             return 1
+    # imported here, not at the top: the cold-start child imports this module before its clock starts
+    from churnguard.model_metadata import ModelMetadata
+
     metadata = ModelMetadata.from_directory(model_dir)
     result: dict = {"model_version": metadata.model_version, "targets": "one core for warm and batch"}
     env = {"POWERTOOLS_METRICS_NAMESPACE": "ChurnGuardBench"}

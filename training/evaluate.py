@@ -22,6 +22,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from churnguard.model_metadata import ABOVE_EVERY_PROBABILITY
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -113,7 +115,7 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, policy: ThresholdPol
         cost = policy.promotion_cost * flagged - gain_per_tp * tp
         best = int(np.argmin(cost))
         if cost[best] >= 0:  # no offer pays for itself: flag nobody
-            return float(np.nextafter(np.float32(1.0), np.float32(2.0)))
+            return ABOVE_EVERY_PROBABILITY
         return float(probs[order][best])
     raise ValueError(f"unknown threshold policy {policy.name!r} (max_f1 | min_cost)")
 

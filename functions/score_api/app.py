@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard.api import DuplicateCustomerError, ScoreRequest, ScoreResponse, model_summary, score_request
 from churnguard.model_provider import ModelUnavailableError
-from churnguard.promotions import SqsPromotionsPublisher  # noqa: F401 (tests patch the class built at cold start)
+from churnguard.promotions import SqsPromotionsPublisher  # noqa: F401 (tests patch its publish method)
 from churnguard.wiring import ApiRuntime, api_runtime
 
 SERVICE = "churnguard-score-api"

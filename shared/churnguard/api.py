@@ -221,11 +221,12 @@ def model_summary(bundle: ModelBundle) -> dict[str, Any]:
     """``GET /v1/model``: what a caller needs to trust and interpret the scores."""
     m = bundle.metadata
     spec = bundle.spec
+    data = m.data.model_dump()
     return {
         "model_version": bundle.version,
         "trained_at": m.created_at,
         "code_version": m.code_version,
-        "data": m.data.model_dump(include={"source", "sha256", "customers", "event_types"}),
+        "data": {k: data[k] for k in ("source", "sha256", "customers", "event_types")},
         "protocol": m.protocol.model_dump(),
         "metrics": {split: m.summary_metrics(split) for split in m.metrics},
         "thresholds": m.thresholds.model_dump(),

@@ -4,7 +4,9 @@ local stack, deployment and the benchmarks).
 
 ``format`` and ``format_version`` are checked on read: a directory written by a newer, incompatible
 trainer is refused with a message naming the version instead of failing on a missing key later.
-Unknown keys are refused too, so a writer and its readers cannot silently disagree on a name.
+Keys this code does not know are ignored: a newer trainer may add a field without breaking the
+serving functions still deployed (a change old readers cannot live with bumps ``FORMAT_VERSION``).
+What training writes is pinned key by key by ``tests/unit/test_train_metadata.py``.
 
 The export tolerances live here because two places enforce them: the exporter refuses to write a
 model above them and the promotion gate refuses to promote one whose recorded parity is above them.
@@ -27,6 +29,9 @@ FLOAT32_MODEL = "model.tflite"
 DYNAMIC_RANGE_MODEL = "model_dynamic_range.tflite"
 # Max |TFLite - Keras| on held-out customers a model file may have.
 PARITY_TOLERANCE: dict[str, float] = {FLOAT32_MODEL: 1e-5, DYNAMIC_RANGE_MODEL: 5e-3}
+# A cut above every probability a float32 model outputs: "flag nobody" (the min_cost policy when no
+# offer pays for itself). The one threshold outside [0, 1] a model may carry.
+ABOVE_EVERY_PROBABILITY = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
 
 
 class ModelMetadataError(ValueError):
@@ -35,7 +40,7 @@ class ModelMetadataError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class RiskThresholds(_Section):
@@ -48,7 +53,11 @@ class RiskThresholds(_Section):
     @model_validator(mode="after")
     def _probabilities_in_order(self) -> Self:
         values = {"risk_tiers.medium": self.medium, "risk_tiers.high": self.high, "promotion": self.promotion}
-        outside = [name for name, value in values.items() if not 0.0 <= value <= 1.0]  # NaN fails too
+        outside = [  # NaN fails too
+            name
+            for name, value in values.items()
+            if not (0.0 <= value <= 1.0 or value == ABOVE_EVERY_PROBABILITY)
+        ]
         if outside:
             raise ValueError(f"thresholds {outside} are not probabilities in [0, 1]")
         if self.medium > self.high:
@@ -160,8 +169,8 @@ class ModelMetadata(_Section):
     epochs_trained: int
     calibration: Calibration
     thresholds: Thresholds
-    # split -> metric -> value; a metric undefined on a split (one class only) is NaN
-    metrics: dict[str, dict[str, float]]
+    # split -> metric -> value; a metric undefined on a split (one class only) is None or NaN
+    metrics: dict[str, dict[str, float | None]]
     inputs: InputShapes
     reason_baseline: ReasonBaseline
     files: dict[str, ModelFile]
@@ -221,7 +230,9 @@ class ModelMetadata(_Section):
 
     def summary_metrics(self, split: str) -> dict[str, float | None]:
         """A split's metrics with NaN as None (JSON has no NaN)."""
-        return {k: (None if math.isnan(v) else v) for k, v in self.metrics.get(split, {}).items()}
+        return {
+            k: (None if v is None or math.isnan(v) else v) for k, v in self.metrics.get(split, {}).items()
+        }
 
 
 def _problems(exc: ValidationError) -> str:

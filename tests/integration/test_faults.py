@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 
 from churnguard import aws as aws_clients
-from churnguard.promotions import PromotionPolicy, PublishResult, SqsPromotionsPublisher
+from churnguard.promotions import PromotionPolicy, SqsPromotionsPublisher
 from tests.faults import (
     DROP,
     ERROR,
@@ -90,16 +90,9 @@ def eligible(frame) -> set[str]:
     """The customers the policy promotes in this file, computed without AWS."""
     from churnguard.batch import score_file
     from churnguard.bundle import ModelBundle
+    from tests.unit.fakes import RecordingPublisher
 
-    class Recorder:
-        def __init__(self) -> None:
-            self.messages: list[dict[str, Any]] = []
-
-        def publish(self, messages):
-            self.messages += messages
-            return PublishResult(sent=len(messages))
-
-    recorder = Recorder()
+    recorder = RecordingPublisher()
     score_file(
         frame.to_csv(index=False).encode(),
         KEY,

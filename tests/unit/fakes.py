@@ -11,6 +11,7 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -22,6 +23,7 @@ from churnguard.ports import (
     SendBatchResult,
     SendFailure,
 )
+from churnguard.promotions import PublishResult
 
 
 def client_error(code: str, operation: str) -> ClientError:
@@ -176,3 +178,14 @@ class MemoryLedger:
     def mark(self, keys: Sequence[str]) -> None:
         self.marks.append(list(keys))
         self.keys |= set(keys)
+
+
+class RecordingPublisher:
+    """A promotions publisher that keeps what it was given and sends nothing."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def publish(self, messages: list[dict[str, Any]]) -> PublishResult:
+        self.messages += messages
+        return PublishResult(sent=len(messages))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from typing import Any
 
 import pandas as pd
 import pytest
@@ -17,9 +16,9 @@ from churnguard.admission import HEAD_SAMPLE_BYTES
 from churnguard.batch import process_s3_object, split_object
 from churnguard.bundle import ModelBundle
 from churnguard.datasets import generate_synthetic_events
-from churnguard.promotions import PromotionPolicy, PublishResult
+from churnguard.promotions import PromotionPolicy
 from tests.helpers import FIXTURE_MODEL
-from tests.unit.fakes import MemoryObjectStore, client_error
+from tests.unit.fakes import MemoryObjectStore, RecordingPublisher, client_error
 
 BUCKET = "data"
 KEY = "incoming/2024/export.csv"
@@ -40,18 +39,15 @@ def frame() -> pd.DataFrame:
     return pd.concat([events.iloc[:4], bad, events.iloc[4:]], ignore_index=True)  # data row 5 is bad
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    def publish(self, messages):
-        self.messages += messages
-        return PublishResult(sent=len(messages))
-
-
 def _process(store, bundle, key=KEY, publisher=None, **kwargs):
     return process_s3_object(
-        store, BUCKET, key, bundle, policy=PromotionPolicy(), publisher=publisher or Recorder(), **kwargs
+        store,
+        BUCKET,
+        key,
+        bundle,
+        policy=PromotionPolicy(),
+        publisher=publisher or RecordingPublisher(),
+        **kwargs,
     )
 
 
@@ -63,7 +59,7 @@ def _store(frame: pd.DataFrame, key: str = KEY, as_of: str | None = AS_OF) -> Me
 
 def test_an_object_is_scored_from_a_stream_and_its_three_outputs_written_through_the_port(frame, bundle):
     store = _store(frame)
-    publisher = Recorder()
+    publisher = RecordingPublisher()
 
     summary = _process(store, bundle, publisher=publisher)
 
@@ -105,7 +101,7 @@ def test_an_object_beyond_one_invocation_is_split_into_parts_that_score_to_the_w
     expected_as_of = (latest.normalize() + pd.Timedelta(days=1)).date().isoformat()
     assert {store.objects[(BUCKET, k)].metadata["as-of"] for k in summary.parts} == {expected_as_of}
 
-    publisher = Recorder()
+    publisher = RecordingPublisher()
     results = [_process(store, bundle, key=k, publisher=publisher) for k in summary.parts]
     assert all(r.status == "ok" for r in results)
     assert sum(r.rows_in for r in results) == len(frame)

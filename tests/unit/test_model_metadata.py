@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from churnguard.model_metadata import MODEL_FORMAT, ModelMetadata, ModelMetadataError, RiskThresholds
+from churnguard.model_metadata import (
+    ABOVE_EVERY_PROBABILITY,
+    MODEL_FORMAT,
+    ModelMetadata,
+    ModelMetadataError,
+    RiskThresholds,
+)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "model"
 
@@ -45,7 +51,6 @@ def test_typed_fields_are_read_without_string_keys():
         (lambda d: d.update(format_version=2), "format_version 2 is not 1"),
         (lambda d: d.pop("protocol"), "protocol: Field required"),
         (lambda d: d["data"].update(rows_in="many"), "data.rows_in"),
-        (lambda d: d.update(surprise=1), "surprise: Extra inputs are not permitted"),
         (lambda d: d["thresholds"].update(promotion=1.5), "thresholds ['promotion'] are not probabilities"),
         (lambda d: d["thresholds"]["risk_tiers"].update(medium=0.9, high=0.1), "medium is above"),
         (lambda d: d["calibration"].update(method="isotonic"), "calibration.method"),
@@ -80,3 +85,29 @@ def test_risk_tiers_cut_at_their_thresholds():
     assert tiers.tolist() == ["low", "low", "medium", "medium", "high", "high"]
     with pytest.raises(ValueError, match="not probabilities"):
         RiskThresholds(medium=math.nan, high=0.6, promotion=0.5)
+
+
+def test_a_field_from_a_newer_trainer_is_ignored_by_this_reader():
+    data = fixture_dict()
+    data["surprise"] = {"added": "by a newer trainer"}
+    data["thresholds"]["surprise"] = 1
+    metadata = ModelMetadata.from_dict(data)
+    assert metadata.model_version == data["model_version"]
+    assert "surprise" not in metadata.to_dict()
+
+
+def test_a_metric_undefined_on_a_one_class_split_may_be_null():
+    data = fixture_dict()
+    data["metrics"]["validation"]["roc_auc"] = None
+    assert ModelMetadata.from_dict(data).summary_metrics("validation")["roc_auc"] is None
+
+
+def test_a_model_whose_policy_flags_nobody_is_valid_and_promotes_nobody():
+    # min_cost when no offer pays for itself: the cut sits just above 1.0
+    thresholds = RiskThresholds(medium=0.4, high=ABOVE_EVERY_PROBABILITY, promotion=ABOVE_EVERY_PROBABILITY)
+    assert ABOVE_EVERY_PROBABILITY > 1.0
+    probabilities = np.array([0.0, 0.5, 1.0], dtype=np.float32)
+    assert not (probabilities >= thresholds.promotion).any()
+    assert thresholds.tier(probabilities).tolist() == ["low", "medium", "medium"]
+    with pytest.raises(ValueError, match="not probabilities"):
+        RiskThresholds(medium=0.4, high=0.5, promotion=1.5)
