@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 from infra.containers import CACHE, PYTHON_BASE, Engine, ensure_base_images, ensure_engine, inputs_hash
@@ -108,9 +109,13 @@ def _stage_sources(target: Path) -> None:
         shutil.copy2(path, destination)
     shutil.copy2(ROOT / "pyproject.toml", target / "pyproject.toml")
     (target / "README.md").write_text("ChurnGuard (training image build); see the repository README.\n")
-    for package in ("infra", "benchmarks"):
-        (target / package).mkdir()
-        (target / package / "__init__.py").write_text("")
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    directories = setuptools.get("package-dir", {})
+    for package in setuptools["packages"]:  # every package pyproject.toml lists must exist to build
+        folder = target / directories.get(package, package.replace(".", "/"))
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            (folder / "__init__.py").write_text("")
 
 
 def prepare_wheels(context: Path = CONTEXT) -> Path:
