@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from churnguard.ports import (
+    ListedObject,
     ObjectInfo,
     ParameterVersion,
     QueueMessage,
@@ -47,6 +48,15 @@ class S3ObjectStore:
     def head(self, bucket: str, key: str) -> ObjectInfo:
         answer = self._client.head_object(Bucket=bucket, Key=key)
         return ObjectInfo(size=answer["ContentLength"], metadata=dict(answer.get("Metadata", {})))
+
+    def list_objects(self, bucket: str, prefix: str) -> list[ListedObject]:
+        listed: list[ListedObject] = []
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            listed += [ListedObject(o["Key"], o["Size"], o["LastModified"]) for o in page.get("Contents", [])]
+        return listed
+
+    def copy(self, bucket: str, source_key: str, key: str) -> None:
+        self._client.copy({"Bucket": bucket, "Key": source_key}, bucket, key)
 
     def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None:
         if content_type is None:

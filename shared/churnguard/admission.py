@@ -103,12 +103,7 @@ class MemoryModel:
         """Parts to split into so that each part is predicted to use at most half of what a part
         may use: ``scale`` extrapolates counts seen so far to the whole file (1.0 = the counts are
         the whole file). Raises ``TooLargeToSplitError`` beyond ``MAX_PARTS``."""
-        per_part = (self.usable_mb - self.base_mb) / 2
-        if per_part <= 0:
-            raise TooLargeToSplitError(
-                f"the function's memory ({self.budget_mb:.0f} MB) leaves nothing for data after the "
-                f"runtime's {self.base_mb:.0f} MB: raise the function's MemorySize"
-            )
+        per_part = self._per_part_mb()
         needed = self._variable_mb(events, customers, rejected) * max(scale, 1.0) / per_part
         parts = max(2, math.ceil(needed))
         if parts > MAX_PARTS:
@@ -117,6 +112,21 @@ class MemoryModel:
                 f"{MAX_PARTS} one split pass writes: upload it as a dataset of smaller files"
             )
         return parts
+
+    def shards_for(self, events: int, customers: int) -> int:
+        """Shards of a multi-part dataset so that each is predicted to use at most half of what one
+        invocation may (the same headroom as a split). At least 1 and not capped: each shard is its
+        own invocation, read from pieces the parts wrote, not one pass over one file."""
+        return max(1, math.ceil(self._variable_mb(events, customers, 0) / self._per_part_mb()))
+
+    def _per_part_mb(self) -> float:
+        per_part = (self.usable_mb - self.base_mb) / 2
+        if per_part <= 0:
+            raise TooLargeToSplitError(
+                f"the function's memory ({self.budget_mb:.0f} MB) leaves nothing for data after the "
+                f"runtime's {self.base_mb:.0f} MB: raise the function's MemorySize"
+            )
+        return per_part
 
     def parts_for_rows(self, rows: int) -> int:
         """Parts for a file known only by its row count, sized on its events: customers are not

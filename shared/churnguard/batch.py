@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -337,13 +337,66 @@ def score_file(
     Rejected rows (source_row, reason) are written to ``rejects`` as CSV as they are found, so a file
     of bad rows costs no memory; without ``rejects`` they are only counted.
     """
+    return score_sources(
+        [EventSource(key, lambda: body)],
+        bundle,
+        as_of=as_of,
+        policy=policy,
+        publisher=publisher,
+        source=source,
+        reasons_for=reasons_for,
+        rejects=rejects,
+        chunk_rows=chunk_rows,
+        memory=memory,
+        score_chunk_customers=score_chunk_customers,
+        now=now,
+    )
+
+
+@dataclass(frozen=True)
+class EventSource:
+    """One events file to read: its key (the format comes from its suffix) and how to open it, called
+    only when it is its turn (a shard of a dataset has one piece per part: never all open at once)."""
+
+    key: str
+    open: Callable[[], bytes | ReadableStream]
+
+
+# Called once every source is read, before anything is scored or sent, with the counts and the
+# customers read; raising an ``EventLogError`` ends the run in a failed summary.
+BeforeScoring = Callable[[BatchSummary, Sequence[str]], None]
+
+
+def score_sources(
+    sources: Iterable[EventSource],
+    bundle: ModelBundle,
+    *,
+    as_of: str | None = None,
+    policy: PromotionPolicy,
+    publisher: PromotionsPublisher | None,
+    source: str,
+    reasons_for: ReasonsFor = ReasonsFor.PROMOTED,
+    rejects: TextIO | None = None,
+    chunk_rows: int = 500_000,
+    memory: MemoryModel = DEFAULT_MEMORY,
+    score_chunk_customers: int = SCORE_CHUNK_CUSTOMERS,
+    now: dt.datetime | None = None,
+    columns: Collection[str] | None = None,
+    before_scoring: BeforeScoring | None = None,
+) -> BatchResult:
+    """``score_file`` over several files read as one: every customer is scored once on their events
+    from all of them. ``columns`` overrides what is read of each (default: ``read_columns``)."""
     started = time.perf_counter()
     summary = BatchSummary(source=source, model_version=bundle.version)
     if rejects is not None:
         rejects.write("source_row,reason\n")
     acc = _Accumulator()
     try:
-        _read_events(acc, summary, body, key, bundle, rejects=rejects, chunk_rows=chunk_rows, memory=memory)
+        for item in sources:
+            read = _Reading(rejects=rejects, chunk_rows=chunk_rows, memory=memory, columns=columns)
+            _read_events(acc, summary, item.open(), item.key, bundle, read)
+        if before_scoring is not None:
+            before_scoring(summary, list(acc.user_ids))
     except FileTooLargeError:
         raise
     except FILE_ERRORS as exc:
@@ -415,22 +468,32 @@ def _score_accumulated(
     )
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """How a file is read: where its rejected rows go, chunk size, memory budget, columns kept."""
+
+    rejects: TextIO | None
+    chunk_rows: int
+    memory: MemoryModel
+    columns: Collection[str] | None = None  # None: read_columns(bundle, key)
+
+
 def _read_events(
     acc: _Accumulator,
     summary: BatchSummary,
     body: bytes | ReadableStream,
     key: str,
     bundle: ModelBundle,
-    *,
-    rejects: TextIO | None,
-    chunk_rows: int,
-    memory: MemoryModel,
+    read: _Reading,
 ) -> None:
     """Read, validate and accumulate the file chunk by chunk, counting rows in ``summary`` and
-    writing rejected rows to ``rejects``; ``FileTooLargeError`` at the first chunk that would not fit."""
+    writing rejected rows to ``read.rejects``; ``FileTooLargeError`` at the first chunk that would
+    not fit."""
     profile_columns = [*bundle.spec.profile_categorical, *bundle.spec.profile_numeric]
+    rejects, memory = read.rejects, read.memory
+    columns = read_columns(bundle, key) if read.columns is None else read.columns
     row = 1
-    for chunk in iter_chunks(body, key, chunk_rows, memory=memory, columns=read_columns(bundle, key)):
+    for chunk in iter_chunks(body, key, read.chunk_rows, memory=memory, columns=columns):
         if SOURCE_ROW in chunk.columns:  # a part of a split file: keep the original row numbers
             numbers = pd.to_numeric(chunk[SOURCE_ROW], errors="raise").to_numpy(dtype=np.int64)
             validated = validate_events(chunk.drop(columns=SOURCE_ROW), row_numbers=numbers)
@@ -527,6 +590,12 @@ class _CustomerEvents:
             amount=self.amounts[lo:hi],
             quantity=self.quantities[lo:hi],
         )
+
+
+def as_of_after(latest: np.datetime64 | pd.Timestamp) -> str:
+    """The as-of of an export whose latest valid event is ``latest`` (UTC, naive): the next UTC day
+    (an export is a snapshot up to its last event). The rule for a file, a split and a dataset."""
+    return str((pd.Timestamp(latest).normalize() + pd.Timedelta(days=1)).date().isoformat())
 
 
 def _resolve_as_of(as_of: str | None, timestamps: np.ndarray) -> pd.Timestamp:
@@ -679,7 +748,7 @@ def split_object(
             body, key, paths, level=level, columns=columns, chunk_rows=chunk_rows, find_latest=as_of is None
         )
         if as_of is None and latest is not None:
-            as_of = (pd.Timestamp(latest).normalize() + pd.Timedelta(days=1)).date().isoformat()
+            as_of = as_of_after(latest)
         keys = []
         for i, path in enumerate(paths):
             if written[i]:
@@ -687,6 +756,12 @@ def split_object(
                 store.upload_file(path, bucket, part_key, metadata={"as-of": as_of} if as_of else None)
                 keys.append(part_key)
     return keys
+
+
+def customer_hash(user_ids: np.ndarray, hash_key: str) -> np.ndarray:
+    """A stable 64-bit hash per (stripped) user id, keyed by ``hash_key`` (16 characters): the same
+    id always lands in the same part (``hash % parts``) in every process and on every run."""
+    return np.asarray(pd.util.hash_array(user_ids, hash_key=hash_key, categorize=True), dtype=np.uint64)
 
 
 def _parts_prefix(key: str, level: int) -> str:
@@ -729,7 +804,7 @@ def _write_parts(
                 if len(valid):
                     latest = valid.max() if latest is None else max(latest, valid.max())
             ids = chunk["user_id"].astype("string").str.strip(ID_BLANKS).fillna("").to_numpy(dtype=object)
-            part_of = pd.util.hash_array(ids, hash_key=hash_key, categorize=True) % np.uint64(len(paths))
+            part_of = customer_hash(ids, hash_key) % np.uint64(len(paths))
             for i, writer in enumerate(writers):
                 rows = chunk[part_of == i]
                 if len(rows):
@@ -804,7 +879,7 @@ def process_s3_object(
     drop = _Drop(store, bucket, key, OutputKeys.for_input(key, incoming_prefix), time.perf_counter())
     head = store.head(bucket, key)
     as_of = head.metadata.get("as-of")
-    estimate = _estimate_rows(store, bucket, key, head.size)
+    estimate = estimate_rows(store, bucket, key, head.size)
     with tempfile.TemporaryDirectory() as tmp:
         rejects_path = Path(tmp) / "rejected.csv"
         too_large = _too_large_to_read(head.size, estimate, memory, max_object_bytes)
@@ -923,12 +998,17 @@ def _refused(drop: _Drop, bundle: ModelBundle, too_large: _TooLarge) -> BatchRes
 def _write_outputs(drop: _Drop, result: BatchResult, rejects_path: Path, tmp: str) -> None:
     """The scored Parquet (when there is one), then the rejected rows."""
     if result.scored is not None:
-        import fastparquet
-
-        scored_path = f"{tmp}/scored.parquet"
-        fastparquet.write(scored_path, result.scored, compression="SNAPPY", stats=False)
-        drop.store.upload_file(scored_path, drop.bucket, drop.outputs.scored)  # multipart for large outputs
+        write_scored(drop.store, drop.bucket, drop.outputs.scored, result.scored, tmp)
     drop.store.upload_file(rejects_path, drop.bucket, drop.outputs.rejected, content_type="text/csv")
+
+
+def write_scored(store: ObjectStore, bucket: str, key: str, scored: pd.DataFrame, tmp: str) -> None:
+    """A scored frame as a Parquet object (written to ``tmp`` first: multipart for large outputs)."""
+    import fastparquet
+
+    scored_path = f"{tmp}/scored.parquet"
+    fastparquet.write(scored_path, scored, compression="SNAPPY", stats=False)
+    store.upload_file(scored_path, bucket, key)
 
 
 def _put_summary(drop: _Drop, summary: BatchSummary) -> None:
@@ -936,7 +1016,7 @@ def _put_summary(drop: _Drop, summary: BatchSummary) -> None:
     drop.store.put_bytes(drop.bucket, drop.outputs.summary, body, content_type="application/json")
 
 
-def _estimate_rows(store: ObjectStore, bucket: str, key: str, size: int) -> RowEstimate | None:
+def estimate_rows(store: ObjectStore, bucket: str, key: str, size: int) -> RowEstimate | None:
     """Rows of a CSV / CSV.gz object from its first bytes (a ranged GET); None for Parquet, whose
     footer gives the exact count when it is read."""
     lower = key.lower()

@@ -13,6 +13,7 @@ so a fake that simulates an AWS failure raises the same botocore exception.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,13 @@ class ObjectInfo:
     metadata: Mapping[str, str] = field(default_factory=dict)  # user metadata (x-amz-meta-*), keys lower case
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    key: str
+    size: int  # bytes
+    last_modified: dt.datetime  # UTC
+
+
 class ObjectStore(Protocol):
     """Objects by bucket and key (S3)."""
 
@@ -47,6 +55,14 @@ class ObjectStore(Protocol):
         ...
 
     def head(self, bucket: str, key: str) -> ObjectInfo: ...
+
+    def list_objects(self, bucket: str, prefix: str) -> list[ListedObject]:
+        """Every object whose key starts with ``prefix`` (all pages), in key order."""
+        ...
+
+    def copy(self, bucket: str, source_key: str, key: str) -> None:
+        """A copy of an object within the bucket, made by the store (multipart when large)."""
+        ...
 
     def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None: ...
 

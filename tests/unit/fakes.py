@@ -7,6 +7,7 @@ raise, ``MemoryObjectStore.stream_faults`` makes a streamed body break after som
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from churnguard.ports import (
+    ListedObject,
     ObjectInfo,
     ParameterVersion,
     QueueMessage,
@@ -36,6 +38,7 @@ class StoredObject:
     body: bytes
     metadata: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
+    last_modified: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
 class BreakingStream(io.RawIOBase):
@@ -106,6 +109,19 @@ class MemoryObjectStore:
         self._call("head", key)
         stored = self._get(bucket, key, "HeadObject")
         return ObjectInfo(size=len(stored.body), metadata=dict(stored.metadata))
+
+    def list_objects(self, bucket: str, prefix: str) -> list[ListedObject]:
+        self._call("list_objects", prefix)
+        return [
+            ListedObject(key, len(stored.body), stored.last_modified)
+            for (b, key), stored in sorted(self.objects.items())
+            if b == bucket and key.startswith(prefix)
+        ]
+
+    def copy(self, bucket: str, source_key: str, key: str) -> None:
+        self._call("copy", key)
+        stored = self._get(bucket, source_key, "CopyObject")
+        self.objects[(bucket, key)] = StoredObject(stored.body, dict(stored.metadata), stored.content_type)
 
     def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None:
         self._call("put_bytes", key)

@@ -4,6 +4,7 @@ ports, and the Lambda code importing without the type stubs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import os
@@ -25,7 +26,7 @@ from churnguard.model_store import (
     publish,
     rollback_model,
 )
-from churnguard.ports import ObjectInfo, ParameterVersion, QueueMessage, SendFailure
+from churnguard.ports import ListedObject, ObjectInfo, ParameterVersion, QueueMessage, SendFailure
 from churnguard.promotions import QueuePromotionsPublisher
 from tests.helpers import ROOT, model_variant
 from tests.unit.fakes import MemoryLedger, MemoryObjectStore, MemoryParameterStore, MemoryQueue, client_error
@@ -70,6 +71,31 @@ def test_s3_store_head_answers_size_and_user_metadata():
     assert S3ObjectStore(client).head("b", "k") == ObjectInfo(42, {"as-of": "2024-09-30"})  # type: ignore[arg-type]
     client.answers["head_object"] = {"ContentLength": 0}
     assert S3ObjectStore(client).head("b", "k") == ObjectInfo(0, {})  # type: ignore[arg-type]
+
+
+def test_s3_store_lists_every_page_of_a_prefix_and_copies_within_the_bucket():
+    when = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+
+    class Paginator:
+        def paginate(self, Bucket, Prefix):
+            assert (Bucket, Prefix) == ("b", "incoming/ds/")
+            yield {"Contents": [{"Key": "incoming/ds/a.csv", "Size": 3, "LastModified": when}]}
+            yield {"KeyCount": 0}  # a page without Contents
+            yield {"Contents": [{"Key": "incoming/ds/_SUCCESS", "Size": 0, "LastModified": when}]}
+
+    client = RecordingClient(get_paginator=Paginator)
+    store = S3ObjectStore(client)  # type: ignore[arg-type]
+
+    assert store.list_objects("b", "incoming/ds/") == [
+        ListedObject("incoming/ds/a.csv", 3, when),
+        ListedObject("incoming/ds/_SUCCESS", 0, when),
+    ]
+    assert client.calls == [("get_paginator", {"args": ("list_objects_v2",)})]
+    store.copy("b", "work/x.parquet", "scored/x.parquet")
+    assert client.calls[-1] == (
+        "copy",
+        {"args": ({"Bucket": "b", "Key": "work/x.parquet"}, "b", "scored/x.parquet")},
+    )
 
 
 def test_s3_store_writes_with_only_the_extras_asked_for(tmp_path):

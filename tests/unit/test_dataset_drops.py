@@ -1,0 +1,437 @@
+"""Multi-part dataset drops (``churnguard.dataset_drops``) through the ports, with an in-memory store and
+the fixture model: which drop a key is, the manifest, the plan, and the two-phase run on the shape of
+issue 12's reproduction (an export sorted by time, split by size, so customers span parts and one part
+ends early) — one as-of, every customer once on their whole history, promotions once per customer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnguard.admission import MemoryModel
+from churnguard.batch import read_columns, score_file
+from churnguard.bundle import ModelBundle
+from churnguard.dataset_drops import (
+    DatasetError,
+    DatasetPlan,
+    DropKey,
+    DropKind,
+    ManifestError,
+    PartResult,
+    ShardResult,
+    Shuffle,
+    classify_key,
+    finish_dataset,
+    parse_manifest,
+    partition_part,
+    pending_datasets,
+    plan_dataset,
+    plan_shards,
+    score_shard,
+    shards_for_rows,
+)
+from churnguard.datasets import generate_synthetic_events
+from churnguard.idempotency import LedgeredPublisher
+from churnguard.ports import ListedObject
+from churnguard.promotions import PromotionPolicy
+from tests.helpers import FIXTURE_MODEL
+from tests.unit.fakes import MemoryLedger, MemoryObjectStore, RecordingPublisher
+
+BUCKET = "data"
+DATASET = "export-2026-11-28"
+PREFIX = f"incoming/{DATASET}/"
+NOW = dt.datetime(2026, 11, 28, 12, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    return ModelBundle.from_directory(FIXTURE_MODEL)
+
+
+# --- which drop a key is --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("incoming/export.csv", DropKey(DropKind.SINGLE)),
+        ("incoming/export.CSV.GZ", DropKey(DropKind.SINGLE)),
+        ("incoming/export.parquet", DropKey(DropKind.SINGLE)),
+        ("incoming/ds/part-0000.csv.gz", DropKey(DropKind.DATASET_PART, "ds", "part-0000.csv.gz")),
+        (
+            "incoming/ds/date=2024-01-01/p.parquet",
+            DropKey(DropKind.DATASET_PART, "ds", "date=2024-01-01/p.parquet"),
+        ),
+        ("incoming/ds/_SUCCESS", DropKey(DropKind.MARKER, "ds", "_SUCCESS")),
+        ("incoming/ds/_manifest.json", DropKey(DropKind.MARKER, "ds", "_manifest.json")),
+        # the splitter's parts keep their meaning: scored alone, as today
+        ("incoming/_parts/big/part-00003.csv.gz", DropKey(DropKind.SPLIT_PART)),
+        ("incoming/_parts2/big/part-00003/part-00001.csv.gz", DropKey(DropKind.SPLIT_PART)),
+        # never data
+        ("incoming/_SUCCESS", DropKey(DropKind.IGNORED)),
+        ("incoming/_manifest.json", DropKey(DropKind.IGNORED)),
+        ("incoming/_other/x.csv", DropKey(DropKind.IGNORED)),
+        ("incoming/.hidden.csv", DropKey(DropKind.IGNORED)),
+        ("incoming/ds/_temporary/0/part-0.csv", DropKey(DropKind.IGNORED, "ds", "_temporary/0/part-0.csv")),
+        ("incoming/ds/.part-0.csv.crc", DropKey(DropKind.IGNORED, "ds", ".part-0.csv.crc")),
+        ("incoming/ds/sub/_SUCCESS", DropKey(DropKind.IGNORED, "ds", "sub/_SUCCESS")),  # markers: top only
+        ("incoming/ds/", DropKey(DropKind.IGNORED, "ds", "")),  # a console "folder"
+        ("incoming/ds//x.csv", DropKey(DropKind.IGNORED, "ds", "/x.csv")),
+        # reported, not scored
+        ("incoming/notes.txt", DropKey(DropKind.UNSUPPORTED)),
+        ("incoming/ds/part-0.json", DropKey(DropKind.UNSUPPORTED, "ds", "part-0.json")),
+        ("scored/x.csv", DropKey(DropKind.OUTSIDE)),
+    ],
+)
+def test_the_rule_tells_single_drops_dataset_parts_markers_and_non_data_apart(key, expected):
+    assert classify_key(key) == expected
+
+
+# --- the manifest ---------------------------------------------------------------------------------------
+
+
+def test_a_manifest_reads_its_parts_sizes_and_as_of():
+    manifest = parse_manifest(
+        b'{"format_version": 1, "as_of": "2024-10-01", '
+        b'"parts": [{"key": "a.csv", "size": 3}, {"key": "b/c.parquet"}]}'
+    )
+    assert manifest.as_of == dt.date(2024, 10, 1)
+    assert [(p.key, p.size) for p in manifest.parts] == [("a.csv", 3), ("b/c.parquet", None)]
+    assert parse_manifest(b'{"parts": [{"key": "a.csv"}]}').format_version == 1  # the version is optional
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b'{"format_version": 2, "parts": [{"key": "a.csv"}]}', "format_version"),
+        (b'{"parts": [{"key": "a.csv"}], "as_of": "yesterday"}', "as_of"),
+        (b'{"parts": []}', "parts"),
+        (b'{"part": [{"key": "a.csv"}]}', "part"),  # a typo is refused, not ignored
+        (b'{"parts": [{"key": "a.csv"}, {"key": "../b.csv"}]}', "parts[1].key"),
+        (b'{"parts": [{"key": "a.csv"}, {"key": "_SUCCESS"}]}', "parts[1].key"),
+        (b'{"parts": [{"key": "a.json"}]}', "parts[0].key"),
+        (b'{"parts": [{"key": "a.csv", "size": -1}]}', "parts[0].size"),
+        (b'{"parts": [{"key": "a.csv"}, {"key": "a.csv"}]}', "parts"),
+        (b"not json", "manifest"),
+    ],
+)
+def test_a_bad_manifest_is_refused_naming_the_field(body, named):
+    with pytest.raises(ManifestError) as raised:
+        parse_manifest(body)
+    message = str(raised.value)
+    assert message.startswith("_manifest.json is not valid: ") and f" {named}: " in message
+
+
+# --- the plan -------------------------------------------------------------------------------------------
+
+
+def _csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode()
+
+
+def _tiny_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"user_id": ["a", "b"], "timestamp": ["2024-01-01", "2024-01-02"], "event_type": "order"}
+    )
+
+
+def _tiny_dataset(store: MemoryObjectStore, manifest: dict | None = None) -> None:
+    rows = _tiny_rows()
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(rows))
+    store.add(BUCKET, PREFIX + "part-0001.csv", _csv(rows))
+    store.add(BUCKET, PREFIX + "notes.txt", b"hello")
+    store.add(BUCKET, PREFIX + "_temporary/part-0009.csv", _csv(rows))
+    if manifest is None:
+        store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+    else:
+        store.add(BUCKET, PREFIX + "_manifest.json", json.dumps(manifest).encode())
+
+
+def test_with_success_the_parts_are_the_supported_files_listed_and_the_rest_is_reported():
+    store = MemoryObjectStore()
+    _tiny_dataset(store)
+
+    plan = plan_dataset(store, BUCKET, DATASET)
+
+    assert [p.relative for p in plan.parts] == ["part-0000.csv", "part-0001.csv"]
+    assert plan.marker == "_SUCCESS" and plan.as_of is None and plan.shards == 1
+    assert [(i.relative, i.reason) for i in plan.ignored] == [
+        ("notes.txt", "unsupported file type: not scored")
+    ]
+    assert plan.estimated_rows == 4
+    assert DatasetPlan.model_validate_json(plan.model_dump_json()) == plan  # passed between steps as JSON
+
+
+def test_with_a_manifest_its_parts_and_as_of_are_the_dataset_and_a_part_not_in_it_is_ignored():
+    store = MemoryObjectStore()
+    size = len(_csv(_tiny_rows()))
+    _tiny_dataset(store, {"as_of": "2024-02-01", "parts": [{"key": "part-0001.csv", "size": size}]})
+
+    plan = plan_dataset(store, BUCKET, DATASET)
+
+    assert [p.relative for p in plan.parts] == ["part-0001.csv"] and plan.as_of == dt.date(2024, 2, 1)
+    assert ("part-0000.csv", "not in the manifest: not scored") in [
+        (i.relative, i.reason) for i in plan.ignored
+    ]
+
+
+def test_a_manifest_naming_a_missing_or_resized_part_fails_naming_it():
+    store = MemoryObjectStore()
+    _tiny_dataset(store, {"parts": [{"key": "part-0000.csv"}, {"key": "part-0007.csv"}]})
+    with pytest.raises(DatasetError, match=r"not in the dataset: \['part-0007.csv'\]"):
+        plan_dataset(store, BUCKET, DATASET)
+
+    store = MemoryObjectStore()
+    _tiny_dataset(store, {"parts": [{"key": "part-0000.csv", "size": 1}]})
+    with pytest.raises(DatasetError, match=r"part-0000.csv \(\d+ bytes, the manifest says 1\)"):
+        plan_dataset(store, BUCKET, DATASET)
+
+
+def test_a_dataset_without_a_marker_is_not_planned_and_is_reported_pending_with_its_age():
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0000.csv", b"user_id\n")
+    store.add(BUCKET, "incoming/closed/part-0000.csv", b"user_id\n")
+    store.add(BUCKET, "incoming/closed/_SUCCESS", b"")
+    store.add(BUCKET, "incoming/single.csv", b"user_id\n")
+    store.objects[(BUCKET, PREFIX + "part-0000.csv")].last_modified = NOW - dt.timedelta(hours=2)
+
+    with pytest.raises(DatasetError, match="not closed"):
+        plan_dataset(store, BUCKET, DATASET)
+    pending = pending_datasets(store.list_objects(BUCKET, "incoming/"), NOW)
+    assert [(p.dataset, p.parts, p.age_s) for p in pending] == [(DATASET, 1, 7200.0)]
+
+
+def test_the_number_of_shards_grows_with_the_dataset_so_one_shard_fits_one_invocation():
+    memory = MemoryModel(budget_mb=3008)
+    counts = [shards_for_rows(rows, memory) for rows in (0, 1_000_000, 10_000_000, 100_000_000, 300_000_000)]
+    assert counts[:2] == [1, 1] and counts == sorted(counts) and counts[-1] > counts[-2] > counts[-3] > 1
+    # each shard, at the assumed one customer per two rows, is predicted within the invocation's memory
+    rows = -(-300_000_000 // counts[-1])
+    assert memory.fits(rows, rows // 2, 0) and memory.fits(rows, rows, 0)  # even one-event customers
+
+    store = MemoryObjectStore()  # through the plan: a bigger export gets more shards
+    small = MemoryModel(budget_mb=(560 + 2) / 0.85)  # ~2 MB for data
+    events = generate_synthetic_events(60, seed=3, weeks=30)
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(events))
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+    one = plan_dataset(store, BUCKET, DATASET, memory=small)
+    store.add(BUCKET, PREFIX + "part-0001.csv.gz", gzip.compress(_csv(pd.concat([events] * 4))))
+    more = plan_dataset(store, BUCKET, DATASET, memory=small)
+    assert 1 <= one.shards < more.shards and one.run_id != more.run_id
+
+
+# --- the two-phase run on the reproduction's shape ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def export() -> list[pd.DataFrame]:
+    """~500 customers sorted by time, cut by size into 3 parts (the first ends early in time); two
+    planted bad rows (part 1 data row 3, part 2 data row 5)."""
+    events = generate_synthetic_events(500, seed=5, weeks=40)
+    events["timestamp"] = events["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    n = len(events)
+    parts = [events.iloc[: n // 5], events.iloc[n // 5 : n * 3 // 5], events.iloc[n * 3 // 5 :]]
+    parts = [p.reset_index(drop=True) for p in parts]
+    bad = pd.DataFrame([{"user_id": "bad-1", "timestamp": "not a date", "event_type": "order"}])
+    parts[1] = pd.concat([parts[1].iloc[:2], bad, parts[1].iloc[2:]], ignore_index=True)
+    parts[2] = parts[2].astype({"amount": object})
+    parts[2].loc[4, "amount"] = -3  # a valid customer's bad row
+    return parts
+
+
+def _dataset_store(parts: list[pd.DataFrame]) -> MemoryObjectStore:
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(parts[0]))
+    store.add(BUCKET, PREFIX + "part-0001.csv.gz", gzip.compress(_csv(parts[1])))
+    buffer = io.BytesIO()
+    parts[2].astype(str).to_parquet(buffer, index=False)
+    store.add(BUCKET, PREFIX + "part-0002.parquet", buffer.getvalue())
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+    return store
+
+
+@dataclass
+class Run:
+    store: MemoryObjectStore
+    plan: DatasetPlan
+    parts: list[PartResult]
+    shuffle: Shuffle
+    shards: list[ShardResult]
+    publisher: RecordingPublisher
+    ledger: MemoryLedger
+
+
+def _run(store, bundle, *, shards: int = 4, score_twice: int | None = None) -> Run:
+    plan = plan_dataset(store, BUCKET, DATASET, shards=shards)
+    parts = [partition_part(store, plan, p.index, columns=read_columns(bundle, p.key)) for p in plan.parts]
+    shuffle = plan_shards(plan, parts)
+    recording, ledger = RecordingPublisher(), MemoryLedger()
+    publisher = LedgeredPublisher(recording, ledger)
+    policy = PromotionPolicy()
+    results = [
+        score_shard(store, plan, task, bundle, policy=policy, publisher=publisher, now=NOW)
+        for task in shuffle.tasks
+    ]
+    if score_twice is not None:  # a retried shard: scored and published again
+        task = shuffle.tasks[score_twice]
+        results[score_twice] = score_shard(
+            store, plan, task, bundle, policy=policy, publisher=publisher, now=NOW
+        )
+    return Run(store, plan, parts, shuffle, results, recording, ledger)
+
+
+@pytest.fixture(scope="module")
+def run(export, bundle) -> Run:
+    return _run(_dataset_store(export), bundle, score_twice=1)
+
+
+def test_customers_span_parts_as_in_the_reproduction(export):
+    ids = [set(p["user_id"]) for p in export]
+    assert len(ids[0] & ids[1]) > 100 and len(ids[0] & ids[2]) > 100
+    assert export[0]["timestamp"].max() < export[2]["timestamp"].max()  # the first part ends early
+
+
+def test_the_dataset_is_scored_as_of_one_day_every_customer_once_on_their_whole_history(run, export, bundle):
+    summary = finish_dataset(run.store, run.plan, run.parts, run.shards)
+
+    assert summary.status == "ok", summary.errors
+    whole = pd.concat(export, ignore_index=True)
+    latest = pd.to_datetime(whole["timestamp"], errors="coerce", utc=True).max()
+    assert summary.as_of == (latest.normalize() + pd.Timedelta(days=1)).date().isoformat()
+    assert {s.as_of for s in run.shards} == {f"{summary.as_of}T00:00:00"}
+    assert len(run.shuffle.tasks) == 4 and summary.outputs == [
+        f"scored/{DATASET}/part-{s:04d}.parquet" for s in range(4)
+    ]
+    scored = pd.concat([pd.read_parquet(io.BytesIO(run.store.body(BUCKET, k))) for k in summary.outputs])
+    assert scored["user_id"].is_unique and set(scored["user_id"]) == set(whole["user_id"]) - {"bad-1"}
+    assert summary.customers_scored == len(scored)
+
+    # the same customers scored from the whole export as one file, as of the same day
+    single = score_file(
+        _csv(whole),
+        "all.csv",
+        bundle,
+        as_of=summary.as_of,
+        policy=PromotionPolicy(),
+        publisher=None,
+        source="s",
+    )
+    assert single.scored is not None and single.summary.rows_used == summary.rows_used
+    expected = single.scored.set_index("user_id").loc[scored["user_id"]]
+    np.testing.assert_allclose(
+        scored["churn_probability"], expected["churn_probability"], rtol=1e-6, atol=1e-6
+    )
+    assert scored["risk_tier"].tolist() == expected["risk_tier"].tolist()
+
+
+def test_rows_in_are_used_plus_rejected_and_the_rejects_carry_part_and_row(run, export):
+    summary = finish_dataset(run.store, run.plan, run.parts, run.shards)
+
+    assert summary.rows_in == sum(len(p) for p in export) == summary.rows_used + summary.rows_rejected
+    rejects = pd.read_csv(io.BytesIO(run.store.body(BUCKET, f"scored/{DATASET}.rejects.csv")))
+    assert rejects[["part", "source_row"]].values.tolist() == [
+        ["part-0001.csv.gz", 3],
+        ["part-0002.parquet", 5],
+    ]
+    assert (
+        "timestamp is not ISO-8601" in rejects["reason"][0] and "amount is negative" in rejects["reason"][1]
+    )
+    assert summary.rejects == f"scored/{DATASET}.rejects.csv"
+
+
+def test_no_customer_is_promoted_twice_even_when_a_shard_is_scored_twice(run):
+    keys = [m["idempotency_key"] for m in run.publisher.messages]
+    users = [m["user_id"] for m in run.publisher.messages]
+    assert users and len(set(users)) == len(users) and len(set(keys)) == len(keys)
+    assert {m["source"] for m in run.publisher.messages} == {
+        f"s3://{BUCKET}/{PREFIX}"
+    }  # keyed on the dataset
+    # the retried shard counts the promotions the ledger had as sent, and sent none of them again
+    assert run.shards[1].customers_queued > 0 and len(run.ledger.keys) == len(keys)
+    summary = finish_dataset(run.store, run.plan, run.parts, run.shards)
+    assert summary.customers_queued == len(users)
+    assert summary.customers_queued <= summary.customers_at_or_above_promotion <= summary.customers_scored
+
+
+def test_the_marker_is_never_read_nor_scored(run):
+    marker = PREFIX + "_SUCCESS"
+    assert not [c for c in run.store.calls if c[1] == marker]
+    assert not [k for k in run.store.keys(BUCKET) if "_SUCCESS" in k and k != marker]
+
+
+def test_partitioning_a_part_again_writes_the_same_objects(run, bundle):
+    part = run.plan.parts[1]
+    before = {k: run.store.body(BUCKET, k) for k in run.parts[1].keys_written}
+
+    again = partition_part(run.store, run.plan, 1, columns=read_columns(bundle, part.key))
+
+    assert again.model_copy(update={"duration_s": 0}) == run.parts[1].model_copy(update={"duration_s": 0})
+    assert {k: run.store.body(BUCKET, k) for k in again.keys_written} == before
+    pieces = [pd.read_csv(io.BytesIO(gzip.decompress(before[k]))) for k in before if "/shard-" in k]
+    assert {tuple(p.columns[-2:]) for p in pieces} == {("_source_part", "_source_row")}
+    assert "event_id" not in pieces[0].columns
+
+
+def test_a_failed_part_fails_the_dataset_before_scoring_and_nothing_is_published(export, bundle):
+    store = _dataset_store(export)
+    store.add(BUCKET, PREFIX + "part-0001.csv.gz", b"\x1f\x8b\x08\x00 not really gzip" * 50)
+
+    run = _run(store, bundle)
+
+    assert run.parts[1].status == "failed" and run.shuffle.tasks == [] and run.shards == []
+    summary = finish_dataset(run.store, run.plan, run.parts, run.shards)
+    assert summary.status == "failed" and summary.error_type == "PartFailed"
+    assert "part-0001.csv.gz failed" in summary.errors[0]
+    assert store.keys(BUCKET, "scored/") == [f"scored/{DATASET}.summary.json"]
+    assert json.loads(store.body(BUCKET, f"scored/{DATASET}.summary.json"))["status"] == "failed"
+    assert run.publisher.messages == []
+
+
+def test_a_shard_missing_a_piece_fails_before_anything_is_scored_or_sent(export, bundle):
+    store = _dataset_store(export)
+    plan = plan_dataset(store, BUCKET, DATASET, shards=2)
+    parts = [partition_part(store, plan, p.index, columns=read_columns(bundle, p.key)) for p in plan.parts]
+    task = plan_shards(plan, parts).tasks[0]
+    del store.objects[(BUCKET, task.pieces[0])]
+    task = task.model_copy(update={"pieces": task.pieces[1:]})  # as if a piece went missing
+    publisher = RecordingPublisher()
+
+    result = score_shard(store, plan, task, bundle, policy=PromotionPolicy(), publisher=publisher)
+
+    assert (
+        result.status == "failed" and result.error_type == "ShardMismatchError" and result.scored_key is None
+    )
+    assert publisher.messages == [] and store.keys(BUCKET, plan.work_prefix + "scored/") == []
+    summary = finish_dataset(store, plan, parts, [result])
+    assert summary.status == "failed" and store.keys(BUCKET, f"scored/{DATASET}/") == []
+
+
+def test_a_violated_invariant_is_a_failed_summary_not_a_report(run):
+    tampered = [run.shards[0].model_copy(update={"rows_used": run.shards[0].rows_used - 1}), *run.shards[1:]]
+    store = MemoryObjectStore()
+    store.objects = dict(run.store.objects)
+    for key in store.keys(BUCKET, f"scored/{DATASET}"):
+        del store.objects[(BUCKET, key)]
+
+    summary = finish_dataset(store, run.plan, run.parts, tampered)
+
+    assert summary.status == "failed" and summary.error_type == "InvariantViolated"
+    assert any("rows in" in e for e in summary.errors) and summary.outputs == []
+    assert store.keys(BUCKET, "scored/") == [f"scored/{DATASET}.summary.json"]
+
+
+def test_the_listing_of_the_store_fake_matches_the_port():
+    store = MemoryObjectStore()
+    store.add(BUCKET, "incoming/b.csv", b"12")
+    store.add(BUCKET, "incoming/a.csv", b"1")
+    store.add("other", "incoming/c.csv", b"1")
+    listed = store.list_objects(BUCKET, "incoming/")
+    assert [(o.key, o.size) for o in listed] == [("incoming/a.csv", 1), ("incoming/b.csv", 2)]
+    assert all(isinstance(o, ListedObject) for o in listed)
