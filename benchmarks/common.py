@@ -15,12 +15,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 CHILD_TIMEOUT_S = 3600
 
 
-def write_results(name: str, result: dict[str, Any], markdown: str) -> None:
+def write_results(name: str, result: dict[str, Any], markdown: str, directory: Path = RESULTS) -> None:
     """``benchmarks/results/<name>.json`` (the result, indented) and ``<name>.md`` (its table), and
-    the table on stdout."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / f"{name}.md").write_text(markdown)
+    the table on stdout. ``directory``: elsewhere (a trial run that must not replace the results)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (directory / f"{name}.md").write_text(markdown)
     print(markdown)
 
 

@@ -32,7 +32,7 @@ def _batch_event(stack: SamLocalStack, index: int) -> dict[str, Any]:
     from churnguard.datasets import generate_synthetic_events
 
     s3 = stack.clients["s3"]
-    key = f"incoming/bench/drop-{index}.csv"
+    key = f"incoming/bench-drop-{index}.csv"  # top level: a file in a folder is a dataset part
     events = generate_synthetic_events(400, seed=index, weeks=78)
     events = events[events["timestamp"] < "2024-09-30"]
     s3.put_object(Bucket=stack.bucket, Key=key, Body=events.to_csv(index=False).encode())

@@ -5,10 +5,12 @@
    misses e.g. circular dependencies between generated resources;
 3. ``checkov --skip-download``: every skipped check carries its justification in the template;
 4. ``sam build`` without Docker, and the built sizes against Lambda's limits (unzipped function +
-   layer: score <= 150 MB, batch <= 230 MB);
+   layer: score <= 150 MB, batch, promote and dataset <= 230 MB);
 5. every shared object in the built packages loads on the python3.11 runtime's glibc (2.26, Amazon
    Linux 2): our emulated runtime image is Debian (glibc 2.36), so this is what catches a wheel that
-   would fail with "GLIBC_2.27 not found" in AWS.
+   would fail with "GLIBC_2.27 not found" in AWS;
+6. the dataset state machine's definition (``statemachine/dataset.asl.json``, as committed and with
+   its substitutions made) through ``asl-validator`` (npm, installed under ``.cache/node``).
 
 Exit code 0 when all pass; each failure is printed.
 """
@@ -33,7 +35,15 @@ BIN = Path(sys.executable).parent
 # On the translated template only: W3005 flags redundant DependsOn in resources SAM itself generates
 # (usage plan key); E2533 is the python3.11 deprecation, ignored in .cfnlintrc with its reason.
 TRANSLATED_IGNORES = ["W3005", "E2533"]
-SIZE_LIMITS_MB = {"ScoreApiFunction": 150, "BatchScoreFunction": 230, "PromoteFunction": 230}
+SIZE_LIMITS_MB = {
+    "ScoreApiFunction": 150,
+    "BatchScoreFunction": 230,
+    "PromoteFunction": 230,
+    "DatasetScoreFunction": 230,
+}
+STATE_MACHINE_DEFINITIONS = {"DatasetStateMachine": ROOT / "statemachine/dataset.asl.json"}
+ASL_VALIDATOR = "asl-validator@4.0.0"  # npm; pinned: its schema is what "valid" means here
+NODE_PREFIX = ROOT / ".cache/node"
 LAMBDA_GLIBC_MINOR = 26  # python3.11 runs on Amazon Linux 2
 _GLIBC_VERSION = re.compile(rb"GLIBC_2\.(\d+)")
 
@@ -57,10 +67,54 @@ def translated_template() -> dict:
         raise SystemExit(str(error)) from None
     for resource in template["Resources"].values():  # what `sam package` does to local paths
         props = resource.get("Properties", {})
-        for key in ("CodeUri", "ContentUri"):
+        for key in ("CodeUri", "ContentUri", "DefinitionUri"):
             if isinstance(props.get(key), str) and not props[key].startswith("s3://"):
                 props[key] = f"s3://packaged-artifacts/{props[key].strip('/')}.zip"
     return transform(template, {}, OfflinePolicies())
+
+
+def asl_validator(prefix: Path = NODE_PREFIX) -> Path | None:
+    """The asl-validator command, installed under ``prefix`` on first use; None without npm."""
+    import shutil
+
+    command = prefix / "node_modules/.bin/asl-validator"
+    installed = prefix / "node_modules/asl-validator/package.json"
+    wanted = ASL_VALIDATOR.rpartition("@")[2]
+    if command.exists() and json.loads(installed.read_text()).get("version") == wanted:
+        return command
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        return None
+    subprocess.run(
+        [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--silent", ASL_VALIDATOR],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return command
+
+
+def substituted_definition(path: Path, substitutions: dict[str, str]) -> dict:
+    """A definition as Step Functions gets it: each ``${Name}`` of DefinitionSubstitutions replaced."""
+    text = path.read_text()
+    for name, value in substitutions.items():
+        text = text.replace("${" + name + "}", value)
+    return json.loads(text)
+
+
+def validate_state_machines(validator: Path) -> subprocess.CompletedProcess:
+    """asl-validator on every definition, as committed and with example substitutions (a Lambda ARN
+    for each ``${...Arn}``), in one run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name, path in STATE_MACHINE_DEFINITIONS.items():
+            names = re.findall(r"\$\{(\w+)\}", path.read_text())
+            example = {n: f"arn:aws:lambda:eu-west-1:123456789012:function:example-{n}" for n in names}
+            resolved = Path(tmp) / f"{name}.json"
+            resolved.write_text(json.dumps(substituted_definition(path, example)))
+            paths += [path, resolved]
+        args = [a for p in paths for a in ("--json-path", str(p))]
+        return run([str(validator), *args])
 
 
 def dir_mb(path: Path) -> float:
@@ -135,6 +189,15 @@ def main() -> int:
             print(f"glibc <= 2.{LAMBDA_GLIBC_MINOR} (python3.11 runtime):", "ok" if not too_new else "FAILED")
             if too_new:
                 failures.append(f"needs a newer glibc than Lambda python3.11 has: {too_new}")
+    validator = asl_validator()
+    if validator is None:
+        print("asl-validator: FAILED (npm and node are needed)")
+        failures.append("asl-validator: npm/node not found")
+    else:
+        result = validate_state_machines(validator)
+        print("asl-validator:", "ok" if result.returncode == 0 else "FAILED")
+        if result.returncode:
+            failures.append(result.stdout + result.stderr)
     for failure in failures:
         print("----\n" + failure, file=sys.stderr)
     return 1 if failures else 0

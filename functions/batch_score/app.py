@@ -5,6 +5,11 @@ ReportBatchItemFailures (Powertools BatchProcessor). A direct S3 -> Lambda event
 Keys arrive URL-encoded and are decoded here. A bad file produces a summary with the error (the
 record succeeds: retrying cannot fix it); a transient AWS error fails the record so SQS retries it
 and, after maxReceiveCount, parks it in the DLQ.
+
+Each key is routed first (``churnguard.dataset_steps.route_drop``): single drops and split parts are
+scored here; a part of a multi-part dataset is acknowledged (its dataset is scored as one once its
+marker comes); a dataset's marker starts one run of the dataset state machine; anything else is
+acknowledged with the reason.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -23,6 +28,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard.batch import BatchSummary, process_s3_object
+from churnguard.dataset_drops import DropKind
+from churnguard.dataset_steps import Route, route_drop, start_dataset_run
 from churnguard.idempotency import LedgeredPublisher, PromotionsNotSentError
 from churnguard.promotions import PublishResult
 from churnguard.scoring import ReasonsFor
@@ -50,8 +57,17 @@ def runtime() -> BatchRuntime:
     return batch_runtime(lambda rt, bucket, key: _score_object(rt, bucket, key), on_model_event=_model_event)
 
 
-def s3_objects(notification: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(bucket, decoded key, eTag) of every object-created record in an S3 notification."""
+class DroppedObject(NamedTuple):
+    bucket: str
+    key: str  # decoded
+    etag: str
+    # the object's version id, else the event's sequencer: with the eTag, which version of the key
+    # this event is about (a dataset's marker starts one run per version)
+    version: str
+
+
+def s3_objects(notification: dict[str, Any]) -> list[DroppedObject]:
+    """Every object-created record of an S3 notification."""
     if notification.get("Event") == "s3:TestEvent":
         return []
     out = []
@@ -59,15 +75,51 @@ def s3_objects(notification: dict[str, Any]) -> list[tuple[str, str, str]]:
         if not str(record.get("eventName", "")).startswith("ObjectCreated"):
             continue
         obj = record["s3"]["object"]
-        out.append((record["s3"]["bucket"]["name"], unquote_plus(obj["key"]), str(obj.get("eTag", ""))))
+        version = str(obj.get("versionId") or obj.get("sequencer") or record.get("eventTime", ""))
+        out.append(
+            DroppedObject(
+                record["s3"]["bucket"]["name"], unquote_plus(obj["key"]), str(obj.get("eTag", "")), version
+            )
+        )
     return out
 
 
-def score_object(bucket: str, key: str, etag: str) -> None:
-    if not key.startswith(INCOMING_PREFIX):
-        logger.info("ignored: not under incoming/", extra={"key_hash": _hash(key)})
+def score_object(obj: DroppedObject) -> None:
+    """Route one created object (see the module docstring): score it, start its dataset's run, or
+    acknowledge it. Logged by the key's hash and the fixed reason only."""
+    route = route_drop(obj.key, INCOMING_PREFIX)
+    if route.route is Route.SCORE:
+        runtime().process(obj.bucket, obj.key, obj.etag)
+    elif route.route is Route.START_DATASET and route.dataset is not None:
+        _start_dataset(runtime(), obj, route.dataset)
+    elif route.kind is DropKind.DATASET_PART:
+        logger.debug("not scored alone", extra={"kind": route.kind.value, "reason": route.reason})
+    else:
+        logger.info(
+            "not scored", extra={"kind": route.kind.value, "reason": route.reason, "key_hash": _hash(obj.key)}
+        )
+
+
+def _start_dataset(rt: BatchRuntime, obj: DroppedObject, dataset: str) -> None:
+    """One run of the dataset state machine per version of the marker: a redelivered event starts
+    none (its name is taken). Without a configured state machine the marker is reported, not retried
+    (a redelivery cannot fix the configuration)."""
+    if rt.workflow is None:
+        metrics.add_metric(name="DatasetsNotStarted", unit=MetricUnit.Count, value=1)
+        logger.error("dataset marker: no state machine configured", extra={"key_hash": _hash(obj.key)})
         return
-    runtime().process(bucket, key, etag)
+    started = start_dataset_run(
+        rt.workflow,
+        obj.bucket,
+        obj.key,
+        dataset,
+        etag=obj.etag,
+        version=obj.version,
+        max_concurrency=rt.settings.dataset_max_concurrency,
+    )
+    metrics.add_metric(name="DatasetRunsStarted", unit=MetricUnit.Count, value=int(started))
+    message = "dataset run started" if started else "dataset run already started: nothing to do"
+    logger.info(message, extra={"key_hash": _hash(obj.key)})
 
 
 @tracer.capture_method(capture_response=False)  # a segment per file: read, score, publish, write
@@ -144,8 +196,8 @@ def record_handler(record: SQSRecord) -> None:
         notification = json.loads(record.body)
     except json.JSONDecodeError as exc:
         raise ValueError(f"SQS message {record.message_id} is not an S3 notification: {exc}") from exc
-    for bucket, key, etag in s3_objects(notification):
-        score_object(bucket, key, etag)
+    for obj in s3_objects(notification):
+        score_object(obj)
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -157,8 +209,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
         rt.idempotency.register_lambda_context(context)
     records = event.get("Records", [])
     if records and records[0].get("eventSource") == "aws:s3":  # direct S3 -> Lambda delivery
-        for bucket, key, etag in s3_objects(event):
-            score_object(bucket, key, etag)
+        for obj in s3_objects(event):
+            score_object(obj)
         return {"batchItemFailures": []}
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context

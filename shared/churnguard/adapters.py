@@ -8,6 +8,7 @@ exceptions pass through unchanged (see ``churnguard.ports``). The DynamoDB ledge
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
     from mypy_boto3_ssm import SSMClient
+    from mypy_boto3_stepfunctions import SFNClient
 
 
 class S3ObjectStore:
@@ -131,3 +133,20 @@ class SqsMessageQueue:
                 for f in answer.get("Failed", [])
             ],
         )
+
+
+class StepFunctionsWorkflowStarter:
+    """``WorkflowStarter`` on one Step Functions state machine: ``StartExecution`` with a name."""
+
+    def __init__(self, client: SFNClient, state_machine_arn: str) -> None:
+        self._client = client
+        self._state_machine_arn = state_machine_arn
+
+    def start(self, name: str, input: Mapping[str, Any]) -> bool:
+        try:
+            self._client.start_execution(
+                stateMachineArn=self._state_machine_arn, name=name, input=json.dumps(dict(input))
+            )
+        except self._client.exceptions.ExecutionAlreadyExists:
+            return False  # the port's answer for "already started", not an error (see WorkflowStarter)
+        return True

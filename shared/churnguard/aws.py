@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_ssm import SSMClient
+    from mypy_boto3_stepfunctions import SFNClient
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def client(service: Literal["sqs"], budget: ClientBudget) -> SQSClient: ...
 def client(service: Literal["ssm"], budget: ClientBudget) -> SSMClient: ...
 @overload
 def client(service: Literal["dynamodb"], budget: ClientBudget) -> DynamoDBClient: ...
+@overload
+def client(service: Literal["stepfunctions"], budget: ClientBudget) -> SFNClient: ...
 @overload
 def client(service: str, budget: ClientBudget) -> Any: ...  # services without stubs here (sagemaker)
 def client(service: str, budget: ClientBudget) -> Any:

@@ -44,11 +44,16 @@ listed under the dataset.
    each shard read exactly what the parts wrote for it and scored customers of its own hash only;
    one as-of and one model version; promotions <= customers) and only then **publishes**: copies the
    shards' Parquet to ``scored/<dataset>/part-SSSS.parquet``, joins the parts' rejects into
-   ``scored/<dataset>.rejects.csv`` (``part,source_row,reason``), and writes
-   ``scored/<dataset>.summary.json`` last. A dataset that fails anything gets only its summary
-   (``status: failed`` with every error): nothing under ``scored/<dataset>/`` is written, so it is
-   never half-published. Promotions are the exception by nature: a shard sends its customers'
-   promotions when it is scored (each customer is complete and the as-of fixed by then).
+   ``scored/<dataset>/_rejects.csv`` (``part,source_row,reason``), and writes
+   ``scored/<dataset>/_summary.json`` last. A dataset that fails anything gets only its summary
+   (``status: failed`` with every error): nothing else under ``scored/<dataset>/`` is written, so it
+   is never half-published. The dataset's own objects live *inside* its folder, with a leading
+   underscore: ``scored/<dataset>.summary.json`` is the summary of a single drop
+   ``incoming/<dataset>.csv`` and must not be overwritten by a dataset of the same name; no single
+   drop or split part can write under ``scored/<dataset>/`` (``incoming/<dataset>/...`` is never a
+   single drop, and a part file's name never starts with ``_``). Promotions are the exception by
+   nature: a shard sends its customers' promotions when it is scored (each customer is complete and
+   the as-of fixed by then).
 
 Working objects live under ``work/<dataset>/<run>/``, where the run id is a hash of the plan (the
 parts, their sizes, the as-of and N): a retried step writes the same keys, and a re-drop with other
@@ -107,6 +112,7 @@ SUCCESS_MARKER = "_SUCCESS"
 MANIFEST_NAME = "_manifest.json"
 MARKERS = (MANIFEST_NAME, SUCCESS_MARKER)
 WORK_PREFIX = "work/"
+SCORED_PREFIX = "scored/"
 SOURCE_PART = "_source_part"  # the part's index in the plan, carried by every row of a shard piece
 # The same hash family as the splitter (churnguard.batch.customer_hash), with a key of its own
 # (16 characters, as pandas requires).
@@ -285,19 +291,25 @@ class DatasetPlan(BaseModel):
         return f"{self.work_prefix}scored/part-{shard:04d}.parquet"
 
     def output_key(self, shard: int) -> str:
-        return f"scored/{self.dataset}/part-{shard:04d}.parquet"
+        return f"{SCORED_PREFIX}{self.dataset}/part-{shard:04d}.parquet"
 
     @property
     def rejects_key(self) -> str:
-        return f"scored/{self.dataset}.rejects.csv"
+        return rejects_key(self.dataset)
 
     @property
     def summary_key(self) -> str:
         return summary_key(self.dataset)
 
 
+# Inside the dataset's output folder, named as no part output can be: ``scored/<dataset>.summary.json``
+# belongs to a single drop ``incoming/<dataset>.csv`` (see the module docstring).
 def summary_key(dataset: str) -> str:
-    return f"scored/{dataset}.summary.json"
+    return f"{SCORED_PREFIX}{dataset}/_summary.json"
+
+
+def rejects_key(dataset: str) -> str:
+    return f"{SCORED_PREFIX}{dataset}/_rejects.csv"
 
 
 def select_parts(

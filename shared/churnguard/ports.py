@@ -17,7 +17,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class ReadableStream(Protocol):
@@ -130,3 +130,16 @@ class PromotionLedger(Protocol):
     def sent(self, keys: Sequence[str]) -> set[str]: ...
 
     def mark(self, keys: Sequence[str]) -> None: ...
+
+
+class WorkflowStarter(Protocol):
+    """One workflow (a Step Functions state machine) whose runs are started by name.
+
+    A name identifies a run: starting a name that was already started (a redelivered S3 event) starts
+    nothing and answers False — AWS's ``ExecutionAlreadyExists`` is that answer, not an error. Every
+    other AWS error passes through unchanged (the caller's record is retried)."""
+
+    def start(self, name: str, input: Mapping[str, Any]) -> bool:
+        """False when a run of that name already existed; True otherwise (started now, or — AWS's
+        own idempotent answer — the same name and input still running)."""
+        ...

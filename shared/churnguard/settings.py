@@ -72,6 +72,14 @@ class ServingSettings(EnvSettings):
     # The memory batch admission budgets for (churnguard.admission); Lambda sets it from MemorySize.
     batch_memory_mb: float = Field(3008, alias="AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ge=128)
 
+    # Dataset drops (churnguard.dataset_steps): the state machine a dataset's marker starts (unset: a
+    # marker is acknowledged with an error log and metric, nothing is scored) and how many part or
+    # shard Lambdas each of its distributed maps runs at once (passed in the execution's input).
+    dataset_state_machine_arn: str | None = Field(
+        None, alias="CHURNGUARD_DATASET_STATE_MACHINE_ARN", min_length=1
+    )
+    dataset_max_concurrency: int = Field(100, alias="CHURNGUARD_DATASET_MAX_CONCURRENCY", ge=1, le=10_000)
+
     # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
     value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)
     min_customer_value: float = Field(10.0, alias="CHURNGUARD_MIN_CUSTOMER_VALUE", ge=0)

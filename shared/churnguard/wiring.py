@@ -1,8 +1,8 @@
 """Cold-start wiring of the scoring functions: settings -> AWS clients -> adapters -> domain objects.
 
-One place for what ``score_api`` and ``batch_score`` share (settings validated once, the model
-provider, the SQS promotions publisher with its ledger, the idempotency layer), each with its own
-client budget (``churnguard.aws``). The handlers call their builder once per container (their
+One place for what ``score_api``, ``batch_score`` and ``dataset_score`` share (settings validated
+once, the model provider, the SQS promotions publisher with its ledger, the idempotency layer), each
+with its own client budget (``churnguard.aws``). The handlers call their builder once per container (their
 ``runtime()``) and stay thin: parse the event, call the domain, shape the response.
 """
 
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from churnguard import aws
-from churnguard.adapters import S3ObjectStore
+from churnguard.adapters import S3ObjectStore, StepFunctionsWorkflowStarter
 from churnguard.admission import MemoryModel
 from churnguard.model_provider import ModelEventSink, ModelProvider, provider_from_settings
-from churnguard.ports import ObjectStore
+from churnguard.ports import ObjectStore, WorkflowStarter
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
 from churnguard.settings import ServingSettings, SettingsError
 
@@ -47,6 +47,20 @@ class BatchRuntime:
     memory: MemoryModel
     process: ObjectProcessor  # once per object version when a table is configured
     idempotency: IdempotencyConfig | None = None  # the handler registers the Lambda context on it
+    workflow: WorkflowStarter | None = None  # the dataset state machine (a marker starts a run)
+
+
+@dataclass(frozen=True)
+class DatasetRuntime:
+    """The dataset function's wiring: batch's scoring objects, without the per-object idempotency
+    (a step is retried by the state machine; the ledger keeps promotions once per dataset)."""
+
+    settings: ServingSettings
+    models: ModelProvider
+    publisher: PromotionsPublisher | None  # ledgered when a table is configured
+    policy: PromotionPolicy
+    store: ObjectStore
+    memory: MemoryModel
 
 
 def api_runtime(on_model_event: ModelEventSink) -> ApiRuntime:
@@ -93,8 +107,31 @@ def batch_runtime(
         persistence = persistence_layer(settings.idempotency_table, aws.BATCH)
         processor = once_per_object(process, persistence, idempotency)
     policy = settings.promotion_policy()
-    runtime = BatchRuntime(settings, models, publisher, policy, store, memory, processor, idempotency)
+    workflow = dataset_workflow(settings)
+    runtime = BatchRuntime(
+        settings, models, publisher, policy, store, memory, processor, idempotency, workflow
+    )
     return runtime
+
+
+def dataset_workflow(settings: ServingSettings) -> WorkflowStarter | None:
+    """The dataset state machine's starter (control-plane budget); None when none is configured."""
+    if not settings.dataset_state_machine_arn:
+        return None
+    return StepFunctionsWorkflowStarter(
+        aws.client("stepfunctions", aws.CONTROL), settings.dataset_state_machine_arn
+    )
+
+
+def dataset_runtime(on_model_event: ModelEventSink) -> DatasetRuntime:
+    """The dataset function's wiring (``aws.BATCH`` budget: it streams parts and shards as batch
+    streams files)."""
+    settings = ServingSettings.from_env()
+    memory = batch_memory(settings)
+    models = provider_from_settings(settings, on_event=on_model_event, budget=aws.BATCH)
+    publisher = promotions_publisher(settings, aws.BATCH)
+    store = S3ObjectStore(aws.client("s3", aws.BATCH))
+    return DatasetRuntime(settings, models, publisher, settings.promotion_policy(), store, memory)
 
 
 def batch_memory(settings: ServingSettings) -> MemoryModel:

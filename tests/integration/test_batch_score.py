@@ -13,7 +13,7 @@ from churnguard.datasets import generate_synthetic_events
 from tests.helpers import PLANTED, ROOT, FakeLambdaContext, load_event, load_handler
 
 BUCKET = "churnguard-data"
-KEY = "incoming/2024/démo events+v1.csv"  # what the URL-encoded key in the event fixtures decodes to
+KEY = "incoming/démo events+v1.csv"  # what the URL-encoded key in the event fixtures decodes to
 FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "model"
 
 
@@ -77,19 +77,19 @@ def test_s3_drop_via_sqs_writes_scores_rejects_summary_and_promotions(batch):
     response = handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
     assert response == {"batchItemFailures": []}
 
-    scored = pd.read_parquet(io.BytesIO(read(aws, "scored/2024/démo events+v1.parquet")))
+    scored = pd.read_parquet(io.BytesIO(read(aws, "scored/démo events+v1.parquet")))
     valid_users = set(frame["user_id"]) - {f"{PLANTED}-bad-{n}" for n in (1, 2, 3)}
     assert set(scored["user_id"]) == valid_users and scored["user_id"].is_unique
     assert scored["churn_probability"].between(0, 1).all()
 
-    rejected = pd.read_csv(io.BytesIO(read(aws, "rejected/2024/démo events+v1.csv")))
+    rejected = pd.read_csv(io.BytesIO(read(aws, "rejected/démo events+v1.csv")))
     assert rejected["source_row"].tolist() == [11, 12, 13]
     assert (
         "amount is negative" in rejected["reason"][0]
         and "unknown event_type 'wishlist'" in rejected["reason"][2]
     )
 
-    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    summary = json.loads(read(aws, "scored/démo events+v1.summary.json"))
     assert summary["status"] == "ok" and summary["as_of"].startswith("2024-09-30")
     assert summary["rows_in"] == len(frame) == summary["rows_used"] + summary["rows_rejected"]
     assert summary["rows_rejected"] == 3 and summary["customers_scored"] == len(valid_users)
@@ -113,11 +113,11 @@ def test_direct_s3_event_and_parquet_input_work_too(batch):
     frame = frame[~frame["user_id"].str.startswith(PLANTED)]
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    put(aws, frame, key="incoming/2024/démo events+v1.csv", body=frame.to_csv(index=False).encode())
+    put(aws, frame, key="incoming/démo events+v1.csv", body=frame.to_csv(index=False).encode())
     assert handler.lambda_handler(load_event("batch_score/s3_put.json"), FakeLambdaContext()) == {
         "batchItemFailures": []
     }
-    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    summary = json.loads(read(aws, "scored/démo events+v1.summary.json"))
     assert summary["rows_rejected"] == 0 and summary["customers_scored"] == frame["user_id"].nunique()
 
     event = load_event("batch_score/s3_put.json")
@@ -149,7 +149,7 @@ def test_a_bad_file_gets_a_failed_summary_not_a_retry_loop(batch, body, error):
     put(aws, None, body=body)
     response = handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
     assert response == {"batchItemFailures": []}  # retrying cannot fix the file
-    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    summary = json.loads(read(aws, "scored/démo events+v1.summary.json"))
     assert summary["status"] == "failed" and error in summary["error"]
 
 
@@ -207,7 +207,7 @@ def test_no_data_value_or_key_reaches_the_logs_of_a_failed_or_scored_file(batch,
     marker = f"{PLANTED}-USER"
     put(aws, None, body=f"{marker},1997-01-01,order,5,1\nu-2,1997-01-02,order,6,1\n".encode())
     handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
-    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    summary = json.loads(read(aws, "scored/démo events+v1.summary.json"))
     assert summary["status"] == "failed" and marker in summary["error"]  # the owner sees what was wrong
     assert summary["error_type"] == "EventLogError"
     failed = [r for r in caplog.records if r.getMessage() == "batch file failed"]
@@ -231,9 +231,9 @@ def test_a_file_beyond_one_invocation_is_split_by_customer_and_every_part_scored
     handler.runtime.cache_clear()
     put(aws, frame, body=body)
     handler.lambda_handler(load_event("batch_score/sqs_s3_put.json"), FakeLambdaContext())
-    summary = json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))
+    summary = json.loads(read(aws, "scored/démo events+v1.summary.json"))
     assert summary["status"] == "split" and len(summary["parts"]) >= 6
-    assert all(p.startswith("incoming/_parts/2024/démo events+v1/part-") for p in summary["parts"])
+    assert all(p.startswith("incoming/_parts/démo events+v1/part-") for p in summary["parts"])
 
     scored, rejected, rows_in = [], [], 0
     for part in summary["parts"]:  # in production each part's S3 notification does this
@@ -261,4 +261,4 @@ def test_a_message_that_is_not_an_s3_notification_is_reported_for_retry_and_dlq(
     event["Records"].append(broken)
     response = handler.lambda_handler(event, FakeLambdaContext())
     assert response == {"batchItemFailures": [{"itemIdentifier": "broken-1"}]}
-    assert json.loads(read(aws, "scored/2024/démo events+v1.summary.json"))["status"] == "ok"
+    assert json.loads(read(aws, "scored/démo events+v1.summary.json"))["status"] == "ok"

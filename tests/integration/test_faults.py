@@ -48,9 +48,9 @@ from tests.helpers import PLANTED, ROOT, FakeLambdaContext, load_event, load_han
 from tests.integration.test_batch_score import BUCKET, KEY, drain, events_file, put, read
 from tests.integration.test_idempotency import TABLE, _vip_request, env  # noqa: F401 (env: fixture)
 
-SCORED = "scored/2024/démo events+v1.parquet"
-REJECTED = "rejected/2024/démo events+v1.csv"
-SUMMARY = "scored/2024/démo events+v1.summary.json"
+SCORED = "scored/démo events+v1.parquet"
+REJECTED = "rejected/démo events+v1.csv"
+SUMMARY = "scored/démo events+v1.summary.json"
 EVENT = load_event("batch_score/sqs_s3_put.json")
 MESSAGE_ID = EVENT["Records"][0]["messageId"]
 FAILED = [MESSAGE_ID]  # the record reported as a batch item failure: SQS redelivers it, then the DLQ

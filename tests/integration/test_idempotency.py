@@ -65,10 +65,10 @@ def test_a_redelivered_s3_event_sends_no_second_promotion(env):
         event["Records"][0]["body"] = event["Records"][0]["body"].replace(
             "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
         )
-        aws["s3"].delete_object(Bucket=BUCKET, Key="scored/2024/démo events+v1.summary.json")
+        aws["s3"].delete_object(Bucket=BUCKET, Key="scored/démo events+v1.summary.json")
         handler.lambda_handler(event, FakeLambdaContext())
         rescored = json.loads(
-            aws["s3"].get_object(Bucket=BUCKET, Key="scored/2024/démo events+v1.summary.json")["Body"].read()
+            aws["s3"].get_object(Bucket=BUCKET, Key="scored/démo events+v1.summary.json")["Body"].read()
         )
         assert rescored["customers_queued"] == len(first) and drain(aws, queue_url) == []
         # The next assessment (a later as-of) is new: its promotions go out.
@@ -107,7 +107,7 @@ def test_what_idempotency_stores_per_file_is_small_whatever_the_summary_holds(en
         put(aws, None, body=b"x" * 1_000_000 + b"\n1,2,3\n")
         event = load_event("batch_score/sqs_s3_put.json")
         assert handler.lambda_handler(event, FakeLambdaContext()) == {"batchItemFailures": []}
-        summary = aws["s3"].get_object(Bucket=BUCKET, Key="scored/2024/démo events+v1.summary.json")
+        summary = aws["s3"].get_object(Bucket=BUCKET, Key="scored/démo events+v1.summary.json")
         assert summary["ContentLength"] > 1_000_000 and b"missing required column" in summary["Body"].read()
         items = aws["dynamodb"].scan(TableName=TABLE)["Items"]
         assert len(items) == 1 and items[0]["status"]["S"] == "COMPLETED"
@@ -184,7 +184,7 @@ def test_batch_promotions_that_failed_fail_the_record_and_the_redelivery_sends_t
         response = handler.lambda_handler(event, FakeLambdaContext())
         assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
         summary = json.loads(
-            aws["s3"].get_object(Bucket=BUCKET, Key="scored/2024/démo events+v1.summary.json")["Body"].read()
+            aws["s3"].get_object(Bucket=BUCKET, Key="scored/démo events+v1.summary.json")["Body"].read()
         )
         assert summary["customers_queued"] == 0 and len(summary["promotion_failures"]) > 0
         aws["sqs"].create_queue(QueueName="churnguard-promotions")

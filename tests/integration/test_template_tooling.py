@@ -1,6 +1,8 @@
 """template.yaml passes the SAM CLI and checkov checks (their own venv, built on first use)."""
 
 import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -52,6 +54,7 @@ def test_sam_validate_translated_cfn_lint_checkov_and_sam_build_pass():
         "failed 0",
         "sam build (no Docker): ok",
         "glibc <= 2.26 (python3.11 runtime): ok",
+        "asl-validator: ok",
     ):
         assert line in result.stdout, result.stdout
 
@@ -98,3 +101,29 @@ def test_the_translated_api_methods_authorize_as_api_auth_says(translated):
         assert conditions[template["Outputs"]["ScoringApiInvokePolicyArn"]["Condition"]] is (
             scoring[0] == "AWS_IAM"
         )
+
+
+def test_the_dataset_state_machine_passes_asl_validator_which_refuses_a_broken_one(tmp_path):
+    """asl-validator (npm, cached under .cache/node) on the committed definition and on it with its
+    substitutions made; a definition with a dangling Next and a map without an ItemProcessor is
+    refused, so "ok" means something."""
+    from infra.template_checks import STATE_MACHINE_DEFINITIONS, asl_validator, validate_state_machines
+
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("npm and node are needed for asl-validator (make template-checks)")
+        pytest.skip("npm/node not on this machine: asl-validator cannot be installed")
+    validator = asl_validator()
+    result = validate_state_machines(validator)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("is valid") == 2 * len(STATE_MACHINE_DEFINITIONS)
+
+    broken = json.loads(STATE_MACHINE_DEFINITIONS["DatasetStateMachine"].read_text())
+    broken["States"]["Plan"]["Next"] = "NoSuchState"
+    del broken["States"]["ScoreShards"]["ItemProcessor"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    refused = subprocess.run(
+        [str(validator), "--json-path", str(tmp_path / "broken.json")], capture_output=True, text=True
+    )
+    assert refused.returncode == 1, refused.stdout
+    assert "NoSuchState" in refused.stdout + refused.stderr

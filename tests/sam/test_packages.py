@@ -91,7 +91,7 @@ def test_batch_package_scores_a_drop_writes_rejects_and_summary_and_redelivery_a
         {"user_id": ["", "bad-2"], "timestamp": ["2024-01-01", "not a date"], "event_type": ["order"] * 2}
     )
     frame = pd.concat([events, bad], ignore_index=True)
-    key = "incoming/sam/d\u00e9mo events+v1.csv"  # URL-encoded in the notification, decoded by the function
+    key = "incoming/sam-d\u00e9mo events+v1.csv"  # URL-encoded in the notification, decoded by the function
     s3.put_object(
         Bucket=sam_stack.bucket, Key=key, Body=frame.to_csv(index=False).encode(), Metadata={"as-of": AS_OF}
     )
@@ -102,13 +102,13 @@ def test_batch_package_scores_a_drop_writes_rejects_and_summary_and_redelivery_a
     invocation = sam_stack.invoke("BatchScoreFunction", event)
     print(f"\nBatchScoreFunction cold invoke ({len(frame)} rows): {invocation.seconds:.2f} s")
     assert invocation.response == {"batchItemFailures": []}, invocation.logs[-3000:]
-    summary = _s3_json(sam_stack, "scored/sam/d\u00e9mo events+v1.summary.json")
+    summary = _s3_json(sam_stack, "scored/sam-d\u00e9mo events+v1.summary.json")
     assert summary["status"] == "ok", summary
     assert summary["rows_in"] == len(frame) == summary["rows_used"] + summary["rows_rejected"]
     assert summary["rows_rejected"] == 2
     scored = pd.read_parquet(
         io.BytesIO(
-            s3.get_object(Bucket=sam_stack.bucket, Key="scored/sam/d\u00e9mo events+v1.parquet")[
+            s3.get_object(Bucket=sam_stack.bucket, Key="scored/sam-d\u00e9mo events+v1.parquet")[
                 "Body"
             ].read()
         )
@@ -117,7 +117,7 @@ def test_batch_package_scores_a_drop_writes_rejects_and_summary_and_redelivery_a
     assert scored["churn_probability"].between(0, 1).all()
     rejects = pd.read_csv(
         io.BytesIO(
-            s3.get_object(Bucket=sam_stack.bucket, Key="rejected/sam/d\u00e9mo events+v1.csv")["Body"].read()
+            s3.get_object(Bucket=sam_stack.bucket, Key="rejected/sam-d\u00e9mo events+v1.csv")["Body"].read()
         )
     )
     assert len(rejects) == 2 and rejects["reason"].str.len().gt(0).all()
@@ -138,11 +138,11 @@ def test_batch_package_reads_parquet_in_its_isolated_reader_and_survives_a_corru
     buffer = io.BytesIO()
     events.to_parquet(buffer, index=False)
     for name, body in (("good", buffer.getvalue()), ("corrupt", _corrupt_parquet(0))):
-        key = f"incoming/sam/{name}.parquet"
+        key = f"incoming/sam-{name}.parquet"
         s3.put_object(Bucket=sam_stack.bucket, Key=key, Body=body, Metadata={"as-of": AS_OF})
         invocation = sam_stack.invoke("BatchScoreFunction", sam_stack.scoring_job_event(key))
         assert invocation.response == {"batchItemFailures": []}, invocation.logs[-3000:]
-        summary = _s3_json(sam_stack, f"scored/sam/{name}.summary.json")
+        summary = _s3_json(sam_stack, f"scored/sam-{name}.summary.json")
         if name == "good":
             assert summary["status"] == "ok" and summary["customers_scored"] == events["user_id"].nunique()
         else:  # the child decoder fails (segfault, runaway allocation or an error); the function reports it

@@ -205,3 +205,19 @@ class RecordingPublisher:
     def publish(self, messages: list[dict[str, Any]]) -> PublishResult:
         self.messages += messages
         return PublishResult(sent=len(messages))
+
+
+class MemoryWorkflowStarter:
+    """``WorkflowStarter`` keeping its runs by name: a name started again starts nothing (False),
+    as Step Functions answers ``ExecutionAlreadyExists``."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+
+    def start(self, name: str, input: Mapping[str, Any]) -> bool:
+        self.calls.append(name)
+        if name in self.runs:
+            return False
+        self.runs[name] = dict(input)
+        return True

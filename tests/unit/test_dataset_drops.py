@@ -335,7 +335,7 @@ def test_rows_in_are_used_plus_rejected_and_the_rejects_carry_part_and_row(run, 
     summary = finish_dataset(run.store, run.plan, run.parts, run.shards)
 
     assert summary.rows_in == sum(len(p) for p in export) == summary.rows_used + summary.rows_rejected
-    rejects = pd.read_csv(io.BytesIO(run.store.body(BUCKET, f"scored/{DATASET}.rejects.csv")))
+    rejects = pd.read_csv(io.BytesIO(run.store.body(BUCKET, f"scored/{DATASET}/_rejects.csv")))
     assert rejects[["part", "source_row"]].values.tolist() == [
         ["part-0001.csv.gz", 3],
         ["part-0002.parquet", 5],
@@ -343,7 +343,7 @@ def test_rows_in_are_used_plus_rejected_and_the_rejects_carry_part_and_row(run, 
     assert (
         "timestamp is not ISO-8601" in rejects["reason"][0] and "amount is negative" in rejects["reason"][1]
     )
-    assert summary.rejects == f"scored/{DATASET}.rejects.csv"
+    assert summary.rejects == f"scored/{DATASET}/_rejects.csv"
 
 
 def test_no_customer_is_promoted_twice_even_when_a_shard_is_scored_twice(run):
@@ -389,8 +389,8 @@ def test_a_failed_part_fails_the_dataset_before_scoring_and_nothing_is_published
     summary = finish_dataset(run.store, run.plan, run.parts, run.shards)
     assert summary.status == "failed" and summary.error_type == "PartFailed"
     assert "part-0001.csv.gz failed" in summary.errors[0]
-    assert store.keys(BUCKET, "scored/") == [f"scored/{DATASET}.summary.json"]
-    assert json.loads(store.body(BUCKET, f"scored/{DATASET}.summary.json"))["status"] == "failed"
+    assert store.keys(BUCKET, "scored/") == [f"scored/{DATASET}/_summary.json"]
+    assert json.loads(store.body(BUCKET, f"scored/{DATASET}/_summary.json"))["status"] == "failed"
     assert run.publisher.messages == []
 
 
@@ -410,7 +410,9 @@ def test_a_shard_missing_a_piece_fails_before_anything_is_scored_or_sent(export,
     )
     assert publisher.messages == [] and store.keys(BUCKET, plan.work_prefix + "scored/") == []
     summary = finish_dataset(store, plan, parts, [result])
-    assert summary.status == "failed" and store.keys(BUCKET, f"scored/{DATASET}/") == []
+    assert summary.status == "failed" and store.keys(BUCKET, f"scored/{DATASET}/") == [
+        f"scored/{DATASET}/_summary.json"
+    ]
 
 
 def test_a_violated_invariant_is_a_failed_summary_not_a_report(run):
@@ -424,7 +426,7 @@ def test_a_violated_invariant_is_a_failed_summary_not_a_report(run):
 
     assert summary.status == "failed" and summary.error_type == "InvariantViolated"
     assert any("rows in" in e for e in summary.errors) and summary.outputs == []
-    assert store.keys(BUCKET, "scored/") == [f"scored/{DATASET}.summary.json"]
+    assert store.keys(BUCKET, "scored/") == [f"scored/{DATASET}/_summary.json"]
 
 
 def test_the_listing_of_the_store_fake_matches_the_port():
@@ -435,3 +437,16 @@ def test_the_listing_of_the_store_fake_matches_the_port():
     listed = store.list_objects(BUCKET, "incoming/")
     assert [(o.key, o.size) for o in listed] == [("incoming/a.csv", 1), ("incoming/b.csv", 2)]
     assert all(isinstance(o, ListedObject) for o in listed)
+
+
+def test_a_datasets_summary_and_rejects_never_overwrite_a_single_drop_of_the_same_name(run):
+    """``incoming/<dataset>.csv`` (a single drop) writes ``scored/<dataset>.summary.json``; the
+    dataset's own objects are inside its folder, under names no part output can have."""
+    finish_dataset(run.store, run.plan, run.parts, run.shards)
+    single_drop_summary = f"scored/{DATASET}.summary.json"
+    assert run.plan.summary_key == f"scored/{DATASET}/_summary.json" != single_drop_summary
+    assert run.plan.rejects_key == f"scored/{DATASET}/_rejects.csv"
+    assert (BUCKET, single_drop_summary) not in run.store.objects
+    published = run.store.keys(BUCKET, f"scored/{DATASET}/")
+    assert published[:2] == [f"scored/{DATASET}/_rejects.csv", f"scored/{DATASET}/_summary.json"]
+    assert published[2:] and all(k.rsplit("/", 1)[1].startswith("part-") for k in published[2:])

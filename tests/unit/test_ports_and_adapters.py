@@ -400,3 +400,27 @@ def test_any_other_aws_error_fetching_the_artifact_fails_the_gate_without_a_deci
     with pytest.raises(type(error)):
         handler.lambda_handler(_completed_job(), FakeLambdaContext())
     assert store.keys("churnguard-data", "model-decisions/") == []
+
+
+def test_the_step_functions_starter_names_its_runs_and_answers_false_for_a_name_taken():
+    import boto3
+    from botocore.stub import Stubber
+
+    from churnguard.adapters import StepFunctionsWorkflowStarter
+
+    client = boto3.client(
+        "stepfunctions", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    arn = "arn:aws:states:eu-west-1:123456789012:stateMachine:m"
+    expected = {"stateMachineArn": arn, "name": "ds-1", "input": '{"bucket": "b"}'}
+    with Stubber(client) as stub:
+        stub.add_response(
+            "start_execution", {"executionArn": arn + ":ds-1", "startDate": "2026-01-01"}, expected
+        )
+        stub.add_client_error("start_execution", "ExecutionAlreadyExists", expected_params=expected)
+        stub.add_client_error("start_execution", "ThrottlingException", expected_params=expected)
+        starter = StepFunctionsWorkflowStarter(client, arn)
+        assert starter.start("ds-1", {"bucket": "b"}) is True
+        assert starter.start("ds-1", {"bucket": "b"}) is False
+        with pytest.raises(ClientError, match="ThrottlingException"):  # every other error passes through
+            starter.start("ds-1", {"bucket": "b"})

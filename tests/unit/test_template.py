@@ -71,6 +71,8 @@ def _ref(logical):
         "AWS::Serverless::Function": name,
         "AWS::Serverless::Api": "a1b2c3d4e5",
         "AWS::IAM::ManagedPolicy": f"arn:aws:iam::{ACCOUNT}:policy/{name}",
+        "AWS::Serverless::StateMachine": f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{name}",
+        "AWS::Logs::LogGroup": name,
     }[kind]
 
 
@@ -85,6 +87,8 @@ def _get_att(logical, attribute):
         ("AWS::IAM::Role", "Arn"): f"arn:aws:iam::{ACCOUNT}:role/{ref}",
         ("AWS::ECR::Repository", "Arn"): f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{ref}",
         ("AWS::ECR::Repository", "RepositoryUri"): f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{ref}",
+        ("AWS::Serverless::Function", "Arn"): f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{ref}",
+        ("AWS::Logs::LogGroup", "Arn"): f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{ref}:*",
     }[(kind, attribute)]
 
 

@@ -1,0 +1,127 @@
+"""Dataset scoring Lambda: every step of a multi-part dataset's run, as its state machine calls it.
+
+One function for all steps, dispatching on the payload's ``step`` (``churnguard.dataset_steps``):
+the steps share the package (pandas, the model, the promotions publisher), the memory a shard needs
+(the admission model budgets from this function's MemorySize) and the IAM scope (the bucket's
+incoming/, work/ and scored/ prefixes), so separate functions would be copies differing only in the
+handler. Also the scheduled check of datasets whose marker has not come (``step: pending``).
+
+Payloads are ids and S3 keys; answers are small JSON objects (statuses, counts, keys). A bad part
+or shard is a ``failed`` result; a transient AWS error raises, so the state machine retries the step.
+Logs carry steps, statuses, counts and error categories only: no key, dataset name or file text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from churnguard.dataset_steps import (
+    FailStep,
+    FinishStep,
+    PartitionStep,
+    PendingStep,
+    PlanStep,
+    ScoreStep,
+    Scoring,
+    ShardsStep,
+    StepPayload,
+    parse_step,
+    run_fail,
+    run_finish,
+    run_partition,
+    run_pending,
+    run_plan,
+    run_plan_shards,
+    run_score,
+)
+from churnguard.scoring import ReasonsFor
+from churnguard.wiring import DatasetRuntime, dataset_runtime
+
+SERVICE = "churnguard-dataset-score"
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
+
+
+def _model_event(name: str, details: dict[str, Any]) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    logger.info(name, extra=details)
+
+
+@functools.cache
+def runtime() -> DatasetRuntime:
+    """Cold-start wiring (``churnguard.wiring``): settings validated, clients built, once per container."""
+    return dataset_runtime(on_model_event=_model_event)
+
+
+@tracer.capture_method(capture_response=False)
+def run_step(rt: DatasetRuntime, step: StepPayload) -> dict[str, Any]:
+    if isinstance(step, PlanStep):
+        return run_plan(rt.store, step, rt.memory)
+    if isinstance(step, PartitionStep):
+        return run_partition(rt.store, step, rt.models.current())
+    if isinstance(step, ShardsStep):
+        return run_plan_shards(rt.store, step, rt.memory)
+    if isinstance(step, ScoreStep):
+        return _score(rt, step)
+    if isinstance(step, FinishStep):
+        answer = run_finish(rt.store, step, rt.memory)
+        if answer["status"] != "ok":
+            metrics.add_metric(name="DatasetsFailed", unit=MetricUnit.Count, value=1)
+        return answer
+    if isinstance(step, FailStep):
+        metrics.add_metric(name="DatasetsFailed", unit=MetricUnit.Count, value=1)
+        return run_fail(rt.store, step)
+    return _pending(rt, step)
+
+
+def _score(rt: DatasetRuntime, step: ScoreStep) -> dict[str, Any]:
+    from churnguard.idempotency import LedgeredPublisher
+
+    scoring = Scoring(
+        bundle=rt.models.current(),
+        policy=rt.policy,
+        publisher=rt.publisher,
+        reasons_for=ReasonsFor(rt.settings.batch_reasons),
+        memory=rt.memory,
+        retry_unsent=isinstance(rt.publisher, LedgeredPublisher),
+    )
+    answer, result = run_score(rt.store, step, scoring)
+    metrics.add_metric(name="CustomersScored", unit=MetricUnit.Count, value=result.customers_scored)
+    metrics.add_metric(
+        name="HighRiskCustomers", unit=MetricUnit.Count, value=result.customers_at_or_above_promotion
+    )
+    metrics.add_metric(name="PromotionsQueued", unit=MetricUnit.Count, value=result.customers_queued)
+    if result.promotion_failures:
+        metrics.add_metric(
+            name="PromotionFailures", unit=MetricUnit.Count, value=len(result.promotion_failures)
+        )
+    return answer
+
+
+def _pending(rt: DatasetRuntime, step: PendingStep) -> dict[str, Any]:
+    """Metrics the pending-dataset alarm watches: how many datasets wait for their marker, and the
+    age of the oldest (0 when none)."""
+    pending = run_pending(rt.store, step, dt.datetime.now(dt.UTC))
+    oldest = max((p.age_s for p in pending), default=0.0)
+    metrics.add_metric(name="PendingDatasets", unit=MetricUnit.Count, value=len(pending))
+    metrics.add_metric(name="OldestPendingDatasetAge", unit=MetricUnit.Seconds, value=oldest)
+    return {"status": "ok", "pending": len(pending), "oldest_age_s": round(oldest, 1)}
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    step = parse_step(event)
+    logger.append_keys(step=step.step)
+    answer = run_step(runtime(), step)
+    # Statuses, counts and categories only: keys and dataset names stay out of the logs.
+    logger.info("dataset step done", extra={k: v for k, v in answer.items() if not k.endswith("_key")})
+    return answer

@@ -1,0 +1,402 @@
+"""A dataset run as its state machine drives it (``statemachine/dataset.asl.json``), and its start.
+
+**Routing a drop** (``route_drop``, what the batch function does with each object under
+``incoming/``, by ``churnguard.dataset_drops.classify_key``):
+
+============================  =====================================================================
+kind of key                   what happens
+============================  =====================================================================
+single drop, split part       scored alone, as before (``churnguard.batch.process_s3_object``)
+unsupported, top level        as before: a failed summary saying the file type is not read
+dataset part                  acknowledged, not scored: its dataset is scored once its marker comes
+marker                        one run of the state machine started (``start_dataset_run``)
+never data, unsupported part  acknowledged with the reason (a dataset's plan reports such files)
+outside ``incoming/``         acknowledged with the reason
+============================  =====================================================================
+
+**The steps** (``run_step``): each takes a small payload of ids and S3 keys and answers a small one.
+What the steps hand each other lives in the run's work area (``work/<dataset>/<run>/``), never in
+the state machine's payloads (256 KB): the plan, the item lists the two distributed maps read with
+their ``ItemReader`` (``parts.json``, ``shards.json``: JSON arrays of step payloads), each shard's
+task, and each part's and shard's result (``results/``), read back by listing.
+
+=========  ===========================  ==========================================  ====================
+step       payload                      writes                                      answers ``status``
+=========  ===========================  ==========================================  ====================
+plan       bucket, dataset              plan.json, parts.json (refused: summary)    planned / refused
+partition  bucket, plan_key, part       its pieces and rejects, results/part-P      ok / failed
+shards     bucket, plan_key             tasks/shard-S, shards.json                  ready / failed
+score      bucket, plan_key, shard      its Parquet, results/shard-S                ok / failed
+finish     bucket, plan_key             the outputs, then the summary               ok / failed
+fail       bucket, dataset, error       the failed summary                          failed
+pending    bucket                       nothing (the handler emits metrics)         ok
+=========  ===========================  ==========================================  ====================
+
+A bad part or shard is a ``failed`` result (the dataset fails at ``shards`` or ``finish``, with its
+summary); a transient AWS error raises, and the state machine retries the step, then runs ``fail``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from churnguard.admission import MemoryModel
+from churnguard.batch import read_columns
+from churnguard.bundle import ModelBundle
+from churnguard.dataset_drops import (
+    INCOMING_PREFIX,
+    DatasetError,
+    DatasetPlan,
+    DropKind,
+    PartResult,
+    PendingDataset,
+    ShardResult,
+    ShardTask,
+    classify_key,
+    fail_dataset,
+    finish_dataset,
+    partition_part,
+    pending_datasets,
+    plan_dataset,
+    plan_shards,
+    score_shard,
+    summary_key,
+)
+from churnguard.ports import ObjectStore, WorkflowStarter
+from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult
+from churnguard.scoring import ReasonsFor
+
+# --- routing a drop and starting a dataset's run -----------------------------------------------------
+
+
+class Route(StrEnum):
+    SCORE = "score"  # the batch function scores the object alone
+    START_DATASET = "start_dataset"  # a marker: start the dataset's run
+    ACKNOWLEDGE = "acknowledge"  # nothing to do now (the reason says why)
+
+
+@dataclass(frozen=True)
+class DropRoute:
+    route: Route
+    kind: DropKind
+    dataset: str | None = None
+    reason: str = ""  # a fixed text per kind, safe to log (never the key)
+
+
+REASONS = {
+    DropKind.DATASET_PART: "part of a dataset: scored with its dataset once the marker comes",
+    DropKind.IGNORED: "never data (a name starting with '_' or '.', or a folder placeholder)",
+    DropKind.UNSUPPORTED: "unsupported file type inside a dataset: reported in the dataset's plan",
+    DropKind.OUTSIDE: "not under incoming/",
+}
+
+
+def route_drop(key: str, incoming_prefix: str = INCOMING_PREFIX) -> DropRoute:
+    """What the batch function does with a created object (the table in the module docstring)."""
+    drop = classify_key(key, incoming_prefix)
+    if drop.kind in (DropKind.SINGLE, DropKind.SPLIT_PART):
+        return DropRoute(Route.SCORE, drop.kind)
+    if drop.kind is DropKind.UNSUPPORTED and drop.dataset is None:
+        # A single file in a format not read keeps today's answer: a failed summary saying so.
+        return DropRoute(Route.SCORE, drop.kind)
+    if drop.kind is DropKind.MARKER:
+        return DropRoute(Route.START_DATASET, drop.kind, drop.dataset)
+    return DropRoute(Route.ACKNOWLEDGE, drop.kind, drop.dataset, REASONS[drop.kind])
+
+
+_NOT_IN_EXECUTION_NAMES = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def execution_name(dataset: str, bucket: str, key: str, etag: str, version: str) -> str:
+    """The run's name for one version of a marker object: the same S3 event delivered twice gives
+    the same name (Step Functions starts it once); a marker written again (a re-drop) gives a new
+    one. ``version`` is the object's version id or the event's sequencer: an empty ``_SUCCESS``
+    always has the same ETag, so the ETag alone would make every re-drop of a dataset a repeat."""
+    digest = hashlib.sha256("\0".join((bucket, key, etag, version)).encode()).hexdigest()[:24]
+    readable = _NOT_IN_EXECUTION_NAMES.sub("-", dataset)[:50].strip("-.") or "dataset"
+    return f"{readable}-{digest}"  # at most 75 of the 80 characters allowed, ASCII only
+
+
+def start_dataset_run(
+    starter: WorkflowStarter,
+    bucket: str,
+    marker_key: str,
+    dataset: str,
+    *,
+    etag: str,
+    version: str,
+    max_concurrency: int,
+) -> bool:
+    """Start the dataset's run (False: this marker's run had already been started)."""
+    name = execution_name(dataset, bucket, marker_key, etag, version)
+    run_input = {
+        "bucket": bucket,
+        "dataset": dataset,
+        "marker": marker_key,
+        "max_concurrency": max_concurrency,  # the maps' MaxConcurrencyPath
+    }
+    return starter.start(name, run_input)
+
+
+# --- the steps' payloads --------------------------------------------------------------------------------
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bucket: str = Field(min_length=3)
+
+
+class PlanStep(_Step):
+    step: Literal["plan"]
+    dataset: str = Field(min_length=1)
+    shards: int | None = Field(None, ge=1)  # an operator's override of N (tests, reruns)
+
+
+class PartitionStep(_Step):
+    step: Literal["partition"]
+    plan_key: str
+    part: int = Field(ge=0)
+
+
+class ShardsStep(_Step):
+    step: Literal["shards"]
+    plan_key: str
+
+
+class ScoreStep(_Step):
+    step: Literal["score"]
+    plan_key: str
+    shard: int = Field(ge=0)
+
+
+class FinishStep(_Step):
+    step: Literal["finish"]
+    plan_key: str
+
+
+class CaughtError(BaseModel):
+    """What a state machine's Catch puts at its ResultPath: the error's name (a category: an AWS
+    error code, an exception class, ``States.Timeout``) and its cause (may quote a file: it goes to
+    the summary, never to a log)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    error: str = Field("States.ALL", alias="Error")
+    cause: str | None = Field(None, alias="Cause")
+
+
+class FailStep(_Step):
+    step: Literal["fail"]
+    dataset: str = Field(min_length=1)
+    error: CaughtError = Field(default_factory=lambda: CaughtError.model_validate({}))
+
+
+class PendingStep(_Step):
+    step: Literal["pending"]
+
+
+StepPayload = Annotated[
+    PlanStep | PartitionStep | ShardsStep | ScoreStep | FinishStep | FailStep | PendingStep,
+    Field(discriminator="step"),
+]
+
+
+class StepPayloadModel(BaseModel):
+    """A payload of any step, told apart by its ``step`` field."""
+
+    payload: StepPayload
+
+
+def parse_step(event: dict[str, Any]) -> StepPayload:
+    return StepPayloadModel.model_validate({"payload": event}).payload
+
+
+# --- where a run keeps what its steps hand each other ----------------------------------------------------
+
+
+def plan_key(plan: DatasetPlan) -> str:
+    return f"{plan.work_prefix}plan.json"
+
+
+def parts_items_key(plan: DatasetPlan) -> str:
+    return f"{plan.work_prefix}parts.json"
+
+
+def shards_items_key(plan: DatasetPlan) -> str:
+    return f"{plan.work_prefix}shards.json"
+
+
+def task_key(plan: DatasetPlan, shard: int) -> str:
+    return f"{plan.work_prefix}tasks/shard-{shard:04d}.json"
+
+
+def result_key(plan: DatasetPlan, kind: Literal["part", "shard"], index: int) -> str:
+    return f"{plan.work_prefix}results/{kind}-{index:04d}.json"
+
+
+def _put_json(store: ObjectStore, bucket: str, key: str, value: Any) -> None:
+    store.put_bytes(bucket, key, json.dumps(value).encode(), content_type="application/json")
+
+
+def _put_model(store: ObjectStore, bucket: str, key: str, value: BaseModel) -> None:
+    store.put_bytes(bucket, key, value.model_dump_json().encode(), content_type="application/json")
+
+
+def load_plan(store: ObjectStore, bucket: str, key: str) -> DatasetPlan:
+    return DatasetPlan.model_validate_json(store.get_bytes(bucket, key))
+
+
+ResultT = TypeVar("ResultT", PartResult, ShardResult)
+
+
+def load_results(
+    store: ObjectStore, plan: DatasetPlan, kind: Literal["part", "shard"], model: type[ResultT]
+) -> list[ResultT]:
+    """Every result of that kind the run's steps wrote (a missing one fails the dataset's checks)."""
+    prefix = f"{plan.work_prefix}results/{kind}-"
+    return [
+        model.model_validate_json(store.get_bytes(plan.bucket, o.key))
+        for o in store.list_objects(plan.bucket, prefix)
+    ]
+
+
+# --- the steps ----------------------------------------------------------------------------------------------
+
+
+def run_plan(store: ObjectStore, step: PlanStep, memory: MemoryModel) -> dict[str, Any]:
+    """Plan the dataset and write the parts' item list; a dataset that cannot be scored as dropped
+    gets its failed summary here (``refused``: the state machine fails the run)."""
+    try:
+        plan = plan_dataset(store, step.bucket, step.dataset, memory=memory, shards=step.shards)
+    except DatasetError as exc:
+        summary = fail_dataset(store, step.bucket, step.dataset, exc)
+        return {
+            "status": "refused",
+            "error_type": summary.error_type,
+            "plan_key": None,
+            "parts_key": None,
+            "summary_key": summary_key(step.dataset),
+        }
+    _put_model(store, step.bucket, plan_key(plan), plan)
+    items = [{"bucket": plan.bucket, "plan_key": plan_key(plan), "part": p.index} for p in plan.parts]
+    _put_json(store, plan.bucket, parts_items_key(plan), items)
+    return {
+        "status": "planned",
+        "plan_key": plan_key(plan),
+        "parts_key": parts_items_key(plan),
+        "parts": len(plan.parts),
+        "shards": plan.shards,
+    }
+
+
+def run_partition(
+    store: ObjectStore, step: PartitionStep, bundle: ModelBundle, *, tmp_dir: str | None = None
+) -> dict[str, Any]:
+    """Phase 1 for one part; its result goes to the work area (the map's output is discarded)."""
+    plan = load_plan(store, step.bucket, step.plan_key)
+    columns = read_columns(bundle, plan.parts[step.part].key)  # only what scoring reads is shuffled
+    result = partition_part(store, plan, step.part, columns=columns, tmp_dir=tmp_dir)
+    _put_model(store, plan.bucket, result_key(plan, "part", step.part), result)
+    return {"status": result.status, "part": step.part, "error_type": result.error_type}
+
+
+def run_plan_shards(store: ObjectStore, step: ShardsStep, memory: MemoryModel) -> dict[str, Any]:
+    """After phase 1: one task object per shard and the shards' item list, or ``failed`` (the
+    finish step then writes the failed summary with every reason)."""
+    plan = load_plan(store, step.bucket, step.plan_key)
+    shuffle = plan_shards(plan, load_results(store, plan, "part", PartResult), memory=memory)
+    if shuffle.errors:
+        return {"status": "failed", "shards_key": None, "shards": 0}
+    for task in shuffle.tasks:
+        _put_model(store, plan.bucket, task_key(plan, task.shard), task)
+    items = [{"bucket": plan.bucket, "plan_key": step.plan_key, "shard": t.shard} for t in shuffle.tasks]
+    _put_json(store, plan.bucket, shards_items_key(plan), items)
+    return {"status": "ready", "shards_key": shards_items_key(plan), "shards": len(items)}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What phase 2 scores with (the batch function's settings, built once per container)."""
+
+    bundle: ModelBundle
+    policy: PromotionPolicy
+    publisher: PromotionsPublisher | None
+    reasons_for: ReasonsFor
+    memory: MemoryModel
+    # With a ledger of sent promotions a failed send is retried by failing the step: the ledger
+    # makes the retry send only what did not go out (as batch does through SQS redelivery).
+    retry_unsent: bool = False
+
+
+def run_score(
+    store: ObjectStore, step: ScoreStep, scoring: Scoring, *, tmp_dir: str | None = None
+) -> tuple[dict[str, Any], ShardResult]:
+    """Phase 2 for one shard; its result goes to the work area. Raises ``PromotionsNotSentError``
+    when promotions failed and ``retry_unsent`` (the state machine retries the step)."""
+    from churnguard.idempotency import PromotionsNotSentError
+
+    plan = load_plan(store, step.bucket, step.plan_key)
+    task = ShardTask.model_validate_json(store.get_bytes(plan.bucket, task_key(plan, step.shard)))
+    result = score_shard(
+        store,
+        plan,
+        task,
+        scoring.bundle,
+        policy=scoring.policy,
+        publisher=scoring.publisher,
+        reasons_for=scoring.reasons_for,
+        memory=scoring.memory,
+        tmp_dir=tmp_dir,
+    )
+    if result.promotion_failures and scoring.retry_unsent:
+        raise PromotionsNotSentError(PublishResult(result.customers_queued, result.promotion_failures))
+    _put_model(store, plan.bucket, result_key(plan, "shard", step.shard), result)
+    return {"status": result.status, "shard": step.shard, "error_type": result.error_type}, result
+
+
+def run_finish(
+    store: ObjectStore, step: FinishStep, memory: MemoryModel, *, tmp_dir: str | None = None
+) -> dict[str, Any]:
+    """Check every dataset-level invariant over all results, publish (ok only), summary last."""
+    plan = load_plan(store, step.bucket, step.plan_key)
+    parts = load_results(store, plan, "part", PartResult)
+    shards = load_results(store, plan, "shard", ShardResult)
+    summary = finish_dataset(store, plan, parts, shards, memory=memory, tmp_dir=tmp_dir)
+    return {
+        "status": summary.status,
+        "error_type": summary.error_type,
+        "summary_key": plan.summary_key,
+        "rows_in": summary.rows_in,
+        "customers_scored": summary.customers_scored,
+        "customers_queued": summary.customers_queued,
+    }
+
+
+class DatasetRunError(DatasetError):
+    """The state machine stopped the run (a step failed after its retries)."""
+
+
+MAX_CAUSE_CHARS = 2_000
+
+
+def run_fail(store: ObjectStore, step: FailStep) -> dict[str, Any]:
+    """The failed summary of a run the state machine stopped: what failed, for the data owner."""
+    cause = f": {step.error.cause[:MAX_CAUSE_CHARS]}" if step.error.cause else ""
+    error = DatasetRunError(f"the dataset's run stopped after retries: {step.error.error}{cause}")
+    summary = fail_dataset(store, step.bucket, step.dataset, error)
+    return {"status": "failed", "error_type": summary.error_type, "summary_key": summary_key(step.dataset)}
+
+
+def run_pending(store: ObjectStore, step: PendingStep, now: dt.datetime) -> Sequence[PendingDataset]:
+    """Datasets with parts but no marker yet, oldest first (the scheduled check's metrics)."""
+    return pending_datasets(store.list_objects(step.bucket, INCOMING_PREFIX), now)
