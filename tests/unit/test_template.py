@@ -309,6 +309,24 @@ def test_function_policies_are_least_privilege():
                 ), name
 
 
+def test_the_batch_function_may_write_the_parts_of_every_split_level():
+    """Found in review: a part split once more goes to incoming/_parts2/, which the policy did not allow."""
+    from churnguard.batch import MAX_SPLIT_LEVEL, _parts_prefix
+
+    writable = [
+        resource["Sub"].removeprefix("${DataBucket.Arn}/").removesuffix("*")
+        for policy in FUNCTIONS["BatchScoreFunction"]["Properties"]["Policies"]
+        for statement in policy.get("Statement", [])
+        if "s3:PutObject" in statement["Action"]
+        for resource in statement["Resource"]
+    ]
+    key = "incoming/export.csv"
+    for level in range(MAX_SPLIT_LEVEL):
+        parts = _parts_prefix(key, level)
+        assert any(parts.startswith(prefix) for prefix in writable), (level, parts, writable)
+        key = parts + "part-00000.csv.gz"
+
+
 # --- API auth (parameter ApiAuth) ------------------------------------------------------------------
 # What each mode must give every route, as API Gateway imports it: (authorization type, API key required).
 SCORING_ROUTE_AUTH = {
