@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install demo serve train test lint bench-quality bench-serving bench-batch-memory template-checks clean infra-venv sam-test bench-sam fuzz serve-sam deploy training-image
+.PHONY: install demo serve train test lint bench-quality bench-serving bench-batch-memory bench-scale template-checks clean infra-venv sam-test bench-sam fuzz serve-sam deploy training-image
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -94,3 +94,9 @@ infra-venv: install
 
 template-checks: infra-venv
 	$(INFRA_VENV)/bin/python infra/template_checks.py
+
+## Scale: multi-part dataset drops through the two-phase shuffle, 1M + 3M customers, projected to 10M / 100M
+## customers -> benchmarks/results/scale.{md,json} (~35 min on 2 cores; not in make test). SCALE_ARGS=--workers 2
+SCALE_ARGS ?=
+bench-scale: install
+	$(PY) -m benchmarks.scale $(SCALE_ARGS)
