@@ -14,12 +14,17 @@
    ``functions/score_api/app.py:lambda_handler`` in-process and warm, like one Lambda container (``api``);
 5. S3 drops delivered the way production does: scoring-jobs queue -> ``batch_score`` with an SQS
    event, batch item failures left on the queue for retry (and, after maxReceiveCount, the DLQ); the
-   promote function behind the template's EventBridge rule (``deliveries``).
+   promote function behind the template's EventBridge rule (``deliveries``);
+6. multi-part dataset drops (``incoming/<dataset>/part-*`` + ``_SUCCESS`` or ``_manifest.json``):
+   batch_score starts an execution of the template's dataset state machine, created in moto with its
+   resolved definition; moto only records executions, so ``step_functions.ExecutionPoller`` runs each
+   one in-process (``dataset_score`` warm, the Distributed Maps on a small thread pool).
 
 ``stack`` starts and stops it all, ``demo`` is what ``make demo`` shows, ``__main__`` the command line.
 
 Local differences from the cloud, on purpose: queue visibility timeouts are capped at 10 s so
-retries show up in seconds, and functions run in this process instead of separate containers.
+retries show up in seconds, a state machine's Retry waits a tenth of its definition's, and functions
+run in this process instead of separate containers (see ``step_functions`` for the interpreter's).
 """
 
 from infra.local_aws import REGION, MotoServer, aws_environment, free_port

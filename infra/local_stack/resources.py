@@ -1,9 +1,11 @@
 """The resources template.yaml declares, created in moto (the local stack's and ``sam local``'s).
 
 Read from the template, so local and cloud cannot drift: queues with their DLQs, the idempotency
-table, the model pointer, the bucket with its S3 -> scoring-jobs notification, and the functions'
-EventBridge rules, each delivering to a queue the stack polls. The functions' environment is the
-template's, with ``!Ref`` / ``!GetAtt`` / ``!Sub`` / ``!If`` resolved to what was created.
+table, the model pointer, the bucket with its S3 -> scoring-jobs notification, the functions'
+EventBridge rules, each delivering to a queue the stack polls, and the state machines (given a
+stepfunctions client; ``step_functions.ExecutionPoller`` runs their executions). The functions'
+environment is the template's, with ``!Ref`` / ``!GetAtt`` / ``!Sub`` / ``!If`` resolved to what
+was created.
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ def create_resources(
     """Create what the template declares in moto; ``parameters`` override the template's defaults.
 
     ``template`` is ``infra.template.load_template()``'s short form; ``clients`` are boto3 clients by
-    service name (s3, sqs, dynamodb, ssm; events optional: without it no rule is created).
+    service name (s3, sqs, dynamodb, ssm; events optional: without it no rule is created;
+    stepfunctions optional: without it no state machine is created, with it the state machines are
+    created with their resolved definitions, ``infra.local_stack.step_functions.create_state_machines``).
     """
     res = LocalResources(conditions=template.get("Conditions", {}))
     for name, parameter in template.get("Parameters", {}).items():  # !Ref Parameter -> its default
@@ -113,6 +117,12 @@ def create_resources(
     if clients.get("events") is not None:
         _create_event_rules(template, clients["events"], clients["sqs"], prefix, res)
     _resolve_function_environments(template, res)
+    if clients.get("stepfunctions") is not None:
+        # Imported here: step_functions imports this module. It resolves the environments again, so
+        # a function's !Ref to a state machine is the ARN moto gave it.
+        from infra.local_stack.step_functions import create_state_machines
+
+        create_state_machines(template, clients["stepfunctions"], res, prefix)
     return res
 
 

@@ -1,4 +1,5 @@
-"""Starting and stopping the local stack: moto, the template's resources, the model, the functions."""
+"""Starting and stopping the local stack: moto, the template's resources, the model, the functions,
+and the runner of the state machines' executions."""
 
 from __future__ import annotations
 
@@ -15,9 +16,17 @@ from infra.local_stack.api import make_api_server
 from infra.local_stack.deliveries import EventRuleDelivery, ScoringJobsDelivery
 from infra.local_stack.model import ensure_model, write_holdout
 from infra.local_stack.resources import LocalResources, create_resources
+from infra.local_stack.step_functions import (
+    ExecutionPoller,
+    LocalFunctions,
+    function_aliases,
+    function_timeouts,
+)
 from infra.template import load_template
 
-AWS_SERVICES = ("s3", "sqs", "ssm", "dynamodb", "events")
+AWS_SERVICES = ("s3", "sqs", "ssm", "dynamodb", "events", "stepfunctions")
+# Locally a Retry waits a tenth of what the state machine's definition says.
+LOCAL_RETRY_TIME_SCALE = 0.1
 # Locally the pointer is re-read every 2 s (cloud: 60 s) so a promotion shows up promptly.
 LOCAL_FUNCTION_SETTINGS = {"CHURNGUARD_MODEL_POINTER_MAX_AGE": "2"}
 
@@ -34,8 +43,12 @@ class Stack:
     model_version: str
     model_dir: Path
     trained: bool
+    # Runs the executions moto records (None: the template has no dataset function).
+    step_functions: ExecutionPoller | None = None
 
     def stop(self) -> None:
+        if self.step_functions:
+            self.step_functions.stop()
         self.delivery.stop()
         if self.promote_delivery:
             self.promote_delivery.stop()
@@ -49,11 +62,13 @@ class _Functions:
     server: ThreadingHTTPServer
     delivery: ScoringJobsDelivery
     promote_delivery: EventRuleDelivery | None
+    step_functions: ExecutionPoller | None
 
 
 def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = False) -> Stack:
     """Everything up: moto, the resources, the model published (``model_dir``, or the CDNOW model,
-    trained if its inputs changed) with its holdout, the API on ``port`` and the deliveries."""
+    trained if its inputs changed) with its holdout, the API on ``port``, the deliveries and the
+    runner of the state machines' executions."""
     moto = MotoServer()
     moto.start()
     try:
@@ -62,12 +77,15 @@ def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = Fals
         import boto3
 
         clients = {name: boto3.client(name) for name in AWS_SERVICES}
-        resources = create_resources(load_template(), clients)
+        template = load_template()
+        # State machines included, before the functions load their environment: a function's
+        # !Ref to a state machine is then the ARN moto gave it.
+        resources = create_resources(template, clients)
         trained = False
         if model_dir is None:
             model_dir, trained = ensure_model()
         model_version = _publish(clients, resources, Path(model_dir))
-        functions = _start_functions(clients, resources, settings, port)
+        functions = _start_functions(template, clients, resources, settings, port)
     except BaseException:
         moto.stop()
         raise
@@ -83,6 +101,7 @@ def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = Fals
         model_version,
         Path(model_dir),
         trained,
+        functions.step_functions,
     )
 
 
@@ -115,10 +134,15 @@ def _publish(clients: dict[str, Any], resources: LocalResources, model_dir: Path
 
 
 def _start_functions(
-    clients: dict[str, Any], resources: LocalResources, settings: dict[str, str], port: int
+    template: dict[str, Any],
+    clients: dict[str, Any],
+    resources: LocalResources,
+    settings: dict[str, str],
+    port: int,
 ) -> _Functions:
     """Each function loaded warm with the template's environment (plus ``settings``), and what
-    invokes it: the API server, the scoring-jobs delivery, the promote rule's delivery."""
+    invokes it: the API server, the scoring-jobs delivery, the dataset state machine's executions
+    (``ExecutionPoller``), the promote rule's delivery."""
 
     def load(folder: str, logical_id: str) -> Any:
         return load_handler(folder, {**resources.function_env[logical_id], **settings}, cold_start=True)
@@ -131,6 +155,18 @@ def _start_functions(
         clients["sqs"], resources.refs["ScoringJobsQueue"], resources.arns["ScoringJobsQueue"], batch
     )
     delivery.start()
+    step_functions = None
+    if "DatasetScoreFunction" in resources.function_env:
+        dataset = load("dataset_score", "DatasetScoreFunction")
+        functions = LocalFunctions(
+            {"DatasetScoreFunction": dataset},
+            function_timeouts(template),
+            function_aliases(template, resources),
+        )
+        step_functions = ExecutionPoller(
+            clients["stepfunctions"], functions, s3=clients["s3"], time_scale=LOCAL_RETRY_TIME_SCALE
+        )
+        step_functions.start()
     promote_delivery = None
     if "PromoteFunction" in resources.event_queues:
         promote = load("promote", "PromoteFunction")
@@ -138,4 +174,4 @@ def _start_functions(
             clients["sqs"], resources.event_queues["PromoteFunction"][0], promote, "PromoteFunction"
         )
         promote_delivery.start()
-    return _Functions(server, delivery, promote_delivery)
+    return _Functions(server, delivery, promote_delivery, step_functions)
