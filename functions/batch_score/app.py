@@ -9,11 +9,19 @@ and, after maxReceiveCount, parks it in the DLQ.
 Each key is routed first (``churnguard.dataset_steps.route_drop``): single drops and split parts are
 scored here; a part of a multi-part dataset is acknowledged (its dataset is scored as one once its
 marker comes); a dataset's marker starts one run of the dataset state machine; anything else is
-acknowledged with the reason.
+acknowledged with the reason. Two refinements (``churnguard.dataset_steps``'s docstring):
+
+* a ``_SUCCESS`` next to a ``_manifest.json`` is acknowledged: only the manifest starts a run;
+* a part written after its dataset's marker (``aws s3 cp --recursive`` may upload ``_SUCCESS``
+  first) starts a run of its own, named by the part's version (a redelivery starts none): that run
+  plans the complete dataset, while a run whose listing missed the part fails before scoring (its
+  shards step re-lists the dataset) or at finish, publishing nothing
+  (``churnguard.dataset_drops.DatasetChanges``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import json
@@ -28,7 +36,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard.batch import BatchSummary, process_s3_object
-from churnguard.dataset_drops import DropKind
+from churnguard.dataset_drops import MANIFEST_NAME, MARKERS, SUCCESS_MARKER, DropKind
 from churnguard.dataset_steps import Route, route_drop, start_dataset_run
 from churnguard.idempotency import LedgeredPublisher, PromotionsNotSentError
 from churnguard.promotions import PublishResult
@@ -91,19 +99,54 @@ def score_object(obj: DroppedObject) -> None:
     if route.route is Route.SCORE:
         runtime().process(obj.bucket, obj.key, obj.etag)
     elif route.route is Route.START_DATASET and route.dataset is not None:
-        _start_dataset(runtime(), obj, route.dataset)
-    elif route.kind is DropKind.DATASET_PART:
-        logger.debug("not scored alone", extra={"kind": route.kind.value, "reason": route.reason})
+        rt = runtime()
+        markers = _markers(rt, obj.bucket, route.dataset)
+        if obj.key.endswith(f"/{SUCCESS_MARKER}") and MANIFEST_NAME in markers:
+            metrics.add_metric(name="DatasetMarkersSuperseded", unit=MetricUnit.Count, value=1)
+            logger.info(
+                "_SUCCESS next to a manifest: the manifest starts the run", extra={"key_hash": _hash(obj.key)}
+            )
+            return
+        _start_dataset(rt, obj, route.dataset)
+    elif route.kind is DropKind.DATASET_PART and route.dataset is not None:
+        rt = runtime()
+        markers = _markers(rt, obj.bucket, route.dataset)
+        if not markers or not _written_since(rt, obj, min(markers.values())):
+            logger.debug("not scored alone", extra={"kind": route.kind.value, "reason": route.reason})
+            return
+        # Its dataset was already closed when it landed: the marker's run may have missed it. A new
+        # run scores the complete dataset (a run that missed the part publishes nothing).
+        metrics.add_metric(name="DatasetPartsAfterMarker", unit=MetricUnit.Count, value=1)
+        marker = MANIFEST_NAME if MANIFEST_NAME in markers else SUCCESS_MARKER
+        _start_dataset(rt, obj, route.dataset, marker_key=f"{INCOMING_PREFIX}{route.dataset}/{marker}")
     else:
         logger.info(
             "not scored", extra={"kind": route.kind.value, "reason": route.reason, "key_hash": _hash(obj.key)}
         )
 
 
-def _start_dataset(rt: BatchRuntime, obj: DroppedObject, dataset: str) -> None:
-    """One run of the dataset state machine per version of the marker: a redelivered event starts
-    none (its name is taken). Without a configured state machine the marker is reported, not retried
-    (a redelivery cannot fix the configuration)."""
+def _markers(rt: BatchRuntime, bucket: str, dataset: str) -> dict[str, dt.datetime]:
+    """The dataset's markers present now, with when each was written (one listing of its
+    ``_``-prefixed names)."""
+    prefix = f"{INCOMING_PREFIX}{dataset}/"
+    listed = rt.store.list_objects(bucket, f"{prefix}_")
+    return {o.key[len(prefix) :]: o.last_modified for o in listed if o.key[len(prefix) :] in MARKERS}
+
+
+def _written_since(rt: BatchRuntime, obj: DroppedObject, marker_written: dt.datetime) -> bool:
+    """Whether the part was written after the marker (the rule ``DatasetChanges.superseded`` uses:
+    a run that missed such a part leaves the dataset's summary to this part's run). A part written
+    before the marker, or in the same second (S3 times are to the second), starts nothing: the
+    marker's run has it, or fails visibly naming it."""
+    written = [o.last_modified for o in rt.store.list_objects(obj.bucket, obj.key) if o.key == obj.key]
+    return bool(written) and written[0] > marker_written
+
+
+def _start_dataset(rt: BatchRuntime, obj: DroppedObject, dataset: str, marker_key: str | None = None) -> None:
+    """One run of the dataset state machine per version of the object that started it (the marker,
+    or a part landing after it): a redelivered event starts none (its name is taken). Without a
+    configured state machine the marker is reported, not retried (a redelivery cannot fix the
+    configuration)."""
     if rt.workflow is None:
         metrics.add_metric(name="DatasetsNotStarted", unit=MetricUnit.Count, value=1)
         logger.error("dataset marker: no state machine configured", extra={"key_hash": _hash(obj.key)})
@@ -111,11 +154,12 @@ def _start_dataset(rt: BatchRuntime, obj: DroppedObject, dataset: str) -> None:
     started = start_dataset_run(
         rt.workflow,
         obj.bucket,
-        obj.key,
+        marker_key or obj.key,
         dataset,
         etag=obj.etag,
         version=obj.version,
         max_concurrency=rt.settings.dataset_max_concurrency,
+        trigger_key=obj.key,
     )
     metrics.add_metric(name="DatasetRunsStarted", unit=MetricUnit.Count, value=int(started))
     message = "dataset run started" if started else "dataset run already started: nothing to do"

@@ -21,9 +21,12 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from churnguard.bundle import ModelBundle
+from churnguard.dataset_drops import DatasetPlan
 from churnguard.dataset_steps import (
     FailStep,
     FinishStep,
+    ModelVersionError,
     PartitionStep,
     PendingStep,
     PlanStep,
@@ -40,6 +43,7 @@ from churnguard.dataset_steps import (
     run_plan_shards,
     run_score,
 )
+from churnguard.model_provider import ModelUnavailableError
 from churnguard.scoring import ReasonsFor
 from churnguard.wiring import DatasetRuntime, dataset_runtime
 
@@ -63,9 +67,12 @@ def runtime() -> DatasetRuntime:
 @tracer.capture_method(capture_response=False)
 def run_step(rt: DatasetRuntime, step: StepPayload) -> dict[str, Any]:
     if isinstance(step, PlanStep):
-        return run_plan(rt.store, step, rt.memory)
+        bundle = rt.models.current()
+        location = getattr(rt.models, "location", None)
+        where = location(bundle.version) if callable(location) else None
+        return run_plan(rt.store, step, rt.memory, bundle, model_location=where)
     if isinstance(step, PartitionStep):
-        return run_partition(rt.store, step, rt.models.current())
+        return run_partition(rt.store, step, functools.partial(planned_model, rt))
     if isinstance(step, ShardsStep):
         return run_plan_shards(rt.store, step, rt.memory)
     if isinstance(step, ScoreStep):
@@ -81,11 +88,34 @@ def run_step(rt: DatasetRuntime, step: StepPayload) -> dict[str, Any]:
     return _pending(rt, step)
 
 
+def planned_model(rt: DatasetRuntime, plan: DatasetPlan) -> ModelBundle:
+    """The model the run was planned with: the provider's current one while the pointer has not
+    moved, else that version loaded from where the plan recorded it. Never another version: when it
+    cannot be loaded the step raises ``ModelVersionError`` (not retried: the run fails with its
+    summary, nothing more is scored) or ``ModelFetchError`` (S3 unreadable: retried)."""
+    bundle = rt.models.current()
+    if plan.model_version is None or bundle.version == plan.model_version:
+        return bundle
+    load_version = getattr(rt.models, "load_version", None)
+    if plan.model_location is None or not callable(load_version):
+        raise ModelVersionError(
+            f"the run was planned with model {plan.model_version}; the provider serves {bundle.version} "
+            "and cannot load another version"
+        )
+    try:
+        pinned = load_version(plan.model_version, plan.model_location)
+    except ModelUnavailableError as exc:
+        raise ModelVersionError(f"the run's model {plan.model_version} cannot be loaded: {exc}") from exc
+    _model_event("DatasetModelPinned", {"version": plan.model_version, "serving": bundle.version})
+    assert isinstance(pinned, ModelBundle)
+    return pinned
+
+
 def _score(rt: DatasetRuntime, step: ScoreStep) -> dict[str, Any]:
     from churnguard.idempotency import LedgeredPublisher
 
     scoring = Scoring(
-        bundle=rt.models.current(),
+        bundle=functools.partial(planned_model, rt),
         policy=rt.policy,
         publisher=rt.publisher,
         reasons_for=ReasonsFor(rt.settings.batch_reasons),

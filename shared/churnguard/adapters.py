@@ -54,7 +54,10 @@ class S3ObjectStore:
     def list_objects(self, bucket: str, prefix: str) -> list[ListedObject]:
         listed: list[ListedObject] = []
         for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            listed += [ListedObject(o["Key"], o["Size"], o["LastModified"]) for o in page.get("Contents", [])]
+            listed += [
+                ListedObject(o["Key"], o["Size"], o["LastModified"], o.get("ETag", "").strip('"'))
+                for o in page.get("Contents", [])
+            ]
         return listed
 
     def copy(self, bucket: str, source_key: str, key: str) -> None:

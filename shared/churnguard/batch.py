@@ -20,6 +20,7 @@ function). Its adapters pass botocore's errors through unchanged, which ``FILE_E
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import gzip
 import io
@@ -102,6 +103,10 @@ def split_level(key: str) -> int:
 # inputs (~25 KB per customer measured), so the chunk bounds that part of the peak (~250 MB).
 SCORE_CHUNK_CUSTOMERS = 10_000
 DEFAULT_MEMORY = MemoryModel(budget_mb=3008)  # the template's MemorySize of the batch function
+
+
+class EmptyFileError(EventLogError):
+    """The file holds nothing at all (not even a header), e.g. a compressed file of no bytes."""
 
 
 class FileTooLargeError(EventLogError):
@@ -195,7 +200,7 @@ def iter_chunks(
         )
         yield from _with_header_check(reader, usecols)
     except pd.errors.EmptyDataError as exc:
-        raise EventLogError("the file is empty") from exc
+        raise EmptyFileError("the file is empty") from exc
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise EventLogError(f"not a valid gzip file: {exc}") from exc
 
@@ -808,7 +813,8 @@ def _write_parts(
             for i, writer in enumerate(writers):
                 rows = chunk[part_of == i]
                 if len(rows):
-                    rows.to_csv(writer, header=not written[i], index=False)
+                    # QUOTE_ALL: a value with a bare '\r' must read back as one field.
+                    rows.to_csv(writer, header=not written[i], index=False, quoting=csv.QUOTE_ALL)
                     written[i] = True
         for writer in writers:
             writer.close()

@@ -19,7 +19,23 @@
 ``as_of``, the parts by key relative to the dataset with optional sizes) the parts are exactly the
 manifest's; a listed part missing (or of another size) fails the dataset naming it, a data file not in
 the manifest is ignored and reported. With ``_SUCCESS`` only, the parts are the supported data files
-listed under the dataset.
+listed under the dataset. A folder with a manifest is run by the manifest only: a ``_SUCCESS`` beside
+it starts no run (``churnguard.dataset_steps``). A part holding no rows at all (zero bytes, a
+compressed part of no bytes, a header only: Spark's empty partitions) is an empty part, not a failure.
+
+**A listing that may be incomplete**: ``aws s3 cp --recursive`` uploads ``_SUCCESS`` (0 bytes, sorted
+first) in parallel with the parts, so a run may plan before the last part lands. No partial dataset is
+published ``ok`` silently: the plan records each part's size and ETag, and before phase 2 and again at
+finish the dataset is listed anew (``dataset_changes``); a part added, removed or uploaded again fails
+the run (``DatasetChanged``, naming the parts) before anything is scored, or before anything is
+published. A part written after the marker (a later ``LastModified``) starts a newer run of its own
+(the batch function), which plans the complete dataset; the superseded run keeps its failed summary
+in its work area (``superseded_summary_key``) so it cannot overwrite the newer run's. A part in the
+marker's second starts no run: the run that missed it writes the dataset's failed summary.
+
+**The model** is fixed per run: the plan records its version, where its files are and the columns
+phase 1 keeps; every later step scores with that version (``churnguard.dataset_steps.planned_bundle``),
+never another, even when the pointer is promoted mid-run.
 
 **Flow** (each step a pure function of the previous steps' results, against ``ObjectStore``):
 
@@ -56,13 +72,16 @@ listed under the dataset.
    the as-of fixed by then).
 
 Working objects live under ``work/<dataset>/<run>/``, where the run id is a hash of the plan (the
-parts, their sizes, the as-of and N): a retried step writes the same keys, and a re-drop with other
-parts cannot mix its pieces with an earlier run's. The summary lists the output objects it published.
+parts, their sizes and ETags, the as-of, N and the model version): a retried step writes the same
+keys, and a re-drop with other parts or other bytes cannot mix its pieces with an earlier run's.
+Shard pieces quote every field, so any value (a bare ``\r`` in a padded id) reads back as written.
+The summary lists the output objects it published.
 Nothing here logs: results carry counts, and error texts (which may quote a file) go to the summary.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import functools
 import gzip
@@ -90,6 +109,7 @@ from churnguard.batch import (
     SOURCE_ROW,
     SUPPORTED_SUFFIXES,
     BatchSummary,
+    EmptyFileError,
     EventSource,
     FileTooLargeError,
     as_of_after,
@@ -247,6 +267,7 @@ class PlannedPart(BaseModel):
     key: str
     size: int
     estimated_rows: int = 0
+    etag: str = ""  # as listed at plan time: a part uploaded again has another one
 
 
 class IgnoredObject(BaseModel):
@@ -271,6 +292,12 @@ class DatasetPlan(BaseModel):
     estimated_rows: int = 0
     ignored: list[IgnoredObject] = Field(default_factory=list)
     incoming_prefix: str = INCOMING_PREFIX
+    # The model the whole run scores with, fixed when planning (the pointer may move mid-run): its
+    # version, where its files are (to load it again if the pointer moved) and the columns phase 1
+    # keeps (what that model reads). None: no model known at plan time (tests; every column kept).
+    model_version: str | None = None
+    model_location: str | None = None
+    columns: list[str] | None = None
 
     @property
     def source(self) -> str:
@@ -300,6 +327,11 @@ class DatasetPlan(BaseModel):
     @property
     def summary_key(self) -> str:
         return summary_key(self.dataset)
+
+
+def superseded_summary_key(plan: DatasetPlan) -> str:
+    """Where a run superseded by a newer run of its dataset keeps its failed summary."""
+    return f"{plan.work_prefix}superseded_summary.json"
 
 
 # Inside the dataset's output folder, named as no part output can be: ``scored/<dataset>.summary.json``
@@ -357,11 +389,15 @@ def plan_dataset(
     memory: MemoryModel = DEFAULT_MEMORY,
     shards: int | None = None,
     incoming_prefix: str = INCOMING_PREFIX,
+    bundle: ModelBundle | None = None,
+    model_location: str | None = None,
 ) -> DatasetPlan:
     """The plan of a closed dataset (``DatasetError`` when it cannot be scored: no marker, bad
-    manifest, missing part, no data, a part too large for one pass). ``shards`` overrides N."""
+    manifest, missing part, no data, a part too large for one pass). ``shards`` overrides N.
+    ``bundle`` (at ``model_location``) is the model every step of the run scores with."""
     prefix = f"{incoming_prefix}{dataset}/"
-    listing = {o.key[len(prefix) :]: o.size for o in store.list_objects(bucket, prefix)}
+    listed = {o.key[len(prefix) :]: o for o in store.list_objects(bucket, prefix)}
+    listing = {rel: o.size for rel, o in listed.items()}
     manifest = None
     if MANIFEST_NAME in listing:
         manifest = parse_manifest(store.get_bytes(bucket, prefix + MANIFEST_NAME))
@@ -370,7 +406,12 @@ def plan_dataset(
     selected, ignored = select_parts(listing, manifest)
     if not selected:
         raise DatasetError("the dataset has no data files")
-    parts = _with_row_estimates(store, bucket, [(i, r, prefix + r, s) for i, (r, s) in enumerate(selected)])
+    parts = [
+        p.model_copy(update={"etag": listed[p.relative].etag})
+        for p in _with_row_estimates(
+            store, bucket, [(i, r, prefix + r, s) for i, (r, s) in enumerate(selected)]
+        )
+    ]
     too_long = [
         f"{p.relative} (~{p.estimated_rows:,} rows)" for p in parts if p.estimated_rows > MAX_SPLIT_ROWS
     ]
@@ -382,10 +423,11 @@ def plan_dataset(
     rows = sum(p.estimated_rows for p in parts)
     n = shards if shards is not None else shards_for_rows(rows, memory)
     as_of = manifest.as_of if manifest is not None else None
+    version = bundle.version if bundle is not None else None
     return DatasetPlan(
         bucket=bucket,
         dataset=dataset,
-        run_id=_run_id(dataset, parts, as_of, n),
+        run_id=_run_id(dataset, parts, as_of, n, version),
         marker=MANIFEST_NAME if manifest is not None else SUCCESS_MARKER,
         parts=parts,
         shards=n,
@@ -393,6 +435,72 @@ def plan_dataset(
         estimated_rows=rows,
         ignored=ignored,
         incoming_prefix=incoming_prefix,
+        model_version=version,
+        model_location=model_location,
+        # Dataset parts are never split parts: the columns do not depend on the part's key.
+        columns=list(read_columns(bundle, prefix)) if bundle is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class DatasetChanges:
+    """How a dataset listed now differs from its plan."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # uploaded again: another size or ETag
+    other: list[str] = field(default_factory=list)  # the manifest removed, added or made invalid
+    after_marker: bool = False  # an added or changed part was written after the run's marker
+    manifest_added: bool = False  # a _SUCCESS run, and a manifest came since: the manifest's run rules
+
+    @property
+    def errors(self) -> list[str]:
+        what = [(self.added, "added"), (self.removed, "removed"), (self.changed, "changed (uploaded again)")]
+        parts = [f"part(s) {label} since the dataset was planned: {rels}" for rels, label in what if rels]
+        return self.other + parts
+
+    @property
+    def superseded(self) -> bool:
+        """A part was added or uploaded again after the marker was written: its own event started
+        a newer run of the dataset (the batch function), which writes the dataset's summary; this
+        run's failure must not overwrite it. Otherwise (a part in the marker's second, a part
+        removed) no newer run is sure to come: this run writes the dataset's failed summary."""
+        return self.manifest_added or (self.after_marker and bool(self.added or self.changed))
+
+
+def dataset_changes(store: ObjectStore, plan: DatasetPlan) -> DatasetChanges:
+    """What differs between the dataset as listed now and its plan (added, removed or re-uploaded
+    parts): any difference means the run scored an incomplete or stale listing (``_SUCCESS``
+    written before the last part, a part replaced mid-run), so it must publish nothing."""
+    prefix = f"{plan.incoming_prefix}{plan.dataset}/"
+    listed = {o.key[len(prefix) :]: o for o in store.list_objects(plan.bucket, prefix)}
+    manifest = None
+    if plan.marker == MANIFEST_NAME:
+        if MANIFEST_NAME not in listed:
+            return DatasetChanges(other=[f"{MANIFEST_NAME} was removed"])
+        try:
+            manifest = parse_manifest(store.get_bytes(plan.bucket, prefix + MANIFEST_NAME))
+        except ManifestError as exc:
+            return DatasetChanges(other=[str(exc)])
+    elif MANIFEST_NAME in listed:
+        return DatasetChanges(
+            other=[f"{MANIFEST_NAME} was added after the run started from {SUCCESS_MARKER}"],
+            manifest_added=True,
+        )
+    try:
+        selected, _ = select_parts({rel: o.size for rel, o in listed.items()}, manifest)
+    except DatasetError as exc:
+        return DatasetChanges(other=[str(exc)])
+    now = {rel: (size, listed[rel].etag) for rel, size in selected}
+    planned = {p.relative: (p.size, p.etag) for p in plan.parts}
+    added = sorted(set(now) - set(planned))
+    changed = sorted(r for r in set(now) & set(planned) if now[r] != planned[r])
+    marker = listed.get(plan.marker)
+    after = marker is not None and any(
+        listed[r].last_modified > marker.last_modified for r in added + changed
+    )
+    return DatasetChanges(
+        added=added, removed=sorted(set(planned) - set(now)), changed=changed, after_marker=after
     )
 
 
@@ -422,8 +530,10 @@ def _suffix(key: str) -> str:
     return next(s for s in (".csv.gz", ".csv", ".parquet") if lower.endswith(s))
 
 
-def _run_id(dataset: str, parts: Sequence[PlannedPart], as_of: dt.date | None, shards: int) -> str:
-    what = [dataset, [(p.relative, p.size) for p in parts], str(as_of), shards]
+def _run_id(
+    dataset: str, parts: Sequence[PlannedPart], as_of: dt.date | None, shards: int, model: str | None
+) -> str:
+    what = [dataset, [(p.relative, p.size, p.etag) for p in parts], str(as_of), shards, model]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
 
 
@@ -514,8 +624,9 @@ class _ShardFiles:
         rows, sorted_shards = rows.iloc[order], shard_of[order]
         bounds = np.searchsorted(sorted_shards, np.arange(len(self.paths) + 1))
         for shard in np.unique(sorted_shards).tolist():
+            # QUOTE_ALL: a value with a bare '\r' (valid once stripped) must read back as one field.
             text = rows.iloc[bounds[shard] : bounds[shard + 1]].to_csv(
-                index=False, header=not self.started[shard]
+                index=False, header=not self.started[shard], quoting=csv.QUOTE_ALL
             )
             with self.paths[shard].open("ab") as out:
                 out.write(gzip.compress(text.encode(), compresslevel=1, mtime=0))  # mtime 0: same bytes
@@ -579,7 +690,7 @@ def _partition_rows(
     """Stream, validate (as batch does, chunk by chunk) and hash-partition the part's rows."""
     rejects.write("part,source_row,reason\n")
     row = 1
-    for raw in iter_chunks(body, reading.part.key, reading.chunk_rows, columns=reading.columns):
+    for raw in _chunks_or_none(body, reading):
         # A part's own columns of these names are not ours (as batch ignores a dropped file's).
         chunk = raw.drop(columns=[SOURCE_ROW, SOURCE_PART], errors="ignore")
         validated = validate_events(chunk, first_row_number=row)
@@ -601,6 +712,15 @@ def _partition_rows(
             files.append(rows, shard_of)
             tally.add(hashes, shard_of, events["timestamp"])
         row += len(chunk)
+
+
+def _chunks_or_none(body: Any, reading: _PartReading) -> Iterable[pd.DataFrame]:
+    """The part's chunks; a part that holds nothing at all (a compressed part of no bytes: an empty
+    partition of the export, like a zero-byte part) has no rows rather than failing."""
+    try:
+        yield from iter_chunks(body, reading.part.key, reading.chunk_rows, columns=reading.columns)
+    except EmptyFileError:
+        return
 
 
 def _upload_part_outputs(
@@ -843,9 +963,11 @@ def summarize_dataset(
     shards: Sequence[ShardResult],
     *,
     memory: MemoryModel = DEFAULT_MEMORY,
+    changes: Sequence[str] = (),
 ) -> DatasetSummary:
     """Aggregate the phases' results and check every dataset-level invariant: a violated one makes
-    the summary ``failed`` (and ``finish_dataset`` publish nothing)."""
+    the summary ``failed`` (and ``finish_dataset`` publish nothing). ``changes``: how the dataset
+    differs from its plan now (``dataset_changes``): any fails it."""
     shuffle = plan_shards(plan, parts, memory=memory)
     summary = DatasetSummary(
         dataset=plan.dataset,
@@ -864,9 +986,13 @@ def summarize_dataset(
         ignored=plan.ignored,
     )
     versions = sorted({s.model_version for s in shards if s.model_version is not None})
-    errors = shuffle.errors + _shard_errors(shuffle, shards, versions) + _count_errors(summary)
+    errors = (
+        list(changes) + shuffle.errors + _shard_errors(shuffle, shards, versions) + _count_errors(summary)
+    )
+    if plan.model_version is not None and versions and versions != [plan.model_version]:
+        errors.append(f"shards scored by {versions}, the run was planned with {plan.model_version}")
     if errors:
-        kind = "PartFailed" if shuffle.errors else "InvariantViolated"
+        kind = "DatasetChanged" if changes else "PartFailed" if shuffle.errors else "InvariantViolated"
         return summary.model_copy(update={"status": "failed", "errors": errors, "error_type": kind})
     return summary.model_copy(update={"model_version": versions[0] if versions else None})
 
@@ -914,9 +1040,16 @@ def finish_dataset(
     *,
     memory: MemoryModel = DEFAULT_MEMORY,
     tmp_dir: str | None = None,
+    changes: DatasetChanges | None = None,
 ) -> DatasetSummary:
-    """The summary step: check, then publish the outputs (ok only) and write the summary last."""
-    summary = summarize_dataset(plan, parts, shards, memory=memory)
+    """The summary step: check, then publish the outputs (ok only) and write the summary last.
+    A run superseded by a newer one (``DatasetChanges.superseded``) writes its failed summary in
+    its work area only (``superseded_summary_key``): the newer run writes the dataset's."""
+    changes = changes or DatasetChanges()
+    summary = summarize_dataset(plan, parts, shards, memory=memory, changes=changes.errors)
+    if changes.superseded:
+        _put_summary(store, plan.bucket, superseded_summary_key(plan), summary)
+        return summary
     if summary.status == "ok":
         outputs = []
         for shard in sorted((s for s in shards if s.scored_key), key=lambda s: s.shard):

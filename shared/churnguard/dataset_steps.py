@@ -8,8 +8,10 @@ kind of key                   what happens
 ============================  =====================================================================
 single drop, split part       scored alone, as before (``churnguard.batch.process_s3_object``)
 unsupported, top level        as before: a failed summary saying the file type is not read
-dataset part                  acknowledged, not scored: its dataset is scored once its marker comes
-marker                        one run of the state machine started (``start_dataset_run``)
+dataset part                  acknowledged, not scored: its dataset is scored once its marker comes;
+                              if written after the marker, a run of its own (named by the part)
+marker                        one run of the state machine started (``start_dataset_run``); a
+                              ``_SUCCESS`` next to a ``_manifest.json`` is acknowledged, not run
 never data, unsupported part  acknowledged with the reason (a dataset's plan reports such files)
 outside ``incoming/``         acknowledged with the reason
 ============================  =====================================================================
@@ -23,7 +25,8 @@ task, and each part's and shard's result (``results/``), read back by listing.
 =========  ===========================  ==========================================  ====================
 step       payload                      writes                                      answers ``status``
 =========  ===========================  ==========================================  ====================
-plan       bucket, dataset              plan.json, parts.json (refused: summary)    planned / refused
+plan       bucket, dataset, marker      plan.json, parts.json (refused: summary)    planned / refused
+                                                                                / superseded
 partition  bucket, plan_key, part       its pieces and rejects, results/part-P      ok / failed
 shards     bucket, plan_key             tasks/shard-S, shards.json                  ready / failed
 score      bucket, plan_key, shard      its Parquet, results/shard-S                ok / failed
@@ -34,6 +37,10 @@ pending    bucket                       nothing (the handler emits metrics)     
 
 A bad part or shard is a ``failed`` result (the dataset fails at ``shards`` or ``finish``, with its
 summary); a transient AWS error raises, and the state machine retries the step, then runs ``fail``.
+``superseded``: the run was started by a ``_SUCCESS`` beside a manifest; it ends without writing.
+``shards`` and ``finish`` re-list the dataset (``dataset_changes``): a dataset that changed since its
+plan fails the run. Partition and score use the plan's model version (``planned_bundle``): a step
+that cannot get it raises ``ModelVersionError`` rather than score with another.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -54,6 +61,8 @@ from churnguard.batch import read_columns
 from churnguard.bundle import ModelBundle
 from churnguard.dataset_drops import (
     INCOMING_PREFIX,
+    MANIFEST_NAME,
+    SUCCESS_MARKER,
     DatasetError,
     DatasetPlan,
     DropKind,
@@ -62,6 +71,7 @@ from churnguard.dataset_drops import (
     ShardResult,
     ShardTask,
     classify_key,
+    dataset_changes,
     fail_dataset,
     finish_dataset,
     partition_part,
@@ -70,6 +80,7 @@ from churnguard.dataset_drops import (
     plan_shards,
     score_shard,
     summary_key,
+    superseded_summary_key,
 )
 from churnguard.ports import ObjectStore, WorkflowStarter
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult
@@ -135,9 +146,12 @@ def start_dataset_run(
     etag: str,
     version: str,
     max_concurrency: int,
+    trigger_key: str | None = None,
 ) -> bool:
-    """Start the dataset's run (False: this marker's run had already been started)."""
-    name = execution_name(dataset, bucket, marker_key, etag, version)
+    """Start the dataset's run (False: this marker's run had already been started). ``trigger_key``:
+    the object whose event starts it when it is not the marker (a part landing after the marker):
+    the run is named by that object's version."""
+    name = execution_name(dataset, bucket, trigger_key or marker_key, etag, version)
     run_input = {
         "bucket": bucket,
         "dataset": dataset,
@@ -159,6 +173,7 @@ class _Step(BaseModel):
 class PlanStep(_Step):
     step: Literal["plan"]
     dataset: str = Field(min_length=1)
+    marker: str | None = None  # the key whose event started the run (``_SUCCESS`` or the manifest)
     shards: int | None = Field(None, ge=1)  # an operator's override of N (tests, reruns)
 
 
@@ -260,24 +275,81 @@ ResultT = TypeVar("ResultT", PartResult, ShardResult)
 
 
 def load_results(
-    store: ObjectStore, plan: DatasetPlan, kind: Literal["part", "shard"], model: type[ResultT]
+    store: ObjectStore,
+    plan: DatasetPlan,
+    kind: Literal["part", "shard"],
+    model: type[ResultT],
+    indexes: Sequence[int] | None = None,
 ) -> list[ResultT]:
-    """Every result of that kind the run's steps wrote (a missing one fails the dataset's checks)."""
-    prefix = f"{plan.work_prefix}results/{kind}-"
-    return [
-        model.model_validate_json(store.get_bytes(plan.bucket, o.key))
-        for o in store.list_objects(plan.bucket, prefix)
-    ]
+    """The results of the planned parts (or of the shards ``indexes``, from ``shards.json``), read
+    by key: never a listing, which may hold a stale result of an earlier attempt. A missing one is
+    left out (the dataset's checks then fail it: "no result")."""
+    wanted = [p.index for p in plan.parts] if indexes is None else indexes
+    found = []
+    for index in wanted:
+        key = result_key(plan, kind, index)
+        if any(o.key == key for o in store.list_objects(plan.bucket, key)):
+            found.append(model.model_validate_json(store.get_bytes(plan.bucket, key)))
+    return found
+
+
+def planned_shards(store: ObjectStore, plan: DatasetPlan) -> list[int] | None:
+    """The shards the shards step planned (``shards.json``), None when it wrote none (it failed)."""
+    key = shards_items_key(plan)
+    if not any(o.key == key for o in store.list_objects(plan.bucket, key)):
+        return None
+    return [int(item["shard"]) for item in json.loads(store.get_bytes(plan.bucket, key))]
+
+
+class ModelVersionError(DatasetError):
+    """The run's planned model version cannot be loaded: the step fails rather than score the run
+    with another version (shards of two versions would be published as one dataset)."""
+
+
+# The model a step scores with: a fixed bundle, or one resolved for the plan (the planned version).
+Models = ModelBundle | Callable[[DatasetPlan], ModelBundle]
+
+
+def planned_bundle(models: Models, plan: DatasetPlan) -> ModelBundle:
+    """The bundle the run was planned with; ``ModelVersionError`` if it is another one."""
+    bundle = models if isinstance(models, ModelBundle) else models(plan)
+    if plan.model_version is not None and bundle.version != plan.model_version:
+        raise ModelVersionError(
+            f"the run was planned with model {plan.model_version}, but {bundle.version} was given"
+        )
+    return bundle
 
 
 # --- the steps ----------------------------------------------------------------------------------------------
 
 
-def run_plan(store: ObjectStore, step: PlanStep, memory: MemoryModel) -> dict[str, Any]:
+def run_plan(
+    store: ObjectStore,
+    step: PlanStep,
+    memory: MemoryModel,
+    bundle: ModelBundle | None = None,
+    *,
+    model_location: str | None = None,
+) -> dict[str, Any]:
     """Plan the dataset and write the parts' item list; a dataset that cannot be scored as dropped
-    gets its failed summary here (``refused``: the state machine fails the run)."""
+    gets its failed summary here (``refused``: the state machine fails the run). ``bundle`` (at
+    ``model_location``) is the model every later step of the run uses. A run started by a
+    ``_SUCCESS`` next to a ``_manifest.json`` does nothing (``superseded``): the manifest's own run
+    scores the dataset."""
+    if step.marker is not None and step.marker.endswith(f"/{SUCCESS_MARKER}"):
+        manifest_key = step.marker.removesuffix(SUCCESS_MARKER) + MANIFEST_NAME
+        if any(o.key == manifest_key for o in store.list_objects(step.bucket, manifest_key)):
+            return {"status": "superseded", "plan_key": None, "parts_key": None}
     try:
-        plan = plan_dataset(store, step.bucket, step.dataset, memory=memory, shards=step.shards)
+        plan = plan_dataset(
+            store,
+            step.bucket,
+            step.dataset,
+            memory=memory,
+            shards=step.shards,
+            bundle=bundle,
+            model_location=model_location,
+        )
     except DatasetError as exc:
         summary = fail_dataset(store, step.bucket, step.dataset, exc)
         return {
@@ -300,11 +372,15 @@ def run_plan(store: ObjectStore, step: PlanStep, memory: MemoryModel) -> dict[st
 
 
 def run_partition(
-    store: ObjectStore, step: PartitionStep, bundle: ModelBundle, *, tmp_dir: str | None = None
+    store: ObjectStore, step: PartitionStep, models: Models, *, tmp_dir: str | None = None
 ) -> dict[str, Any]:
-    """Phase 1 for one part; its result goes to the work area (the map's output is discarded)."""
+    """Phase 1 for one part; its result goes to the work area (the map's output is discarded).
+    Keeps the columns the planned model reads (recorded in the plan)."""
     plan = load_plan(store, step.bucket, step.plan_key)
-    columns = read_columns(bundle, plan.parts[step.part].key)  # only what scoring reads is shuffled
+    if plan.columns is not None:
+        columns: Sequence[str] = plan.columns
+    else:  # a plan made without a model: what the given one reads
+        columns = read_columns(planned_bundle(models, plan), plan.parts[step.part].key)
     result = partition_part(store, plan, step.part, columns=columns, tmp_dir=tmp_dir)
     _put_model(store, plan.bucket, result_key(plan, "part", step.part), result)
     return {"status": result.status, "part": step.part, "error_type": result.error_type}
@@ -315,7 +391,9 @@ def run_plan_shards(store: ObjectStore, step: ShardsStep, memory: MemoryModel) -
     finish step then writes the failed summary with every reason)."""
     plan = load_plan(store, step.bucket, step.plan_key)
     shuffle = plan_shards(plan, load_results(store, plan, "part", PartResult), memory=memory)
-    if shuffle.errors:
+    # Before anything is scored or sent: the dataset must still be what was planned (a part that
+    # landed after _SUCCESS, or was uploaded again, fails the run; finish writes the reasons).
+    if shuffle.errors or dataset_changes(store, plan).errors:
         return {"status": "failed", "shards_key": None, "shards": 0}
     for task in shuffle.tasks:
         _put_model(store, plan.bucket, task_key(plan, task.shard), task)
@@ -328,7 +406,7 @@ def run_plan_shards(store: ObjectStore, step: ShardsStep, memory: MemoryModel) -
 class Scoring:
     """What phase 2 scores with (the batch function's settings, built once per container)."""
 
-    bundle: ModelBundle
+    bundle: Models  # resolved to the run's planned version (``planned_bundle``)
     policy: PromotionPolicy
     publisher: PromotionsPublisher | None
     reasons_for: ReasonsFor
@@ -351,7 +429,7 @@ def run_score(
         store,
         plan,
         task,
-        scoring.bundle,
+        planned_bundle(scoring.bundle, plan),
         policy=scoring.policy,
         publisher=scoring.publisher,
         reasons_for=scoring.reasons_for,
@@ -370,12 +448,14 @@ def run_finish(
     """Check every dataset-level invariant over all results, publish (ok only), summary last."""
     plan = load_plan(store, step.bucket, step.plan_key)
     parts = load_results(store, plan, "part", PartResult)
-    shards = load_results(store, plan, "shard", ShardResult)
-    summary = finish_dataset(store, plan, parts, shards, memory=memory, tmp_dir=tmp_dir)
+    shards = load_results(store, plan, "shard", ShardResult, planned_shards(store, plan) or [])
+    changes = dataset_changes(store, plan)
+    summary = finish_dataset(store, plan, parts, shards, memory=memory, tmp_dir=tmp_dir, changes=changes)
     return {
         "status": summary.status,
         "error_type": summary.error_type,
-        "summary_key": plan.summary_key,
+        # superseded by a newer run (a part written after the plan): that run writes the dataset's
+        "summary_key": superseded_summary_key(plan) if changes.superseded else plan.summary_key,
         "rows_in": summary.rows_in,
         "customers_scored": summary.customers_scored,
         "customers_queued": summary.customers_queued,

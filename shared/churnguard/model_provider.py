@@ -40,6 +40,21 @@ class ModelProvider(Protocol):
     def status(self) -> ModelStatus: ...
 
 
+class VersionedModelProvider(ModelProvider, Protocol):
+    """A provider that can also load one given version (a dataset's run keeps the version it was
+    planned with, whatever the pointer says later)."""
+
+    def location(self, version: str) -> str | None:
+        """Where ``version``'s files are (``s3://bucket/prefix/`` or a directory), when it is the
+        version being served; None otherwise."""
+        ...
+
+    def load_version(self, version: str, location: str) -> ModelBundle:
+        """That version, from ``location`` (``ModelUnavailableError`` when its files are not that
+        version or cannot be read)."""
+        ...
+
+
 def provider_from_settings(
     settings: ServingSettings, on_event: ModelEventSink | None = None, budget: ClientBudget | None = None
 ) -> ModelProvider:
@@ -79,3 +94,17 @@ class DirectoryModelProvider:
         if self._bundle is None:
             return ModelStatus("degraded", None, reason="no model loaded yet")
         return ModelStatus("ok", self._bundle.version)
+
+    def location(self, version: str) -> str | None:
+        return str(self._directory) if self._bundle is not None and self._bundle.version == version else None
+
+    def load_version(self, version: str, location: str) -> ModelBundle:
+        if self._bundle is not None and self._bundle.version == version:
+            return self._bundle
+        try:
+            bundle = ModelBundle.from_directory(Path(location), model_file=self._model_file)
+        except (ModelLoadError, OSError) as exc:
+            raise ModelUnavailableError(f"model {version} in {location} refused: {exc}") from exc
+        if bundle.version != version:
+            raise ModelUnavailableError(f"model in {location} is {bundle.version}, not {version}")
+        return bundle

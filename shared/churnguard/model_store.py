@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -127,6 +128,8 @@ class S3PointerModelProvider:
         self._retry_at: dict[str, float] = {}  # version whose fetch failed -> when to try again
         self._status = ModelStatus("degraded", None, reason="no model loaded yet")
         self._lock = threading.Lock()
+        self._serving_uri: str | None = None  # the s3_uri of the serving bundle's pointer
+        self._pinned: dict[str, ModelBundle] = {}  # versions loaded by load_version (one run's model)
 
     @classmethod
     def from_settings(
@@ -168,6 +171,34 @@ class S3PointerModelProvider:
             tmp.write_bytes(content)
             tmp.replace(cached / name)
         return files
+
+    def location(self, version: str) -> str | None:
+        """The S3 prefix of ``version`` when it is the serving one (a dataset's plan records it)."""
+        bundle = self._bundle
+        return self._serving_uri if bundle is not None and bundle.version == version else None
+
+    def load_version(self, version: str, location: str) -> ModelBundle:
+        """That version from its S3 prefix (cached like the pointed-to one), without changing what
+        ``current`` serves: a dataset's run keeps its planned model when the pointer moves."""
+        bundle = self._bundle
+        if bundle is not None and bundle.version == version:
+            return bundle
+        with self._lock:
+            if version not in self._pinned:
+                pointer = ModelPointer(version=version, s3_uri=location)
+                try:
+                    loaded = ModelBundle.from_files(self._files_for(pointer), model_file=self._model_file)
+                except ModelFetchError:
+                    raise  # maybe transient: the step is retried
+                except (ModelLoadError, OSError) as exc:
+                    raise ModelUnavailableError(f"model {version} at {location} refused: {exc}") from exc
+                if loaded.version != version:
+                    shutil.rmtree(self._cache_dir / version, ignore_errors=True)  # not that version's files
+                    raise ModelUnavailableError(
+                        f"model files at {location} are {loaded.version}, not {version}"
+                    )
+                self._pinned = {version: loaded}  # one pinned version at a time: bounded memory
+            return self._pinned[version]
 
     def status(self) -> ModelStatus:
         """Whether the pointed-to version is the one serving (for /v1/health), as of the last request."""
@@ -226,6 +257,7 @@ class S3PointerModelProvider:
                 raise ModelUnavailableError(f"model {pointer.version} refused: {exc}") from exc
             return self._bundle
         self._bundle, self._refused_version = bundle, None
+        self._serving_uri = pointer.s3_uri
         self._retry_at.pop(pointer.version, None)
         self._status = ModelStatus("ok", bundle.version)
         log.info("model %s loaded from %s (previous: %s)", bundle.version, pointer.s3_uri, previous)

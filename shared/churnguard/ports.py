@@ -37,6 +37,7 @@ class ListedObject:
     key: str
     size: int  # bytes
     last_modified: dt.datetime  # UTC
+    etag: str = ""  # the object's ETag (quotes stripped): a new upload of a key has another one
 
 
 class ObjectStore(Protocol):

@@ -138,3 +138,38 @@ def test_the_dataset_steps_in_definition_order_publish_one_scored_dataset(stack)
     assert 0 < len(promoted) == len(set(promoted)) == summary["customers_queued"]
     published = sorted(_outputs(aws))
     assert published == sorted([*summary["outputs"], summary["rejects"], f"scored/{DATASET}/_summary.json"])
+
+
+def test_a_part_uploaded_again_after_planning_fails_the_run_with_nothing_published(stack):
+    """Over boto3: the listing carries each part's ETag, which the plan records; a part re-uploaded
+    with other bytes of the same size after planning stops the run at the shards step, and finish
+    writes only the failed summary naming the part (review 12)."""
+    from churnguard.adapters import S3ObjectStore
+
+    aws, _, _, _, _, dataset = stack
+    s3 = aws["s3"]
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}_SUCCESS", Body=b"")
+    listed = S3ObjectStore(s3).list_objects(BUCKET, PREFIX)
+    heads = {o.key: s3.head_object(Bucket=BUCKET, Key=o.key)["ETag"].strip('"') for o in listed}
+    assert all(o.etag and o.etag == heads[o.key] for o in listed)
+
+    def call(event):
+        return dataset.lambda_handler(event, FakeLambdaContext(timeout_s=900))
+
+    planned = call({"step": "plan", "bucket": BUCKET, "dataset": DATASET, "shards": 2})
+    key = f"{PREFIX}part-0001.csv.gz"
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(reversed(body)))  # same size, other bytes
+    for item in json.loads(s3.get_object(Bucket=BUCKET, Key=planned["parts_key"])["Body"].read()):
+        call({"step": "partition", **item})
+    assert call({"step": "shards", "bucket": BUCKET, "plan_key": planned["plan_key"]})["status"] == "failed"
+    finish = call({"step": "finish", "bucket": BUCKET, "plan_key": planned["plan_key"]})
+
+    # Written after the marker (a later second), the re-upload's own event starts a newer run, which
+    # writes the dataset's summary: this run's stays in its work area. In the marker's second no
+    # newer run is started: this run writes the dataset's failed summary. Never anything else.
+    summary = json.loads(s3.get_object(Bucket=BUCKET, Key=finish["summary_key"])["Body"].read())
+    assert finish["status"] == "failed" and summary["error_type"] == "DatasetChanged"
+    assert "part-0001.csv.gz" in summary["errors"][0]
+    superseded = finish["summary_key"].startswith("work/")
+    assert _outputs(aws) == ([] if superseded else [f"scored/{DATASET}/_summary.json"])

@@ -8,6 +8,7 @@ raise, ``MemoryObjectStore.stream_faults`` makes a streamed body break after som
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class MemoryObjectStore:
     def list_objects(self, bucket: str, prefix: str) -> list[ListedObject]:
         self._call("list_objects", prefix)
         return [
-            ListedObject(key, len(stored.body), stored.last_modified)
+            ListedObject(key, len(stored.body), stored.last_modified, hashlib.md5(stored.body).hexdigest())
             for (b, key), stored in sorted(self.objects.items())
             if b == bucket and key.startswith(prefix)
         ]

@@ -178,3 +178,23 @@ def test_an_aws_error_answer_propagates_unchanged_and_later_outputs_are_not_writ
     assert raised.value is error
     assert store.calls[-1] == (operation, key)  # nothing after the failing call
     assert (BUCKET, "scored/2024/export.summary.json") not in store.objects
+
+
+def test_split_parts_keep_a_value_with_a_bare_carriage_return_in_one_field():
+    """The splitter's parts quote every field: a padded id or event type with a bare '\\r' (valid:
+    validation strips it) reads back as one row, not two (review 12, r7_cr)."""
+    source = (
+        b"user_id,timestamp,event_type,amount\n"
+        b'"c1\r",2024-03-01T00:00:00Z,order,10\n'
+        b'c2,2024-03-02T00:00:00Z,"order\r",5\n'
+        b"c3,2024-03-02T00:00:00Z,order,5\n"
+    )
+    store = MemoryObjectStore()
+    store.add(BUCKET, KEY, source)
+
+    keys = split_object(store, BUCKET, KEY, 2, as_of="2024-10-01")
+
+    parts = [pd.read_csv(io.BytesIO(gzip.decompress(store.body(BUCKET, k))), dtype=str) for k in keys]
+    rows = pd.concat(parts, ignore_index=True).sort_values("_source_row")
+    assert rows["user_id"].tolist() == ["c1\r", "c2", "c3"]
+    assert rows["event_type"].tolist() == ["order", "order\r", "order"]

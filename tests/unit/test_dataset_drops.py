@@ -41,6 +41,7 @@ from churnguard.datasets import generate_synthetic_events
 from churnguard.idempotency import LedgeredPublisher
 from churnguard.ports import ListedObject
 from churnguard.promotions import PromotionPolicy
+from churnguard.scoring import ReasonsFor
 from tests.helpers import FIXTURE_MODEL
 from tests.unit.fakes import MemoryLedger, MemoryObjectStore, RecordingPublisher
 
@@ -450,3 +451,227 @@ def test_a_datasets_summary_and_rejects_never_overwrite_a_single_drop_of_the_sam
     published = run.store.keys(BUCKET, f"scored/{DATASET}/")
     assert published[:2] == [f"scored/{DATASET}/_rejects.csv", f"scored/{DATASET}/_summary.json"]
     assert published[2:] and all(k.rsplit("/", 1)[1].startswith("part-") for k in published[2:])
+
+
+# --- review 12: a run is what was planned (model, parts, content), whatever lands meanwhile ----------
+
+
+def _steps(store: MemoryObjectStore, bundle: ModelBundle, *, shards: int = 4, models=None, scorer=None):
+    """Every step of a run in order through ``churnguard.dataset_steps`` (as the state machine calls
+    them); ``models``/``scorer``: what phase 1 / phase 2 get (default: ``bundle``). The summary."""
+    from churnguard.dataset_steps import (
+        FinishStep,
+        PartitionStep,
+        PlanStep,
+        ScoreStep,
+        Scoring,
+        ShardsStep,
+        run_finish,
+        run_partition,
+        run_plan,
+        run_plan_shards,
+        run_score,
+    )
+
+    memory = MemoryModel(budget_mb=3008)
+    planned = run_plan(
+        store, PlanStep(step="plan", bucket=BUCKET, dataset=DATASET, shards=shards), memory, bundle
+    )
+    assert planned["status"] == "planned", planned
+    for item in json.loads(store.body(BUCKET, planned["parts_key"])):
+        run_partition(store, PartitionStep(step="partition", **item), models or bundle)
+    ready = run_plan_shards(
+        store, ShardsStep(step="shards", bucket=BUCKET, plan_key=planned["plan_key"]), memory
+    )
+    if ready["status"] == "ready":
+        publisher = LedgeredPublisher(RecordingPublisher(), MemoryLedger())
+        scoring = Scoring(scorer or bundle, PromotionPolicy(), publisher, ReasonsFor.PROMOTED, memory)
+        for item in json.loads(store.body(BUCKET, ready["shards_key"])):
+            run_score(store, ScoreStep(step="score", **item), scoring)
+    run_finish(store, FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"]), memory)
+    return json.loads(store.body(BUCKET, f"scored/{DATASET}/_summary.json")), planned
+
+
+def _events(customers: int = 60, seed: int = 3) -> pd.DataFrame:
+    events = generate_synthetic_events(customers, seed=seed, weeks=30).sort_values("timestamp", kind="stable")
+    events["timestamp"] = events["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return events.reset_index(drop=True)
+
+
+def test_a_part_that_lands_after_the_marker_fails_the_run_before_scoring_and_nothing_is_published(bundle):
+    """``aws s3 cp --recursive`` may upload ``_SUCCESS`` before the last part: the run's listing is
+    incomplete. The shards step re-lists the dataset: the run stops before phase 2, and finish
+    writes a failed summary naming the added part (r3_marker_first)."""
+    from churnguard.dataset_steps import (
+        FinishStep,
+        PartitionStep,
+        PlanStep,
+        ShardsStep,
+        run_finish,
+        run_partition,
+        run_plan,
+        run_plan_shards,
+    )
+
+    events = _events()
+    half = len(events) // 2
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0000.csv.gz", gzip.compress(_csv(events.iloc[:half])))
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+    memory = MemoryModel(budget_mb=3008)
+    planned = run_plan(store, PlanStep(step="plan", bucket=BUCKET, dataset=DATASET, shards=2), memory, bundle)
+    run_partition(
+        store, PartitionStep(step="partition", bucket=BUCKET, plan_key=planned["plan_key"], part=0), bundle
+    )
+    store.add(BUCKET, PREFIX + "part-0001.csv.gz", gzip.compress(_csv(events.iloc[half:])))  # the late part
+
+    shards = run_plan_shards(
+        store, ShardsStep(step="shards", bucket=BUCKET, plan_key=planned["plan_key"]), memory
+    )
+    finish = run_finish(store, FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"]), memory)
+
+    assert shards["status"] == "failed" and finish["status"] == "failed"
+    # The late part's own event starts a newer run, which writes the dataset's summary: this run's
+    # failed summary stays in its work area, and nothing is written under scored/.
+    summary = json.loads(store.body(BUCKET, finish["summary_key"]))
+    assert finish["summary_key"].startswith(f"work/{DATASET}/")
+    assert summary["error_type"] == "DatasetChanged" and "part-0001.csv.gz" in " ".join(summary["errors"])
+    assert store.keys(BUCKET, "scored/") == []
+
+
+def test_a_part_uploaded_again_mid_run_fails_finish_naming_it(bundle):
+    """The same check at finish: a part replaced after phase 2 (same name and size, other bytes)."""
+    from churnguard.dataset_drops import dataset_changes
+
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(_tiny_rows()))
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+    plan = plan_dataset(store, BUCKET, DATASET, bundle=bundle)
+    assert dataset_changes(store, plan).errors == []
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(_tiny_rows().assign(user_id=["x", "y"])))
+    changes = dataset_changes(store, plan)
+    assert changes.superseded and changes.errors == [
+        "part(s) changed (uploaded again) since the dataset was planned: ['part-0000.csv']"
+    ]
+    # a part removed: no newer run will come, so finish writes the dataset's failed summary
+    del store.objects[(BUCKET, PREFIX + "part-0000.csv")]
+    store.add(BUCKET, PREFIX + "part-0001.csv", _csv(_tiny_rows()))
+    changes = dataset_changes(store, plan)
+    assert changes.removed == ["part-0000.csv"] and changes.added == ["part-0001.csv"]
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(_tiny_rows()))
+    del store.objects[(BUCKET, PREFIX + "part-0001.csv")]
+    assert dataset_changes(store, plan).errors == []  # the same bytes again: the same ETag
+    del store.objects[(BUCKET, PREFIX + "part-0000.csv")]
+    summary = finish_dataset(store, plan, [], [], changes=dataset_changes(store, plan))
+    assert summary.status == "failed" and summary.error_type == "DatasetChanged"
+    assert json.loads(store.body(BUCKET, plan.summary_key))["status"] == "failed"
+    # a manifest written after a _SUCCESS run planned: the manifest's own run writes the summary
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(_tiny_rows()))
+    store.add(BUCKET, PREFIX + "_manifest.json", json.dumps({"parts": [{"key": "part-0000.csv"}]}).encode())
+    changes = dataset_changes(store, plan)
+    assert changes.superseded and changes.errors == [
+        "_manifest.json was added after the run started from _SUCCESS"
+    ]
+
+
+@pytest.mark.parametrize("empty", [gzip.compress(b""), b""], ids=["empty-gzip", "zero-bytes"])
+def test_a_part_holding_no_rows_is_an_empty_part_not_a_failed_one(bundle, empty):
+    """Spark writes empty partitions: a compressed part of no bytes has no rows (r1_empty_parts)."""
+    events = _events()
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0000.csv.gz", gzip.compress(_csv(events)))
+    store.add(BUCKET, PREFIX + "part-0001.csv.gz", empty)
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+
+    summary, _ = _steps(store, bundle, shards=2)
+
+    assert summary["status"] == "ok", summary["errors"]
+    assert summary["parts"] == 2 and summary["rows_in"] == len(events)
+
+
+def test_a_re_drop_with_other_bytes_of_the_same_size_is_a_new_run_and_stale_results_are_not_read(bundle):
+    """The run id hashes each part's ETag, so a corrected re-export of the same sizes gets a work
+    area of its own; and finish reads the results of the planned shards (shards.json), never a
+    listing that may hold an earlier attempt's (r6_same_run_id)."""
+
+    def part(ids: list[str]) -> bytes:
+        n = len(ids)
+        frame = pd.DataFrame(
+            {"user_id": ids, "timestamp": ["2024-03-01T00:00:00Z"] * n, "event_type": ["order"] * n}
+        )
+        return _csv(frame.assign(amount=["10.00"] * n))
+
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0000.csv", part([f"c{i:03d}" for i in range(40)]))
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+    first, _ = _steps(store, bundle, shards=8)
+    store.add(BUCKET, PREFIX + "part-0000.csv", part(["c900"] * 40))  # same size, one customer
+    second, planned2 = _steps(store, bundle, shards=8)
+
+    assert first["status"] == "ok" and second["status"] == "ok", second["errors"]
+    assert first["run_id"] != second["run_id"] and second["customers_scored"] == 1
+
+    # a stale result of a shard the run did not plan, left in its work area: not read
+    from churnguard.dataset_steps import FinishStep, load_plan, result_key, run_finish
+
+    plan = load_plan(store, BUCKET, planned2["plan_key"])
+    stale = ShardResult(shard=7, customers_scored=5, rows_in=5, rows_used=5)
+    store.put_bytes(BUCKET, result_key(plan, "shard", 7), stale.model_dump_json().encode())
+    again = run_finish(
+        store,
+        FinishStep(step="finish", bucket=BUCKET, plan_key=planned2["plan_key"]),
+        MemoryModel(budget_mb=3008),
+    )
+    assert again["status"] == "ok" and again["customers_scored"] == 1
+
+
+def test_a_value_with_a_bare_carriage_return_scores_as_in_a_single_file(bundle):
+    """An id or event type padded with '\\r' is valid (validation strips it): the shard pieces quote
+    every field, so phase 2 reads the row back whole, as the single file is read (r7_cr)."""
+    source = (
+        b"user_id,timestamp,event_type,amount\n"
+        b'"c1\r",2024-03-01T00:00:00Z,order,10\n'
+        b'c2,2024-03-02T00:00:00Z,"order\r",5\n'
+        b"c3,2024-03-02T00:00:00Z,order,5\n"
+    )
+    single = score_file(source, "x.csv", bundle, policy=PromotionPolicy(), publisher=None, source="s")
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0.csv", source)
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+
+    summary, _ = _steps(store, bundle, shards=1)
+
+    assert single.summary.status == "ok" and single.summary.customers_scored == 3
+    assert summary["status"] == "ok", summary["errors"]
+    assert (summary["rows_in"], summary["rows_rejected"], summary["customers_scored"]) == (
+        single.summary.rows_in,
+        single.summary.rows_rejected,
+        single.summary.customers_scored,
+    )
+
+
+def test_the_plan_records_the_model_and_every_step_scores_with_that_version(bundle, tmp_path):
+    """The plan fixes the run's model version and the columns phase 1 keeps; a step given another
+    version raises ``ModelVersionError`` rather than score with it (r5_model_moves)."""
+    import shutil
+
+    from churnguard.dataset_steps import ModelVersionError, load_plan
+
+    events = _events()
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0000.csv.gz", gzip.compress(_csv(events)))
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+    other_dir = tmp_path / "model_b"
+    shutil.copytree(FIXTURE_MODEL, other_dir)
+    meta = json.loads((other_dir / "metadata.json").read_text())
+    meta["model_version"] = "20261201T000000Z-bbbbbbbb"
+    (other_dir / "metadata.json").write_text(json.dumps(meta))
+    other = ModelBundle.from_directory(other_dir)
+
+    with pytest.raises(ModelVersionError, match="planned with model"):
+        _steps(store, bundle, shards=2, scorer=other)
+
+    summary, planned = _steps(store, bundle, shards=2, scorer=lambda plan: bundle)
+    plan = load_plan(store, BUCKET, planned["plan_key"])
+    assert plan.model_version == bundle.version == summary["model_version"]
+    assert plan.columns == list(read_columns(bundle, PREFIX))

@@ -3,6 +3,7 @@ function's routing of drops — through the in-memory fakes (no moto, no network
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -67,6 +68,7 @@ def dataset_handler(monkeypatch):
     def call(event: dict[str, Any]) -> dict[str, Any]:
         return handler.lambda_handler(event, FakeLambdaContext())
 
+    call.handler, call.runtime = handler, runtime  # type: ignore[attr-defined]  # to rewire the model
     return call, store, recording
 
 
@@ -223,12 +225,13 @@ def test_the_routing_table(key, route):
 def batch_handler(monkeypatch):
     processed: list[str] = []
     starter = MemoryWorkflowStarter()
+    store = MemoryObjectStore()
     runtime = BatchRuntime(
         settings=_settings(),
         models=DirectoryModelProvider(FIXTURE_MODEL),
         publisher=None,
         policy=PromotionPolicy(),
-        store=MemoryObjectStore(),
+        store=store,
         memory=MemoryModel(budget_mb=3008),
         process=lambda bucket, key, etag: processed.append(key) or {},
         workflow=starter,
@@ -244,6 +247,7 @@ def batch_handler(monkeypatch):
         event["Records"][0]["body"] = json.dumps(notification)
         return handler.lambda_handler(event, FakeLambdaContext())
 
+    deliver.store = store  # type: ignore[attr-defined]  # what the bucket holds when an event comes
     return deliver, processed, starter
 
 
@@ -290,3 +294,174 @@ def test_execution_names_are_valid_and_tell_marker_versions_apart():
     for name in names:
         assert len(name) <= 80 and name.isascii()
         assert not set(name) & set(' <>{}[]?*"#%\\^|~`$&,;:/')
+
+
+# --- review 12 --------------------------------------------------------------------------------------------
+
+
+def _other_model(tmp_path) -> DirectoryModelProvider:
+    """The fixture model under another version (a promotion of a new model)."""
+    import shutil
+
+    directory = tmp_path / "model_b"
+    shutil.copytree(FIXTURE_MODEL, directory)
+    meta = json.loads((directory / "metadata.json").read_text())
+    meta["model_version"] = "20261201T000000Z-bbbbbbbb"
+    (directory / "metadata.json").write_text(json.dumps(meta))
+    return DirectoryModelProvider(directory)
+
+
+class _MovingProvider:
+    """A pointer that moves: ``current`` serves ``serving``; versions load from their directory."""
+
+    def __init__(self, serving: DirectoryModelProvider) -> None:
+        self.serving = serving
+
+    def current(self):
+        return self.serving.current()
+
+    def status(self):
+        return self.serving.status()
+
+    def location(self, version: str) -> str | None:
+        return self.serving.location(version)
+
+    def load_version(self, version: str, location: str):
+        return self.serving.load_version(version, location)
+
+
+def test_a_run_scores_every_shard_with_its_planned_model_when_the_pointer_moves(
+    dataset_handler, monkeypatch, tmp_path
+):
+    """The model is promoted between the plan and phase 2 (r5_model_moves): every later step loads
+    the planned version from where the plan recorded it, so the dataset is published, one version."""
+    call, store, recording = dataset_handler
+    handler, runtime = call.handler, call.runtime
+    planned_version = runtime.models.current().version
+    moving = _MovingProvider(DirectoryModelProvider(FIXTURE_MODEL))
+    monkeypatch.setattr(handler, "runtime", lambda: dataclasses.replace(runtime, models=moving))
+
+    planned = call({"step": "plan", "bucket": BUCKET, "dataset": DATASET, "shards": 4})
+    for item in json.loads(store.body(BUCKET, planned["parts_key"])):
+        call({"step": "partition", **item})
+    moving.serving = _other_model(tmp_path)  # promoted mid-run
+    assert moving.current().version != planned_version
+    shards = call({"step": "shards", "bucket": BUCKET, "plan_key": planned["plan_key"]})
+    for item in json.loads(store.body(BUCKET, shards["shards_key"])):
+        call({"step": "score", **item})
+    finish = call({"step": "finish", "bucket": BUCKET, "plan_key": planned["plan_key"]})
+
+    summary = json.loads(store.body(BUCKET, finish["summary_key"]))
+    assert finish["status"] == "ok" and summary["model_version"] == planned_version
+    assert {m["model_version"] for m in recording.messages} <= {planned_version}
+
+
+def test_a_provider_that_cannot_load_the_planned_version_fails_the_step_without_scoring(
+    dataset_handler, monkeypatch, tmp_path
+):
+    """No way to load the planned version: the step raises ``ModelVersionError`` (not in the state
+    machine's retriers: the run fails with its summary) and nothing is scored with another model."""
+    from churnguard.dataset_steps import ModelVersionError
+
+    call, store, recording = dataset_handler
+    handler, runtime = call.handler, call.runtime
+    planned = call({"step": "plan", "bucket": BUCKET, "dataset": DATASET, "shards": 4})
+    other = _other_model(tmp_path)
+
+    class CurrentOnly:  # a provider without load_version
+        def current(self):
+            return other.current()
+
+        def status(self):
+            return other.status()
+
+    monkeypatch.setattr(handler, "runtime", lambda: dataclasses.replace(runtime, models=CurrentOnly()))
+    for item in json.loads(store.body(BUCKET, planned["parts_key"])):  # phase 1 keeps the plan's columns
+        assert call({"step": "partition", **item})["status"] == "ok"
+    shards = call({"step": "shards", "bucket": BUCKET, "plan_key": planned["plan_key"]})
+    item = json.loads(store.body(BUCKET, shards["shards_key"]))[0]
+    with pytest.raises(ModelVersionError, match="planned with model"):
+        call({"step": "score", **item})
+    assert not [k for k in store.keys(BUCKET, "work/") if "/scored/" in k or "/results/shard-" in k]
+    assert recording.messages == []
+
+
+def test_a_success_next_to_a_manifest_starts_no_run_only_the_manifest_does(batch_handler):
+    """r4_two_markers: an exporter writing both markers gets one run, the manifest's."""
+    deliver, _, starter = batch_handler
+    deliver.store.add(BUCKET, f"{PREFIX}part-0000.csv.gz", b"x")
+    deliver.store.add(BUCKET, f"{PREFIX}_manifest.json", b"{}")
+    deliver.store.add(BUCKET, f"{PREFIX}_SUCCESS", b"")
+
+    deliver(f"{PREFIX}_SUCCESS")
+    assert starter.runs == {}
+    deliver(f"{PREFIX}_manifest.json")
+    assert [run["marker"] for run in starter.runs.values()] == [f"{PREFIX}_manifest.json"]
+
+
+def test_the_plan_step_of_a_success_run_next_to_a_manifest_is_superseded_and_writes_nothing(dataset_handler):
+    """The same at the plan step (the manifest landed after the _SUCCESS event was routed)."""
+    call, store, _ = dataset_handler
+    store.add(
+        BUCKET, f"{PREFIX}_manifest.json", json.dumps({"parts": [{"key": "part-0000.csv.gz"}]}).encode()
+    )
+    before = store.keys(BUCKET)
+
+    answer = call({"step": "plan", "bucket": BUCKET, "dataset": DATASET, "marker": f"{PREFIX}_SUCCESS"})
+
+    assert answer["status"] == "superseded" and store.keys(BUCKET) == before
+    manifest_run = call(
+        {"step": "plan", "bucket": BUCKET, "dataset": DATASET, "marker": f"{PREFIX}_manifest.json"}
+    )
+    assert manifest_run["status"] == "planned" and manifest_run["parts"] == 1
+
+
+def test_a_part_landing_after_the_marker_starts_a_run_of_its_own_once(batch_handler):
+    """r3_marker_first: ``_SUCCESS`` uploaded before a part. The part's event starts a run (named by
+    the part's version: its redelivery starts none), which plans the complete dataset."""
+    deliver, processed, starter = batch_handler
+    deliver.store.add(BUCKET, f"{PREFIX}part-0000.csv.gz", b"x")  # written before the marker
+    deliver.store.add(BUCKET, f"{PREFIX}_SUCCESS", b"")
+    deliver.store.add(BUCKET, f"{PREFIX}part-0001.csv.gz", b"y")  # written after it
+    deliver(f"{PREFIX}_SUCCESS")
+    deliver(f"{PREFIX}part-0000.csv.gz", etag="p0", sequencer="03")  # its event comes late: no run
+    assert len(starter.runs) == 1
+    deliver(f"{PREFIX}part-0001.csv.gz", etag="p1", sequencer="05")
+    deliver(f"{PREFIX}part-0001.csv.gz", etag="p1", sequencer="05")  # redelivered
+
+    assert processed == [] and len(starter.runs) == 2 and len(starter.calls) == 3
+    assert all(run["marker"] == f"{PREFIX}_SUCCESS" for run in starter.runs.values())
+
+
+def test_the_s3_model_provider_loads_a_planned_version_without_moving_what_it_serves(tmp_path):
+    """What ``planned_model`` relies on in the deployed function: the serving version's S3 prefix
+    (recorded in the plan), and that version loaded from it after the pointer moved."""
+    from churnguard.model_provider import ModelUnavailableError
+    from churnguard.model_store import S3PointerModelProvider, publish
+    from tests.helpers import model_variant
+    from tests.unit.fakes import MemoryParameterStore
+
+    store, parameters = MemoryObjectStore(), MemoryParameterStore()
+    provider = S3PointerModelProvider(
+        parameter_name="/ptr",
+        store=store,
+        get_parameter=lambda name, max_age: parameters.get(name),
+        max_age_s=0,
+        cache_dir=tmp_path / "cache",
+    )
+    publish(
+        model_variant(tmp_path, "v1"), store=store, parameters=parameters, bucket="b", parameter_name="/ptr"
+    )
+    assert provider.current().version == "v1"
+    location = provider.location("v1")
+    assert location == "s3://b/models/v1/" and provider.location("v2") is None
+    publish(
+        model_variant(tmp_path, "v2"), store=store, parameters=parameters, bucket="b", parameter_name="/ptr"
+    )
+    assert provider.current().version == "v2"  # promoted mid-run
+
+    assert provider.load_version("v1", location).version == "v1"
+    assert provider.current().version == "v2"  # what it serves is unchanged
+    with pytest.raises(ModelUnavailableError, match="not v3"):
+        provider.load_version("v3", location)  # files of another version are refused
+    assert not (tmp_path / "cache" / "v3").exists()  # and not cached as v3
