@@ -39,6 +39,7 @@ class QueuePoller(threading.Thread):
                 self.deliver(messages)
 
     def deliver(self, messages: list[dict[str, Any]]) -> None:
+        # each poller (scoring jobs, event rules) says what a delivery is; the base only polls
         raise NotImplementedError
 
     def delete(self, message: dict[str, Any]) -> None:
