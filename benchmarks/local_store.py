@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -76,6 +76,11 @@ class LocalObjectStore:
     def copy(self, bucket: str, source_key: str, key: str) -> None:
         self.requests["COPY"] += 1
         self._write(bucket, key, lambda tmp: shutil.copyfile(self.path(bucket, source_key), tmp))
+
+    def delete(self, bucket: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.requests["DELETE"] += 1
+            self.path(bucket, key).unlink(missing_ok=True)
 
     def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None:
         self.requests["PUT"] += 1

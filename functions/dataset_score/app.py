@@ -7,7 +7,8 @@ incoming/, work/ and scored/ prefixes), so separate functions would be copies di
 handler. Also the scheduled check of datasets whose marker has not come (``step: pending``).
 
 Payloads are ids and S3 keys; answers are small JSON objects (statuses, counts, keys). A bad part
-or shard is a ``failed`` result; a transient AWS error raises, so the state machine retries the step.
+or shard is a ``failed`` result; an AWS error raises as ``TransientAwsError`` (the state machine
+retries the step) or ``RefusedAwsError`` (it does not: the run fails with its summary).
 Logs carry steps, statuses, counts and error categories only: no key, dataset name or file text.
 """
 
@@ -21,6 +22,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from churnguard.aws import aws_errors, classify_aws_error
 from churnguard.bundle import ModelBundle
 from churnguard.dataset_drops import DatasetPlan
 from churnguard.dataset_steps import (
@@ -151,7 +153,11 @@ def _pending(rt: DatasetRuntime, step: PendingStep) -> dict[str, Any]:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     step = parse_step(event)
     logger.append_keys(step=step.step)
-    answer = run_step(runtime(), step)
+    try:
+        answer = run_step(runtime(), step)
+    except aws_errors() as exc:
+        # Renamed for the state machine's Retry: TransientAwsError is retried, RefusedAwsError is not.
+        raise classify_aws_error(exc) from exc
     # Statuses, counts and categories only: keys and dataset names stay out of the logs.
     logger.info("dataset step done", extra={k: v for k, v in answer.items() if not k.endswith("_key")})
     return answer

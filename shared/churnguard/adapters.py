@@ -25,10 +25,14 @@ from churnguard.ports import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_stepfunctions import SFNClient
+
+
+DELETE_BATCH = 1_000
 
 
 class S3ObjectStore:
@@ -62,6 +66,17 @@ class S3ObjectStore:
 
     def copy(self, bucket: str, source_key: str, key: str) -> None:
         self._client.copy({"Bucket": bucket, "Key": source_key}, bucket, key)
+
+    def delete(self, bucket: str, keys: Sequence[str]) -> None:
+        from botocore.exceptions import ClientError
+
+        for start in range(0, len(keys), DELETE_BATCH):  # DeleteObjects takes at most 1,000 keys
+            batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + DELETE_BATCH]]
+            answer = self._client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            if answer.get("Errors"):  # per-key refusals come in a 200 answer: raise them as AWS errors
+                first = answer["Errors"][0]
+                error = {"Code": first.get("Code", "DeleteFailed"), "Message": first.get("Message", "")}
+                raise ClientError({"Error": error}, "DeleteObjects")  # type: ignore[typeddict-item]
 
     def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None:
         if content_type is None:

@@ -82,3 +82,47 @@ def error_code(exc: BaseException) -> str | None:
         return None
     code = answer.get("Error", {}).get("Code")
     return str(code) if code else None
+
+
+# The codes the SDKs' standard retry mode treats as throttling or transient (the AWS SDKs and Tools
+# reference, "Retry behavior"), plus S3's SlowDown and the 5xx answers.
+RETRYABLE_CODES = frozenset(
+    {
+        "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+        "TooManyRequestsException", "ProvisionedThroughputExceededException",
+        "TransactionInProgressException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+        "LimitExceededException", "RequestThrottled",
+        "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException", "RequestTimeout",
+        "RequestTimeoutException", "InternalError", "InternalFailure", "ServiceUnavailable",
+    }
+)  # fmt: skip
+
+
+class AwsCallError(Exception):
+    """An AWS call that failed after the client's own retries, named for an orchestrator: Step
+    Functions matches a Retry on the error's class name, and botocore raises a class per error code
+    (``NoSuchKey``, ``ProvisionedThroughputExceededException``, ...), so no fixed list of botocore
+    names can say "retry throttling, not access denied". The message is the operation, the error code
+    and the HTTP status: never the request's keys or the service's message (which may quote them)."""
+
+
+class TransientAwsError(AwsCallError):
+    """Throttling, a 5xx answer, a timeout or a reset: the same call may succeed later."""
+
+
+class RefusedAwsError(AwsCallError):
+    """AWS refused the request (access denied, a missing bucket, a bad parameter): retrying cannot help."""
+
+
+def classify_aws_error(exc: BaseException) -> AwsCallError:
+    """``exc`` (a botocore ``ClientError`` or ``BotoCoreError``) as a transient or a refused call."""
+    code = error_code(exc)
+    if code is None:  # no answer at all: a timeout, a reset, an unreachable endpoint
+        return TransientAwsError(f"{type(exc).__name__} (no answer from AWS)")
+    answer = getattr(exc, "response", {})
+    status = int(answer.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    operation = getattr(exc, "operation_name", "an AWS call")
+    text = f"{operation} failed: {code} (HTTP {status or 'unknown'})"
+    if code in RETRYABLE_CODES or status >= 500 or status == 429:
+        return TransientAwsError(text)
+    return RefusedAwsError(text)

@@ -317,12 +317,18 @@ class DatasetPlan(BaseModel):
     def shard_scored_key(self, shard: int) -> str:
         return f"{self.work_prefix}scored/part-{shard:04d}.parquet"
 
+    @property
+    def output_prefix(self) -> str:
+        """Where the run publishes: a folder of its own under the dataset's, so a failed publication
+        never mixes with the current outputs, and the summary (the dataset's pointer) names the run."""
+        return f"{SCORED_PREFIX}{self.dataset}/{self.run_id}/"
+
     def output_key(self, shard: int) -> str:
-        return f"{SCORED_PREFIX}{self.dataset}/part-{shard:04d}.parquet"
+        return f"{self.output_prefix}part-{shard:04d}.parquet"
 
     @property
     def rejects_key(self) -> str:
-        return rejects_key(self.dataset)
+        return f"{self.output_prefix}_rejects.csv"
 
     @property
     def summary_key(self) -> str:
@@ -338,10 +344,6 @@ def superseded_summary_key(plan: DatasetPlan) -> str:
 # belongs to a single drop ``incoming/<dataset>.csv`` (see the module docstring).
 def summary_key(dataset: str) -> str:
     return f"{SCORED_PREFIX}{dataset}/_summary.json"
-
-
-def rejects_key(dataset: str) -> str:
-    return f"{SCORED_PREFIX}{dataset}/_rejects.csv"
 
 
 def select_parts(
@@ -1058,7 +1060,24 @@ def finish_dataset(
         _publish_rejects(store, plan, parts, tmp_dir)
         summary = summary.model_copy(update={"outputs": outputs, "rejects": plan.rejects_key})
     _put_summary(store, plan.bucket, plan.summary_key, summary)
+    if summary.status == "ok":
+        _remove_earlier_outputs(store, plan)
     return summary
+
+
+def _remove_earlier_outputs(store: ObjectStore, plan: DatasetPlan) -> None:
+    """Once the summary names this run's outputs, what earlier runs published under the dataset goes
+    (their folders, and the flat outputs of releases before run folders): a re-run with fewer shards
+    leaves no stale part beside the current ones. A failed run removes nothing: the previous outputs
+    stay until an ok run replaces them, and its failed summary says not to use them."""
+    dataset_prefix = f"{SCORED_PREFIX}{plan.dataset}/"
+    earlier = [
+        o.key
+        for o in store.list_objects(plan.bucket, dataset_prefix)
+        if not o.key.startswith(plan.output_prefix) and o.key != plan.summary_key
+    ]
+    if earlier:
+        store.delete(plan.bucket, earlier)
 
 
 def _publish_rejects(

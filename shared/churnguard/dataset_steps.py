@@ -471,10 +471,22 @@ MAX_CAUSE_CHARS = 2_000
 
 def run_fail(store: ObjectStore, step: FailStep) -> dict[str, Any]:
     """The failed summary of a run the state machine stopped: what failed, for the data owner."""
-    cause = f": {step.error.cause[:MAX_CAUSE_CHARS]}" if step.error.cause else ""
+    cause = f": {readable_cause(step.error.cause)}" if step.error.cause else ""
     error = DatasetRunError(f"the dataset's run stopped after retries: {step.error.error}{cause}")
     summary = fail_dataset(store, step.bucket, step.dataset, error)
     return {"status": "failed", "error_type": summary.error_type, "summary_key": summary_key(step.dataset)}
+
+
+def readable_cause(cause: str) -> str:
+    """A Step Functions ``Cause`` for the data owner: a Lambda error's JSON (errorType, errorMessage,
+    stackTrace) as "type: message", the stack trace left out; any other cause as it came. Truncated."""
+    try:
+        payload = json.loads(cause)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("errorMessage"), str):
+        cause = f"{payload.get('errorType') or 'Error'}: {payload['errorMessage']}"
+    return cause[:MAX_CAUSE_CHARS]
 
 
 def run_pending(store: ObjectStore, step: PendingStep, now: dt.datetime) -> Sequence[PendingDataset]:

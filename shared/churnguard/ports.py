@@ -67,6 +67,10 @@ class ObjectStore(Protocol):
 
     def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None: ...
 
+    def delete(self, bucket: str, keys: Sequence[str]) -> None:
+        """Remove the objects (a key already gone is no error); raises if the store refuses one."""
+        ...
+
     def upload_file(
         self,
         path: str | Path,

@@ -137,7 +137,8 @@ def test_a_three_part_dataset_is_scored_once_as_one_dataset(stack: Stack, events
     latest = events["timestamp"].max()  # over all parts, not per part
     assert summary["as_of"] == (latest + pd.Timedelta(days=1)).date().isoformat()
     assert summary["rows_in"] == len(events) + 1 == summary["rows_used"] + summary["rows_rejected"]
-    assert summary["rows_rejected"] == 1 and summary["rejects"] == f"scored/{DATASET}/_rejects.csv"
+    assert summary["rows_rejected"] == 1
+    assert summary["rejects"] == f"scored/{DATASET}/{summary['run_id']}/_rejects.csv"
     rejects = pd.read_csv(io.BytesIO(_get(s3, bucket, summary["rejects"])), dtype=str)
     assert len(rejects) == 1 and "part-0000.csv" in rejects["part"].iloc[0]
 

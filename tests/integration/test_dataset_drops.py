@@ -173,3 +173,19 @@ def test_a_part_uploaded_again_after_planning_fails_the_run_with_nothing_publish
     assert "part-0001.csv.gz" in summary["errors"][0]
     superseded = finish["summary_key"].startswith("work/")
     assert _outputs(aws) == ([] if superseded else [f"scored/{DATASET}/_summary.json"])
+
+
+def test_the_s3_store_deletes_more_than_one_request_of_keys_and_ignores_keys_already_gone(aws):
+    """The adapter's delete over HTTP: DeleteObjects takes 1,000 keys per request, so 1,005 keys
+    need two; a key that is already gone is no error (a retried finish deletes again)."""
+    from churnguard.adapters import S3ObjectStore
+
+    s3 = aws["s3"]
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    keys = [f"scored/{DATASET}/old-run/part-{i:04d}.parquet" for i in range(1_005)]
+    for key in keys:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key=f"scored/{DATASET}/_summary.json", Body=b"{}")
+    store = S3ObjectStore(s3)
+    store.delete(BUCKET, [*keys, f"scored/{DATASET}/never-written.parquet"])
+    assert [o.key for o in store.list_objects(BUCKET, "scored/")] == [f"scored/{DATASET}/_summary.json"]

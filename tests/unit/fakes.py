@@ -124,6 +124,11 @@ class MemoryObjectStore:
         stored = self._get(bucket, source_key, "CopyObject")
         self.objects[(bucket, key)] = StoredObject(stored.body, dict(stored.metadata), stored.content_type)
 
+    def delete(self, bucket: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._call("delete", key)
+            self.objects.pop((bucket, key), None)
+
     def put_bytes(self, bucket: str, key: str, body: bytes, *, content_type: str | None = None) -> None:
         self._call("put_bytes", key)
         self.objects[(bucket, key)] = StoredObject(body, {}, content_type)

@@ -308,7 +308,7 @@ def test_the_dataset_is_scored_as_of_one_day_every_customer_once_on_their_whole_
     assert summary.as_of == (latest.normalize() + pd.Timedelta(days=1)).date().isoformat()
     assert {s.as_of for s in run.shards} == {f"{summary.as_of}T00:00:00"}
     assert len(run.shuffle.tasks) == 4 and summary.outputs == [
-        f"scored/{DATASET}/part-{s:04d}.parquet" for s in range(4)
+        f"scored/{DATASET}/{run.plan.run_id}/part-{s:04d}.parquet" for s in range(4)
     ]
     scored = pd.concat([pd.read_parquet(io.BytesIO(run.store.body(BUCKET, k))) for k in summary.outputs])
     assert scored["user_id"].is_unique and set(scored["user_id"]) == set(whole["user_id"]) - {"bad-1"}
@@ -336,7 +336,9 @@ def test_rows_in_are_used_plus_rejected_and_the_rejects_carry_part_and_row(run, 
     summary = finish_dataset(run.store, run.plan, run.parts, run.shards)
 
     assert summary.rows_in == sum(len(p) for p in export) == summary.rows_used + summary.rows_rejected
-    rejects = pd.read_csv(io.BytesIO(run.store.body(BUCKET, f"scored/{DATASET}/_rejects.csv")))
+    rejects = pd.read_csv(
+        io.BytesIO(run.store.body(BUCKET, f"scored/{DATASET}/{run.plan.run_id}/_rejects.csv"))
+    )
     assert rejects[["part", "source_row"]].values.tolist() == [
         ["part-0001.csv.gz", 3],
         ["part-0002.parquet", 5],
@@ -344,7 +346,7 @@ def test_rows_in_are_used_plus_rejected_and_the_rejects_carry_part_and_row(run, 
     assert (
         "timestamp is not ISO-8601" in rejects["reason"][0] and "amount is negative" in rejects["reason"][1]
     )
-    assert summary.rejects == f"scored/{DATASET}/_rejects.csv"
+    assert summary.rejects == f"scored/{DATASET}/{run.plan.run_id}/_rejects.csv"
 
 
 def test_no_customer_is_promoted_twice_even_when_a_shard_is_scored_twice(run):
@@ -446,11 +448,14 @@ def test_a_datasets_summary_and_rejects_never_overwrite_a_single_drop_of_the_sam
     finish_dataset(run.store, run.plan, run.parts, run.shards)
     single_drop_summary = f"scored/{DATASET}.summary.json"
     assert run.plan.summary_key == f"scored/{DATASET}/_summary.json" != single_drop_summary
-    assert run.plan.rejects_key == f"scored/{DATASET}/_rejects.csv"
+    assert run.plan.rejects_key == f"scored/{DATASET}/{run.plan.run_id}/_rejects.csv"
     assert (BUCKET, single_drop_summary) not in run.store.objects
     published = run.store.keys(BUCKET, f"scored/{DATASET}/")
-    assert published[:2] == [f"scored/{DATASET}/_rejects.csv", f"scored/{DATASET}/_summary.json"]
-    assert published[2:] and all(k.rsplit("/", 1)[1].startswith("part-") for k in published[2:])
+    run_folder = f"scored/{DATASET}/{run.plan.run_id}/"
+    summary_key = f"scored/{DATASET}/_summary.json"
+    assert summary_key in published and f"{run_folder}_rejects.csv" in published
+    parts = set(published) - {summary_key, f"{run_folder}_rejects.csv"}
+    assert parts and all(k.startswith(f"{run_folder}part-") for k in parts)
 
 
 # --- review 12: a run is what was planned (model, parts, content), whatever lands meanwhile ----------
@@ -496,6 +501,37 @@ def _events(customers: int = 60, seed: int = 3) -> pd.DataFrame:
     events = generate_synthetic_events(customers, seed=seed, weeks=30).sort_values("timestamp", kind="stable")
     events["timestamp"] = events["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     return events.reset_index(drop=True)
+
+
+def test_a_rerun_with_fewer_shards_leaves_only_its_own_outputs_and_a_failed_one_removes_none(bundle):
+    """Each run publishes into a folder of its own and the summary names it; once an ok summary is
+    written the earlier runs' outputs go, so no stale part sits beside the current ones."""
+    events = _events(customers=80)
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(events))
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+    store.add(BUCKET, f"scored/{DATASET}/part-0007.parquet", b"from a release before run folders")
+    first, _ = _steps(store, bundle, shards=4)
+    assert first["status"] == "ok" and len(first["outputs"]) == 4
+
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(events.iloc[:-1]))  # corrected and dropped again
+    second, _ = _steps(store, bundle, shards=2)
+    assert second["status"] == "ok" and second["run_id"] != first["run_id"] and len(second["outputs"]) == 2
+    published = store.keys(BUCKET, f"scored/{DATASET}/")
+    assert sorted(published) == sorted(
+        [*second["outputs"], second["rejects"], f"scored/{DATASET}/_summary.json"]
+    )
+    assert all(k.startswith(f"scored/{DATASET}/{second['run_id']}/") for k in published[:-1])
+
+    # a third run whose shards are never scored: finish fails it, and removes nothing
+    from churnguard.dataset_steps import FinishStep, PlanStep, run_finish, run_plan
+
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(events.iloc[:-2]))
+    memory = MemoryModel(budget_mb=3008)
+    planned = run_plan(store, PlanStep(step="plan", bucket=BUCKET, dataset=DATASET, shards=2), memory, bundle)
+    finish = run_finish(store, FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"]), memory)
+    assert finish["status"] == "failed"
+    assert sorted(store.keys(BUCKET, f"scored/{DATASET}/")) == sorted(published)
 
 
 def test_a_part_that_lands_after_the_marker_fails_the_run_before_scoring_and_nothing_is_published(bundle):

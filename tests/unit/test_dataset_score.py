@@ -185,6 +185,77 @@ def test_the_fail_step_writes_the_cause_to_the_summary_and_never_to_the_logs(dat
     assert PLANTED not in caplog.text and DATASET not in caplog.text
 
 
+def test_the_fail_step_keeps_a_lambda_errors_type_and_message_but_not_its_stack_trace(dataset_handler):
+    call, store, _ = dataset_handler
+    event = load_event("dataset_score/fail.json")
+    event.update(bucket=BUCKET, dataset=DATASET)
+    event["error"] = {
+        "Error": "ShardTooLarge",
+        "Cause": json.dumps(
+            {
+                "errorMessage": "the shard does not fit",
+                "errorType": "ShardTooLarge",
+                "requestId": "r-1",
+                "stackTrace": ['  File "/var/task/app.py", line 12, in lambda_handler\n'],
+            }
+        ),
+    }
+    call(event)
+    (error,) = json.loads(store.body(BUCKET, f"scored/{DATASET}/_summary.json"))["errors"]
+    assert error.endswith("ShardTooLarge: ShardTooLarge: the shard does not fit")
+    assert "/var/task" not in error and "stackTrace" not in error
+
+
+def _client_error(code: str, status: int) -> Exception:
+    from botocore.exceptions import ClientError
+
+    answer = {"Error": {"Code": code, "Message": f"about s3://{BUCKET}/{PREFIX}{PLANTED}"}}
+    answer["ResponseMetadata"] = {"HTTPStatusCode": status}
+    return ClientError(answer, "ListObjectsV2")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (_client_error("SlowDown", 503), "TransientAwsError"),
+        (_client_error("ProvisionedThroughputExceededException", 400), "TransientAwsError"),
+        (_client_error("InternalError", 500), "TransientAwsError"),
+        (_client_error("AccessDenied", 403), "RefusedAwsError"),
+        (_client_error("NoSuchBucket", 404), "RefusedAwsError"),
+    ],
+)
+def test_aws_errors_reach_the_state_machine_as_retried_or_refused_by_a_name_its_retry_knows(
+    dataset_handler, monkeypatch, error, raised
+):
+    """Step Functions matches Retry on the error's class name, and botocore names a class per code:
+    the handler renames them so throttling is retried and access denied is not, quoting no key."""
+    import botocore.exceptions
+
+    call, store, _ = dataset_handler
+    modeled = type(error.response["Error"]["Code"], (botocore.exceptions.ClientError,), {})
+    specific = modeled(error.response, "ListObjectsV2")  # as a client's exceptions.<Code> is raised
+
+    def failing(*args, **kwargs):
+        raise specific
+
+    monkeypatch.setattr(store, "list_objects", failing)
+    from churnguard.aws import AwsCallError
+
+    with pytest.raises(AwsCallError) as caught:
+        call({"step": "plan", "bucket": BUCKET, "dataset": DATASET})
+    assert type(caught.value).__name__ == raised
+    assert str(caught.value).startswith("ListObjectsV2 failed: ")
+    assert PLANTED not in str(caught.value) and BUCKET not in str(caught.value)
+
+
+def test_a_timeout_without_any_answer_is_transient():
+    from botocore.exceptions import ReadTimeoutError
+
+    from churnguard.aws import TransientAwsError, classify_aws_error
+
+    assert isinstance(classify_aws_error(ReadTimeoutError(endpoint_url="http://s3")), TransientAwsError)
+
+
 def test_the_pending_check_counts_datasets_without_a_marker(dataset_handler):
     call, store, _ = dataset_handler
     store.add(BUCKET, "incoming/open/part-0.csv", b"user_id\n")

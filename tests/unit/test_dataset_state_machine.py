@@ -105,6 +105,23 @@ def test_every_step_retries_lambda_faults_with_backoff_and_every_failure_ends_in
     assert published == [{"Variable": "$.summary.status", "StringEquals": "ok", "Next": "Published"}]
 
 
+def test_every_step_retries_transient_aws_errors_by_names_the_handler_raises_and_not_refusals():
+    """A Retry names error classes: botocore's (ClientError, ReadTimeoutError) never reach it, since
+    the handler renames AWS errors (a modeled botocore error is a subclass no list can name)."""
+    from churnguard import aws, idempotency, model_store
+
+    raised = {
+        "TransientAwsError": aws.TransientAwsError,
+        "PromotionsNotSentError": idempotency.PromotionsNotSentError,
+        "ModelFetchError": model_store.ModelFetchError,
+    }
+    for name, task in TASKS.items():
+        ours = [e for r in task["Retry"] for e in r["ErrorEquals"] if not e.startswith("Lambda.")]
+        assert sorted(ours) == sorted(raised), name
+        assert "RefusedAwsError" not in ours and "States.ALL" not in ours
+    assert all(cls.__name__ == name for name, cls in raised.items())
+
+
 def test_both_maps_are_distributed_read_their_items_from_s3_and_fail_on_any_failed_item():
     assert set(MAPS) == {"PartitionParts", "ScoreShards"}
     for name, state in MAPS.items():
@@ -226,9 +243,10 @@ def test_the_dataset_function_reads_and_writes_only_its_prefixes():
         f"{bucket}/{p}/*" for p in ("incoming", "work", "models")
     )
     assert sorted(by_action["s3:PutObject"]["Resource"]) == [f"{bucket}/scored/*", f"{bucket}/work/*"]
+    assert by_action["s3:DeleteObject"]["Resource"] == f"{bucket}/scored/*"  # earlier runs' outputs only
     listing = by_action["s3:ListBucket"]
     assert listing["Resource"] == bucket
-    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*", "work/*"]}}
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["incoming/*", "work/*", "scored/*"]}}
 
 
 @pytest.mark.parametrize("alarm", ["DatasetRunsFailedAlarm", "DatasetRunsTimedOutAlarm"])
