@@ -309,7 +309,7 @@ def moto_image(engine: Engine) -> str:
     """The moto server as a container, so that function containers reach it on a container network."""
     from importlib.metadata import version
 
-    requirement = f"moto[server,s3,sqs,dynamodb,ssm,events,sagemaker]=={version('moto')}"
+    requirement = f"moto[server,s3,sqs,dynamodb,ssm,events,sagemaker,stepfunctions]=={version('moto')}"
     containerfile = CONTAINER_FILES / "moto.Containerfile"
     tag = f"localhost/churnguard-moto:{inputs_hash(containerfile, requirement)}"
     if engine.image_exists(tag):

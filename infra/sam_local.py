@@ -393,7 +393,7 @@ def start_sam_stack(model_dir: Path | None, workdir: Path, engine: Engine | None
         )
         clients = {
             name: session.client(name, endpoint_url=moto.host_url)
-            for name in ("s3", "sqs", "ssm", "dynamodb", "events", "sagemaker")
+            for name in ("s3", "sqs", "ssm", "dynamodb", "events", "sagemaker", "stepfunctions")
         }
         resources = create_resources(
             load_template(),

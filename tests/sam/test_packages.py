@@ -151,6 +151,99 @@ def test_batch_package_reads_parquet_in_its_isolated_reader_and_survives_a_corru
             )
 
 
+def _lambda_invoker(port: int):
+    """The local runner's ``invoke`` through `sam local start-lambda`: a function's unhandled error comes
+    back as the error Step Functions would see (its errorType, the payload as cause)."""
+    import boto3
+    from botocore.config import Config
+
+    from infra.local_aws import REGION
+    from infra.local_stack.step_functions import StatesError
+
+    client = boto3.client(
+        "lambda",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name=REGION,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(read_timeout=900, retries={"total_max_attempts": 1}),
+    )
+
+    def invoke(function: str, payload):
+        answer = client.invoke(FunctionName=function.rsplit(":", 1)[-1], Payload=json.dumps(payload).encode())
+        body = answer["Payload"].read()
+        if answer.get("FunctionError"):
+            error = json.loads(body)
+            raise StatesError(error.get("errorType", "Lambda.Unknown"), body.decode())
+        return json.loads(body)
+
+    return invoke
+
+
+def test_dataset_package_runs_every_step_of_the_state_machine_and_scores_each_customer_once(sam_stack):
+    """A two-part dataset with customers in both parts: the batch package routes the marker to a
+    StartExecution, and the template's own ASL runs (local runner) with every step in the
+    DatasetScoreFunction package under `sam local start-lambda`."""
+    from infra.local_aws import free_port
+    from infra.local_stack.step_functions import StateMachine, state_machine_definitions
+    from infra.sam_local import stop_process
+    from infra.template import load_template
+
+    s3, sfn = sam_stack.clients["s3"], sam_stack.clients["stepfunctions"]
+    events = generate_synthetic_events(300, seed=13, weeks=78)
+    events = events[events["timestamp"] < AS_OF].sort_values("timestamp", kind="stable")
+    events["timestamp"] = events["timestamp"].astype(str)
+    halves = [events.iloc[: len(events) // 2], events.iloc[len(events) // 2 :]]
+    spanning = set(halves[0]["user_id"]) & set(halves[1]["user_id"])
+    assert len(spanning) > 20  # cut by rows: customers span the parts
+    prefix = "incoming/sam-export/"
+    for number, half in enumerate(halves):
+        s3.put_object(
+            Bucket=sam_stack.bucket,
+            Key=f"{prefix}part-{number:04d}.csv",
+            Body=half.to_csv(index=False).encode(),
+        )
+    s3.put_object(Bucket=sam_stack.bucket, Key=f"{prefix}_SUCCESS", Body=b"")
+
+    routed = sam_stack.invoke("BatchScoreFunction", sam_stack.scoring_job_event(f"{prefix}_SUCCESS"))
+    assert routed.response == {"batchItemFailures": []}, routed.logs[-3000:]
+    machine = sam_stack.resources.refs["DatasetStateMachine"]
+    (execution,) = sfn.list_executions(stateMachineArn=machine)["executions"]
+    execution_input = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+
+    definition = state_machine_definitions(load_template(), sam_stack.resources)["DatasetStateMachine"]
+    before = _queue_depth(sam_stack, "PromotionsQueue")
+    port = free_port()
+    process = sam_stack.start_lambda(port)
+    try:
+        started = time.time()
+        outcome = StateMachine(definition, _lambda_invoker(port), s3=s3, map_workers=1).execute(
+            execution_input
+        )
+        print(f"\nDatasetStateMachine over start-lambda ({len(events)} rows): {time.time() - started:.1f} s")
+    finally:
+        stop_process(process)
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.cause)
+
+    summary = _s3_json(sam_stack, "scored/sam-export/_summary.json")
+    assert summary["status"] == "ok" and summary["parts"] == 2, summary
+    assert (
+        summary["as_of"]
+        == (pd.Timestamp(events["timestamp"].max()) + pd.Timedelta(days=1)).date().isoformat()
+    )
+    assert summary["rows_in"] == len(events) == summary["rows_used"] + summary["rows_rejected"]
+    scored = pd.concat(
+        [
+            pd.read_parquet(io.BytesIO(s3.get_object(Bucket=sam_stack.bucket, Key=k)["Body"].read()))
+            for k in summary["outputs"]
+        ],
+        ignore_index=True,
+    )
+    assert scored["user_id"].is_unique and set(scored["user_id"]) == set(events["user_id"])
+    assert scored["churn_probability"].between(0, 1).all()
+    assert _queue_depth(sam_stack, "PromotionsQueue") == before + summary["customers_queued"]
+
+
 def test_retrain_package_creates_the_training_job_and_promote_package_gates_it(sam_stack, tmp_path):
     sam_stack.env_overrides["RetrainFunction"] = {
         "CHURNGUARD_TRAINING_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training:abc123"
