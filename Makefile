@@ -71,9 +71,13 @@ lint: install
 	$(VENV)/bin/mypy shared/churnguard
 	@for app in functions/*/app.py; do echo "mypy $$app"; $(VENV)/bin/mypy $$app || exit 1; done
 
-## Quality benchmark on the fixed CDNOW protocol -> benchmarks/results/quality.{md,json}
+## Quality benchmark (default: CDNOW, its protocol, one split) -> benchmarks/results/quality.{md,json};
+## DATA=cdnow|tafeng|<dir>[,...] AS_OF=YYYY-MM-DD HORIZON_WEEKS=n WEEKS=n SPLITS=K are passed on when set
+bench-quality: QUALITY_ARGS = $(if $(DATA),--data $(DATA)) $(if $(AS_OF),--as-of $(AS_OF)) \
+	$(if $(HORIZON_WEEKS),--horizon-weeks $(HORIZON_WEEKS)) $(if $(WEEKS),--weeks $(WEEKS)) \
+	$(if $(SPLITS),--splits $(SPLITS))
 bench-quality: install
-	$(PY) -m benchmarks.quality
+	$(PY) -m benchmarks.quality $(strip $(QUALITY_ARGS))
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache

@@ -1,11 +1,19 @@
-"""Quality benchmark on the fixed CDNOW protocol: the exported TFLite model against real baselines.
+"""Quality benchmark: the exported TFLite model against real baselines, on any event log and protocol.
 
-Protocol: calibration 1997-01-01..1997-09-30, holdout 1997-10-01..1998-06-30 (39 weeks), churn = no
-purchase in the holdout; stratified 80/20 split by customer (seed 42); 15% of train as validation.
+Data: ``--data cdnow`` (default), ``tafeng``, or a directory of event files in the canonical schema;
+several, comma-separated, go into one results file. Protocol: the dataset's default
+(``training.data.NAMED_DATASETS``; for a directory the latest cutoff whose 39-week horizon fits in
+the data), overridden by ``--as-of``, ``--horizon-weeks`` and ``--weeks`` (one value for every
+dataset, or a comma list with one entry per dataset; an empty entry keeps that dataset's default).
+Churn = no order in ``[as_of, as_of + horizon)``; stratified 80/20 split by customer, 15% of train as
+validation. ``--splits K`` re-draws that split K times (split seeds base, base + 1, ...; the base is
+the protocol's seed, 42) and trains one model per draw; K=1 is the protocol's own split.
+
 Every choice (hyperparameters, thresholds, calibration, LightGBM tuning, the logistic C) uses the
-validation slice; the test split is scored once, for the table.
+validation slice; each test split is scored once, for the table.
 
-Usage: ``python -m benchmarks.quality`` (``make bench-quality``) -> benchmarks/results/quality.{json,md}
+Usage: ``python -m benchmarks.quality [--data cdnow,tafeng] [--splits 5]`` (``make bench-quality``)
+-> benchmarks/results/quality.{json,md} (``--out DIR`` for a trial run).
 """
 
 from __future__ import annotations
@@ -13,33 +21,59 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 
-from benchmarks.common import write_results
-from churnguard.features import FeatureSpec, build_raw_features
+from benchmarks.common import RESULTS, write_results
+from churnguard.bundle import ModelBundle
+from churnguard.events import EventLogError
 from churnguard.model_metadata import ModelMetadata
-from churnguard.scorer import TFLiteScorer
+from churnguard.scoring import ReasonsFor, score_customers
 from churnguard.tabular import customer_events, to_epoch_seconds
-from training.data import CDNOW_PROTOCOL, PreparedData, load_cdnow_source, prepare
-from training.evaluate import (
-    ThresholdPolicy,
-    choose_threshold,
-    classification_metrics,
+from training.data import (
+    DEFAULT_WEEKS,
+    NAMED_DATASETS,
+    EventSource,
+    PreparedData,
+    Protocol,
+    Split,
+    default_as_of,
+    default_protocol,
+    feature_config_for,
+    load_named_source,
+    prepare,
 )
+from training.evaluate import ThresholdPolicy, choose_threshold, classification_metrics
 from training.model import fit_platt
 
 MODEL_DIR = Path("artifacts/bench-model")
-HOLDOUT_DAYS = 273
+OURS = "churnguard_tflite"
+# The test metrics kept per method (classification_metrics computes more).
+METRICS = ("roc_auc", "log_loss", "pr_auc_churn", "pr_auc_active", "f1", "ece", "brier")
+BOOTSTRAP_RESAMPLES = 2000
 log = logging.getLogger("churnguard.bench")
+
+# method -> (validation probabilities, test probabilities)
+Scores = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines. Each sees what it can use: the rules and BG/NBD see purchase history only; logistic
+# regression and LightGBM also get the profile columns, encoded as the model's feature spec does.
+# ---------------------------------------------------------------------------------------------
 
 
 def _platt_probs(score_val: np.ndarray, y_val: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -47,14 +81,21 @@ def _platt_probs(score_val: np.ndarray, y_val: np.ndarray, score: np.ndarray) ->
     return 1 / (1 + np.exp(-(a * score + b)))
 
 
-def _col(data: PreparedData, split, name: str) -> np.ndarray:
+def _col(data: PreparedData, split: Split, name: str) -> np.ndarray:
     return split.raw.static[:, list(data.spec.static_names).index(name)]
+
+
+def _profile_inputs(data: PreparedData, split: Split) -> np.ndarray:
+    """The profile columns as the model gets them: one-hot categories (vocabulary fitted on train)
+    and scaled numbers with a missing flag; zero columns when the data has no profile."""
+    _, static = data.inputs(split)
+    return static[:, len(data.spec.static_names) :].astype(np.float64)
 
 
 def recency_rule(data: PreparedData) -> tuple[np.ndarray, np.ndarray]:
     """Days since the last purchase; mapped to probabilities by a 1-D logistic fit on validation."""
 
-    def score(split):
+    def score(split: Split) -> np.ndarray:
         return np.log1p(_col(data, split, "recency_days"))
 
     return (
@@ -63,36 +104,57 @@ def recency_rule(data: PreparedData) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _bgnbd_inputs(data: PreparedData, split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """lifetimes' (frequency, recency, T) in days with observation end 1997-09-30."""
-    first = _col(data, split, "first_order_age_days")  # days from first order to as_of (1997-10-01)
-    last = _col(data, split, "recency_days")
+def _bgnbd_inputs(data: PreparedData, split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """lifetimes' (frequency, recency, T) in whole days, observation ending the day before the cutoff.
+
+    Ages are rounded up to calendar days (an order at any time of the day before the cutoff is 1 day
+    old), as BG/NBD counts purchase days: with a time of day, a same-day repeat would otherwise give
+    recency > T (lifetimes refuses it). Midnight timestamps (CDNOW, Ta-Feng) are whole days already.
+    """
+    first = np.ceil(_col(data, split, "first_order_age_days"))  # days from first order to as_of
+    last = np.ceil(_col(data, split, "recency_days"))
     frequency = _col(data, split, "n_order_days") - 1
     return frequency, first - last, first - 1
 
 
-def bgnbd(data: PreparedData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """BG/NBD fitted on training customers; scored by P(no purchase in holdout) and by -E[X]."""
+def fit_bgnbd(data: PreparedData) -> Any:
+    """BG/NBD (lifetimes' BetaGeoFitter) fitted on the training customers."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from lifetimes import BetaGeoFitter
 
         model = BetaGeoFitter(penalizer_coef=0.0)
         model.fit(*_bgnbd_inputs(data, data.train))
+    return model
+
+
+def bgnbd_p_no_purchase(
+    model: Any, frequency: np.ndarray, recency: np.ndarray, T: np.ndarray, horizon_days: float
+) -> np.ndarray:
+    """P(no purchase in the next ``horizon_days``) under a fitted BG/NBD."""
     r, alpha = model.params_["r"], model.params_["alpha"]
+    alive = np.asarray(model.conditional_probability_alive(frequency, recency, T), dtype=np.float64)
+    # Dropout happens only right after a purchase: alive-and-silent is a Poisson zero.
+    silent_if_alive = ((alpha + T) / (alpha + T + horizon_days)) ** (r + frequency)
+    return (1 - alive) + alive * silent_if_alive
 
-    def p_none(split):
-        f, rec, T = _bgnbd_inputs(data, split)
-        alive = np.asarray(model.conditional_probability_alive(f, rec, T), dtype=np.float64)
-        # Dropout happens only right after a purchase: alive-and-silent is a Poisson zero.
-        silent_if_alive = ((alpha + T) / (alpha + T + HOLDOUT_DAYS)) ** (r + f)
-        return (1 - alive) + alive * silent_if_alive
 
-    def neg_expected(split):
-        f, rec, T = _bgnbd_inputs(data, split)
-        return -np.asarray(model.conditional_expected_number_of_purchases_up_to_time(HOLDOUT_DAYS, f, rec, T))
+def bgnbd(data: PreparedData) -> Scores:
+    """BG/NBD scored by P(no purchase in the label horizon) and by -E[purchases in it]; the horizon
+    is the protocol's (39 weeks = 273 days on CDNOW, 4 weeks on Ta-Feng)."""
+    model = fit_bgnbd(data)
+    horizon_days = 7 * data.protocol.horizon_weeks
 
-    pv, pt = p_none(data.validation), p_none(data.test)
+    def neg_expected(split: Split) -> np.ndarray:
+        expected = model.conditional_expected_number_of_purchases_up_to_time(
+            horizon_days, *_bgnbd_inputs(data, split)
+        )
+        return -np.asarray(expected, dtype=np.float64)
+
+    pv, pt = (
+        bgnbd_p_no_purchase(model, *_bgnbd_inputs(data, s), horizon_days)
+        for s in (data.validation, data.test)
+    )
     ev, et = neg_expected(data.validation), neg_expected(data.test)
     return {
         "bgnbd_p_no_purchase": (pv, pt),
@@ -103,127 +165,128 @@ def bgnbd(data: PreparedData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def _rfm(data: PreparedData, split) -> np.ndarray:
+def _rfm(data: PreparedData, split: Split) -> np.ndarray:
     """Recency both ways (days since last order, first-to-last span), frequency, monetary, T."""
     first = _col(data, split, "first_order_age_days")
     last = _col(data, split, "recency_days")
-    return np.log1p(
-        np.column_stack(
-            [
-                last,
-                first - last,
-                _col(data, split, "n_order_days") - 1,
-                _col(data, split, "n_orders"),
-                _col(data, split, "avg_order_value"),
-                _col(data, split, "total_spend"),
-                first,
-            ]
-        )
-    )
+    columns = [
+        last,
+        first - last,
+        _col(data, split, "n_order_days") - 1,
+        _col(data, split, "n_orders"),
+        _col(data, split, "avg_order_value"),
+        _col(data, split, "total_spend"),
+        first,
+    ]
+    return np.log1p(np.column_stack(columns))
 
 
 def logistic_rfm(data: PreparedData) -> tuple[np.ndarray, np.ndarray]:
-    x_train, x_val, x_test = (_rfm(data, s) for s in (data.train, data.validation, data.test))
+    """Logistic regression on log RFM plus the profile encoding, C chosen on validation log-loss."""
+    x_train, x_val, x_test = (
+        np.hstack([_rfm(data, s), _profile_inputs(data, s)]) for s in (data.train, data.validation, data.test)
+    )
     mean, std = x_train.mean(0), x_train.std(0)
+    std = np.where(std > 0, std, 1.0)  # a profile category absent from train is a constant column
     x_train, x_val, x_test = ((x - mean) / std for x in (x_train, x_val, x_test))
-    best = None
+    best: tuple[float, LogisticRegression] | None = None
     for c in (0.01, 0.1, 1.0, 10.0):
         model = LogisticRegression(C=c, max_iter=2000).fit(x_train, data.train.labels)
         loss = log_loss(data.validation.labels, model.predict_proba(x_val)[:, 1])
         if best is None or loss < best[0]:
             best = (loss, model)
+    assert best is not None
     model = best[1]
     return model.predict_proba(x_val)[:, 1], model.predict_proba(x_test)[:, 1]
 
 
-def lightgbm_static(data: PreparedData) -> tuple[np.ndarray, np.ndarray, dict]:
-    """LightGBM on the same static features our model gets, tuned on validation (n_jobs=1)."""
+def _lightgbm_fit(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, **params: Any
+) -> Any:
     import lightgbm as lgb
 
-    x_train, x_val, x_test = data.train.raw.static, data.validation.raw.static, data.test.raw.static
-    best = None
+    model = lgb.LGBMClassifier(
+        n_estimators=2000,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.8,
+        reg_lambda=1.0,
+        n_jobs=1,
+        random_state=42,
+        verbose=-1,
+        **params,
+    )
+    with warnings.catch_warnings():
+        # LightGBM 4.6 renamed eval_set (eval_X/eval_y); the old name works and older versions need it.
+        warnings.filterwarnings("ignore", message=".*'eval_set' is deprecated")
+        model.fit(
+            x_train,
+            y_train,
+            eval_set=[(x_val, y_val)],
+            eval_metric="binary_logloss",
+            callbacks=[lgb.early_stopping(50, verbose=False)],
+        )
+    return model
+
+
+def lightgbm_static(data: PreparedData) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """LightGBM on the raw static features plus the profile encoding, tuned on validation (n_jobs=1)."""
+    x_train, x_val, x_test = (
+        np.hstack([s.raw.static, _profile_inputs(data, s)]) for s in (data.train, data.validation, data.test)
+    )
+    y_train, y_val = data.train.labels, data.validation.labels
+    best: tuple[float, Any, dict[str, Any]] | None = None
     for num_leaves in (4, 8, 16, 31):
         for min_child in (20, 50, 100):
             for lr in (0.02, 0.05):
-                model = lgb.LGBMClassifier(
-                    n_estimators=2000,
-                    learning_rate=lr,
-                    num_leaves=num_leaves,
-                    min_child_samples=min_child,
-                    subsample=0.8,
-                    subsample_freq=1,
-                    colsample_bytree=0.8,
-                    reg_lambda=1.0,
-                    n_jobs=1,
-                    random_state=42,
-                    verbose=-1,
-                )
-                model.fit(
-                    x_train,
-                    data.train.labels,
-                    eval_set=[(x_val, data.validation.labels)],
-                    eval_metric="binary_logloss",
-                    callbacks=[lgb.early_stopping(50, verbose=False)],
-                )
-                p_val = model.predict_proba(x_val)[:, 1]
-                loss = log_loss(data.validation.labels, p_val)
+                params = {"num_leaves": num_leaves, "min_child_samples": min_child, "learning_rate": lr}
+                model = _lightgbm_fit(x_train, y_train, x_val, y_val, **params)
+                loss = log_loss(y_val, model.predict_proba(x_val)[:, 1])
                 if best is None or loss < best[0]:
-                    best = (
-                        loss,
-                        model,
-                        {
-                            "num_leaves": num_leaves,
-                            "min_child_samples": min_child,
-                            "learning_rate": lr,
-                            "n_estimators": int(model.best_iteration_),
-                        },
-                    )
-    _, model, params = best
-    return model.predict_proba(x_val)[:, 1], model.predict_proba(x_test)[:, 1], params
+                    best = (loss, model, {**params, "n_estimators": int(model.best_iteration_)})
+    assert best is not None
+    _, model, chosen = best
+    return model.predict_proba(x_val)[:, 1], model.predict_proba(x_test)[:, 1], chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Our model, through the serving route.
+# ---------------------------------------------------------------------------------------------
+
+
+def score_exported(bundle: ModelBundle, events: pd.DataFrame, user_ids: np.ndarray, as_of: str) -> np.ndarray:
+    """P(churn) of ``user_ids`` at ``as_of`` as the serving route computes it: the customers' events
+    and their profile columns (the ones the model's feature spec encodes) through ``score_customers``."""
+    spec = bundle.spec
+    profile_columns = tuple(
+        c for c in (*spec.profile_categorical, *spec.profile_numeric) if c in events.columns
+    )
+    customers = customer_events(
+        events[events["user_id"].isin(pd.Index(user_ids))], profile_columns=profile_columns, user_ids=user_ids
+    )
+    scored = score_customers(
+        bundle,
+        list(customers.user_ids),
+        customers.arrays,
+        to_epoch_seconds(as_of),
+        profile=customers.profile,
+        reasons_for=ReasonsFor.NONE,
+    )
+    return scored.churn_probability  # float32, as served
 
 
 def churnguard_tflite(data: PreparedData, model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The exported float32 TFLite model, fed through the serving route (spec JSON + raw events)."""
-    spec = FeatureSpec.from_json((model_dir / "feature_spec.json").read_text())
-    scorer = TFLiteScorer.from_file(str(model_dir / "model.tflite"))
-    events = data.source.events
-    out = []
-    for split in (data.validation, data.test):
-        customers = customer_events(events[events["user_id"].isin(split.user_ids)], user_ids=split.user_ids)
-        raw = build_raw_features(
-            customers.arrays,
-            to_epoch_seconds(data.protocol.as_of),
-            event_types=spec.event_types,
-            config=spec.config,
-        )
-        out.append(scorer.predict(*spec.transform(raw)))
-    return out[0], out[1]
+    """The exported float32 TFLite model (hash-checked bundle), fed raw events as serving is."""
+    bundle = ModelBundle.from_directory(model_dir)
+    return tuple(  # type: ignore[return-value]
+        score_exported(bundle, data.source.events, split.user_ids, data.protocol.as_of)
+        for split in (data.validation, data.test)
+    )
 
 
-def paired_bootstrap_auc_diff(
-    y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, n: int = 2000, seed: int = 0
-) -> dict:
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        if y[idx].min() == y[idx].max():
-            continue
-        diffs.append(roc_auc_score(y[idx], ours[idx]) - roc_auc_score(y[idx], theirs[idx]))
-    diffs = np.asarray(diffs)
-    return {
-        "mean": float(diffs.mean()),
-        "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
-        "resamples": len(diffs),
-        "p_ours_not_better": float(np.mean(diffs <= 0)),
-    }
-
-
-def score_all(data: PreparedData, model_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+def score_all(data: PreparedData, model_dir: Path) -> tuple[Scores, dict[str, Any]]:
     """(validation, test) probabilities of our model and every baseline, and LightGBM's chosen params."""
-    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    scores["churnguard_tflite"] = churnguard_tflite(data, model_dir)
-    scores["recency_rule"] = recency_rule(data)
+    scores: Scores = {OURS: churnguard_tflite(data, model_dir), "recency_rule": recency_rule(data)}
     scores.update(bgnbd(data))
     scores["logistic_rfm"] = logistic_rfm(data)
     p_val, p_test, lgb_params = lightgbm_static(data)
@@ -231,122 +294,542 @@ def score_all(data: PreparedData, model_dir: Path) -> tuple[dict[str, tuple[np.n
     return scores, lgb_params
 
 
-def method_metrics(
-    scores: dict[str, tuple[np.ndarray, np.ndarray]], y_val: np.ndarray, y_test: np.ndarray
-) -> dict[str, dict]:
+def method_metrics(scores: Scores, y_val: np.ndarray, y_test: np.ndarray) -> dict[str, dict[str, Any]]:
     """Test metrics per method at the threshold its validation scores choose (max F1)."""
     methods = {}
     for name, (pv, pt) in scores.items():
         threshold = choose_threshold(y_val, pv, ThresholdPolicy("max_f1"))
         m = classification_metrics(y_test, pt, threshold)
-        methods[name] = {
-            k: m[k] for k in ("roc_auc", "log_loss", "pr_auc_churn", "pr_auc_active", "f1", "ece", "brier")
-        }
+        methods[name] = {k: m[k] for k in METRICS}
         methods[name]["threshold_from_validation"] = threshold
         methods[name]["validation_roc_auc"] = float(roc_auc_score(y_val, pv))
         methods[name]["validation_log_loss"] = float(log_loss(y_val, np.clip(pv, 1e-7, 1 - 1e-7)))
     return methods
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", default=str(MODEL_DIR))
-    parser.add_argument("--reuse-model", action="store_true", help="score an existing model dir, don't train")
-    parser.add_argument("--train-args", default="", help="extra arguments for training.train")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
-    )
-    model_dir = Path(args.model_dir)
-    started = time.time()
-    if not args.reuse_model:
-        from training import train
-
-        code = train.main(["--model-dir", str(model_dir), "--verbose", "0", *args.train_args.split()])
-        if code:
-            return code
-    metadata = ModelMetadata.from_directory(model_dir)
-    if metadata.protocol.model_dump() != CDNOW_PROTOCOL.to_dict() or metadata.data.source != "cdnow":
-        raise SystemExit(f"{model_dir} was not trained on the CDNOW benchmark protocol")
-
-    data = prepare(load_cdnow_source(), CDNOW_PROTOCOL)
-    log.info(
-        "scoring baselines on %d validation / %d test customers",
-        len(data.validation.labels),
-        len(data.test.labels),
-    )
-    scores, lgb_params = score_all(data, model_dir)
-    result = build_result(data, scores, lgb_params, model_dir, metadata)
-    result["seconds"] = round(time.time() - started, 1)
-    write_results("quality", result, render_markdown(result))
-    return 0
+# ---------------------------------------------------------------------------------------------
+# Paired bootstrap of the AUC difference, on one test split or pooled over several.
+# ---------------------------------------------------------------------------------------------
 
 
-def build_result(
-    data: PreparedData,
-    scores: dict[str, tuple[np.ndarray, np.ndarray]],
-    lgb_params: dict,
-    model_dir: Path,
-    metadata: dict,
-) -> dict:
-    """The benchmark's JSON: protocol, metrics per method, our model against the best baseline."""
-    y_val, y_test = data.validation.labels, data.test.labels
-    methods = method_metrics(scores, y_val, y_test)
-    baselines = [n for n in methods if n != "churnguard_tflite"]
-    best = max(baselines, key=lambda n: methods[n]["roc_auc"])
-    diff = paired_bootstrap_auc_diff(y_test, scores["churnguard_tflite"][1], scores[best][1])
+class _WeightedAuc:
+    """ROC-AUC of fixed scores under per-customer resampling weights (a customer drawn c times
+    counts c times, ties count one half): the scores are sorted once, each resample is two
+    ``bincount`` calls instead of a sort."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
+        order = np.argsort(scores, kind="stable")
+        ranked = np.asarray(scores)[order]
+        self.order = order
+        self.group = np.concatenate([[0], np.cumsum(ranked[1:] != ranked[:-1])]).astype(np.int64)
+        self.n_groups = int(self.group[-1]) + 1 if len(ranked) else 0
+        self.positive = np.asarray(labels)[order].astype(np.float64)
+
+    def __call__(self, weights: np.ndarray) -> float:
+        w = weights[self.order]
+        pos = np.bincount(self.group, w * self.positive, self.n_groups)
+        neg = np.bincount(self.group, w * (1 - self.positive), self.n_groups)
+        below = np.cumsum(neg) - neg
+        return float(pos @ (below + 0.5 * neg) / (pos.sum() * neg.sum()))
+
+
+@dataclass(frozen=True)
+class PairedDraw:
+    """One test split: its customers, labels, and the two methods' test probabilities."""
+
+    user_ids: np.ndarray
+    labels: np.ndarray
+    ours: np.ndarray
+    theirs: np.ndarray
+
+
+def paired_bootstrap_auc_diff(
+    draws: Sequence[PairedDraw], n: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> dict[str, Any]:
+    """AUC(ours) - AUC(theirs), averaged over the draws, under a paired bootstrap of customers.
+
+    Each resample draws customers with replacement from the union of the draws' test customers and
+    reweights every draw by it, so a customer in several test splits moves them together (the splits
+    overlap, and treating them as independent would narrow the interval). With one draw this is the
+    plain paired bootstrap of a test split. Resamples where a draw loses a class are skipped."""
+    ids = pd.unique(np.concatenate([np.asarray(d.user_ids, dtype=object) for d in draws]))
+    index = pd.Index(ids)
+    positions = [index.get_indexer(np.asarray(d.user_ids, dtype=object)) for d in draws]
+    aucs = [(_WeightedAuc(d.labels, d.ours), _WeightedAuc(d.labels, d.theirs)) for d in draws]
+    classes = [np.asarray(d.labels).astype(bool) for d in draws]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        counts = np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)).astype(np.float64)
+        per_draw = []
+        for pos, is_pos, (ours, theirs) in zip(positions, classes, aucs, strict=True):
+            w = counts[pos]
+            if not w[is_pos].any() or not w[~is_pos].any():
+                break
+            per_draw.append(ours(w) - theirs(w))
+        else:
+            diffs.append(float(np.mean(per_draw)))
+    full = [roc_auc_score(d.labels, d.ours) - roc_auc_score(d.labels, d.theirs) for d in draws]
+    values = np.asarray(diffs)
     return {
-        "protocol": {
-            **CDNOW_PROTOCOL.to_dict(),
-            "calibration_period": "1997-01-01..1997-09-30",
-            "holdout_period": "1997-10-01..1998-06-30",
-            "churn_definition": "no purchase in the holdout",
-            "churn_rate": float(np.concatenate([data.train.labels, y_val, y_test]).mean()),
-            "customers": {"train": len(data.train.labels), "validation": len(y_val), "test": len(y_test)},
-            "data_sha256": data.source.data_sha256,
+        "estimate": float(np.mean(full)),
+        "mean": float(values.mean()),
+        "ci95": [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))],
+        "resamples": len(values),
+        "p_ours_not_better": float(np.mean(values <= 0)),
+        "splits": len(draws),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and protocols.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetRun:
+    """One dataset under one protocol: its results key, where train.py finds it, its events."""
+
+    key: str  # "cdnow", "tafeng", or the directory's name
+    train_args: tuple[str, ...]  # how training.train loads the same data
+    source: EventSource
+    protocol: Protocol  # seed = the base split seed
+    weeks: int
+
+
+def _per_dataset(raw: str | None, n: int, flag: str) -> list[str | None]:
+    """``--flag a`` for every dataset, or ``--flag a,b`` one per dataset ('' keeps the default)."""
+    if raw is None:
+        return [None] * n
+    values = [v.strip() or None for v in raw.split(",")]
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise SystemExit(f"{flag}: {len(values)} values for {n} datasets (give one, or one per dataset)")
+    return values
+
+
+def check_protocol_fits(events: pd.DataFrame, protocol: Protocol) -> None:
+    """The cutoff has history before it and the whole label horizon inside the data: a horizon that
+    runs past the last event would label customers churned for lack of data."""
+    start = pd.Timestamp(events["timestamp"].min())
+    end = pd.Timestamp(events["timestamp"].max()).normalize() + pd.Timedelta(days=1)
+    as_of = pd.Timestamp(protocol.as_of)
+    if as_of <= start or as_of + pd.Timedelta(weeks=protocol.horizon_weeks) > end:
+        raise EventLogError(
+            f"cutoff {protocol.as_of} + {protocol.horizon_weeks} weeks does not fit in the data "
+            f"({start.date()}..{end.date() - pd.Timedelta(days=1)}); the latest cutoff that does is "
+            f"{default_as_of(events, protocol.horizon_weeks)}"
+        )
+
+
+def resolve_dataset(data: str, as_of: str | None, horizon_weeks: str | None, weeks: str | None) -> DatasetRun:
+    """Load ``data`` (a name in NAMED_DATASETS or a directory) with its default protocol and weeks,
+    then apply the overrides given."""
+    source = load_named_source(data)
+    if data in NAMED_DATASETS:
+        key, train_args = data, ("--dataset", data)
+        protocol, default_weeks = default_protocol(data)
+        horizon = int(horizon_weeks) if horizon_weeks else protocol.horizon_weeks
+        protocol = replace(protocol, as_of=as_of or protocol.as_of, horizon_weeks=horizon)
+    else:  # a directory: train.py's defaults for event files
+        key, train_args, default_weeks = Path(data).resolve().name, ("--train", data), DEFAULT_WEEKS
+        horizon = int(horizon_weeks) if horizon_weeks else DEFAULT_WEEKS
+        protocol = Protocol(as_of=as_of or default_as_of(source.events, horizon), horizon_weeks=horizon)
+    check_protocol_fits(source.events, protocol)
+    return DatasetRun(key, train_args, source, protocol, int(weeks) if weeks else default_weeks)
+
+
+def split_seeds(base: int, k: int) -> list[int]:
+    """The K split seeds: the protocol's own seed first, so K=1 is the protocol's split."""
+    return [base + i for i in range(k)]
+
+
+def model_dir_for(base: Path, run: DatasetRun, seed: int, *, single: bool) -> Path:
+    """``base`` itself for a single model (one dataset, one split, as before); else one directory per
+    dataset and split seed under it."""
+    return base if single else base / f"{run.key}-seed{seed}"
+
+
+def protocol_section(run: DatasetRun, data: PreparedData, seeds: list[int]) -> dict[str, Any]:
+    """The protocol block of a dataset: what was asked, the periods it means, the cohort it gives."""
+    p = run.protocol
+    as_of = pd.Timestamp(p.as_of)
+    start = pd.Timestamp(run.source.events["timestamp"].min()).normalize()
+    labels = np.concatenate([data.train.labels, data.validation.labels, data.test.labels])
+    day = pd.Timedelta(days=1)
+    return {
+        **p.to_dict(),
+        "weeks": run.weeks,
+        "split_seeds": seeds,
+        "calibration_period": f"{start.date()}..{(as_of - day).date()}",
+        "holdout_period": f"{as_of.date()}..{(as_of + pd.Timedelta(weeks=p.horizon_weeks) - day).date()}",
+        "churn_definition": "no purchase in the holdout",
+        "churn_rate": float(labels.mean()),
+        "customers": {
+            "train": len(data.train.labels),
+            "validation": len(data.validation.labels),
+            "test": len(data.test.labels),
         },
-        "methods": methods,
-        "best_baseline": best,
-        "auc_diff_vs_best_baseline": diff,
-        "model": {
+        "profile_columns": list(run.source.profile_columns),
+        "data_sha256": run.source.data_sha256,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# One split draw: train (or reuse) the model, score every method on the draw's test split.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitOutcome:
+    """One split draw's results, with the test scores the pooled bootstrap needs."""
+
+    seed: int
+    user_ids: np.ndarray  # test customers
+    labels: np.ndarray  # test labels
+    test_scores: dict[str, np.ndarray]
+    methods: dict[str, dict[str, Any]]
+    best_baseline: str
+    auc_diff: dict[str, Any]
+    model: dict[str, Any]
+    lightgbm_params: dict[str, Any]
+
+    def draw(self, theirs: str) -> PairedDraw:
+        return PairedDraw(self.user_ids, self.labels, self.test_scores[OURS], self.test_scores[theirs])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "methods": self.methods,
+            "best_baseline": self.best_baseline,
+            "auc_diff_vs_best_baseline": self.auc_diff,
+            "model": self.model,
+            "lightgbm_params": self.lightgbm_params,
+        }
+
+
+def train_args_for(run: DatasetRun, protocol: Protocol, model_dir: Path, extra: str) -> list[str]:
+    """training.train's arguments for one split draw; ``--seed`` sets the split (and the network's
+    initialisation). ``extra`` (``--train-args``) comes last, so it can change hyperparameters."""
+    p = protocol
+    return [
+        *run.train_args,
+        *("--model-dir", str(model_dir), "--verbose", "0"),
+        *("--as-of", p.as_of, "--horizon-weeks", str(p.horizon_weeks), "--weeks", str(run.weeks)),
+        *("--test-fraction", str(p.test_fraction), "--validation-fraction", str(p.validation_fraction)),
+        *("--seed", str(p.seed)),
+        *shlex.split(extra),
+    ]
+
+
+def checked_metadata(model_dir: Path, run: DatasetRun, protocol: Protocol) -> ModelMetadata:
+    """The model's metadata, refusing a model trained on other data or under another protocol."""
+    metadata = ModelMetadata.from_directory(model_dir)
+    if metadata.protocol.model_dump() != protocol.to_dict() or metadata.data.sha256 != run.source.data_sha256:
+        raise SystemExit(
+            f"{model_dir} was trained on {metadata.data.source} under {metadata.protocol.model_dump()}, "
+            f"not on {run.key} under {protocol.to_dict()}"
+        )
+    return metadata
+
+
+def score_split(data: PreparedData, model_dir: Path, metadata: ModelMetadata) -> SplitOutcome:
+    """Every method on the draw's test split, and our model against the split's best baseline
+    (best by test AUC: the strictest comparison for us)."""
+    y_val, y_test = data.validation.labels, data.test.labels
+    scores, lgb_params = score_all(data, model_dir)
+    methods = method_metrics(scores, y_val, y_test)
+    best = max((n for n in methods if n != OURS), key=lambda n: methods[n]["roc_auc"])
+    outcome = SplitOutcome(
+        seed=data.protocol.seed,
+        user_ids=data.test.user_ids,
+        labels=y_test,
+        test_scores={name: test for name, (_, test) in scores.items()},
+        methods=methods,
+        best_baseline=best,
+        auc_diff={},
+        model={
             "dir": str(model_dir),
             "model_version": metadata.model_version,
             "hyperparameters": metadata.hyperparameters,
             "code_version": metadata.code_version,
             "augmentation_rows": metadata.data.augmentation_rows,
+            "epochs_trained": metadata.epochs_trained,
         },
-        "lightgbm_params": lgb_params,
+        lightgbm_params=lgb_params,
+    )
+    diff = paired_bootstrap_auc_diff([outcome.draw(best)])
+    outcome.auc_diff = {"baseline": best, **diff, "significantly_worse": diff["ci95"][1] < 0}
+    return outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation over split draws, and the results file.
+# ---------------------------------------------------------------------------------------------
+
+
+def _sd(values: list[float]) -> float | None:
+    """Sample standard deviation over the draws; undefined (None) for one draw."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def summarize_methods(splits: Sequence[SplitOutcome]) -> dict[str, dict[str, Any]]:
+    """Per method: each metric's mean and sd over the draws, the worst draw of AUC, log-loss and
+    ECE, and the per-draw values (in split-seed order)."""
+    summary: dict[str, dict[str, Any]] = {}
+    for name in splits[0].methods:
+        per_split = {m: [float(s.methods[name][m]) for s in splits] for m in METRICS}
+        entry: dict[str, Any] = {}
+        for metric, values in per_split.items():
+            entry[f"{metric}_mean"] = float(np.mean(values))
+            entry[f"{metric}_sd"] = _sd(values)
+        entry["roc_auc_min"] = min(per_split["roc_auc"])
+        entry["log_loss_max"] = max(per_split["log_loss"])
+        entry["ece_max"] = max(per_split["ece"])
+        entry["per_split"] = per_split
+        summary[name] = entry
+    return summary
+
+
+def pooled_comparison(splits: Sequence[SplitOutcome], summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each method against the best baseline by mean AUC, pooled over the draws (written into
+    ``summary``); returns our model's comparison with the per-draw ones beside it."""
+    best = max((n for n in summary if n != OURS), key=lambda n: summary[n]["roc_auc_mean"])
+    ours: dict[str, Any] = {}
+    for name in (n for n in summary if n != best):
+        draws = [PairedDraw(s.user_ids, s.labels, s.test_scores[name], s.test_scores[best]) for s in splits]
+        diff = paired_bootstrap_auc_diff(draws)
+        summary[name]["auc_diff_vs_best_baseline_pooled"] = {
+            k: diff[k] for k in ("estimate", "mean", "ci95", "p_ours_not_better")
+        }
+        ours = diff if name == OURS else ours
+    return {
+        "baseline": best,
+        "pooled": {**ours, "significantly_worse": ours["ci95"][1] < 0},
+        "per_split": [{"seed": s.seed, **s.auc_diff} for s in splits],
     }
 
 
-def render_markdown(result: dict) -> str:
-    p = result["protocol"]
+def dataset_result(
+    protocol: dict[str, Any], splits: Sequence[SplitOutcome], seconds: float
+) -> dict[str, Any]:
+    """``datasets.<name>`` of the results file."""
+    summary = summarize_methods(splits)
+    comparison = pooled_comparison(splits, summary)
+    return {
+        "protocol": protocol,
+        "methods": summary,
+        "best_baseline": comparison["baseline"],
+        "auc_diff_vs_best_baseline": comparison,
+        "splits": [s.to_dict() for s in splits],
+        "seconds": round(seconds, 1),
+    }
+
+
+LEGACY_DATASET = "cdnow"
+
+
+def build_result(datasets: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """The results file: ``datasets.<name>`` for every dataset run and, when CDNOW is one of them,
+    the keys of the single-split benchmark (``protocol``, ``methods``, ``best_baseline``,
+    ``auc_diff_vs_best_baseline``, ``model``, ``lightgbm_params``) from CDNOW's first draw, the
+    protocol's own split (seed 42 by default)."""
+    result: dict[str, Any] = {}
+    legacy = datasets.get(LEGACY_DATASET)
+    if legacy is not None:
+        first = legacy["splits"][0]
+        result = {
+            "protocol": legacy["protocol"],
+            "methods": first["methods"],
+            "best_baseline": first["best_baseline"],
+            "auc_diff_vs_best_baseline": first["auc_diff_vs_best_baseline"],
+            "model": first["model"],
+            "lightgbm_params": first["lightgbm_params"],
+            "top_level_from": {"dataset": LEGACY_DATASET, "split_seed": first["seed"]},
+        }
+    result["datasets"] = datasets
+    result["seconds"] = round(seconds, 1)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The markdown table.
+# ---------------------------------------------------------------------------------------------
+
+
+def _mean_sd(entry: dict[str, Any], metric: str) -> str:
+    sd = entry[f"{metric}_sd"]
+    return f"{entry[f'{metric}_mean']:.4f}" + ("" if sd is None else f" ± {sd:.4f}")
+
+
+def _ci(diff: dict[str, Any]) -> str:
+    low, high = diff["ci95"]
+    return f"{diff['estimate']:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def _method_row(name: str, entry: dict[str, Any], best: str, several: bool) -> str:
+    ece = _mean_sd(entry, "ece") + (f" (max {entry['ece_max']:.4f})" if several else "")
+    diff = "best baseline" if name == best else _ci(entry["auc_diff_vs_best_baseline_pooled"])
+    cells = [_mean_sd(entry, m) for m in ("roc_auc", "log_loss", "pr_auc_churn", "pr_auc_active", "f1")]
+    return f"| {name} | {' | '.join(cells)} | {ece} | {_mean_sd(entry, 'brier')} | {diff} |"
+
+
+def _render_dataset(name: str, d: dict[str, Any]) -> list[str]:
+    p, splits = d["protocol"], d["splits"]
+    several = len(splits) > 1
+    counts = "/".join(str(v) for v in p["customers"].values())
+    seeds = ", ".join(str(s) for s in p["split_seeds"])
     lines = [
-        "# ChurnGuard quality benchmark (CDNOW)",
+        f"## {name}",
         "",
-        f"Cutoff {p['as_of']}, holdout {p['holdout_period']}, churn rate {p['churn_rate']:.4f}; customers "
-        f"train/validation/test {'/'.join(str(v) for v in p['customers'].values())} "
-        f"(stratified, seed {p['seed']}). Test split scored once; thresholds chosen on validation (max F1).",
+        f"Cutoff {p['as_of']}, holdout {p['holdout_period']} ({p['horizon_weeks']} weeks), weekly sequence "
+        f"{p['weeks']} weeks, churn rate {p['churn_rate']:.4f}; customers train/validation/test {counts}; "
+        f"profile columns: {', '.join(p['profile_columns']) or 'none'}. "
+        f"{len(splits)} stratified split draw{'s' if several else ''} (seed {seeds}), one model each; "
+        f"each test split scored once; thresholds chosen on validation (max F1)"
+        + ("; cells are mean ± sd over the draws." if several else "."),
         "",
-        "| method | ROC-AUC | log-loss | PR-AUC churn | PR-AUC active | F1 | ECE | Brier |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | ROC-AUC | log-loss | PR-AUC churn | PR-AUC active | F1 | ECE | Brier "
+        f"| ΔAUC vs {d['best_baseline']} (95% CI{', pooled' if several else ''}) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, m in sorted(result["methods"].items(), key=lambda kv: -kv[1]["roc_auc"]):
+    ranked = sorted(d["methods"].items(), key=lambda kv: -kv[1]["roc_auc_mean"])
+    lines += [_method_row(n, e, d["best_baseline"], several) for n, e in ranked]
+    comparison = d["auc_diff_vs_best_baseline"]
+    pooled = comparison["pooled"]
+    lines += ["", f"{OURS} − the split's best baseline (paired bootstrap, {pooled['resamples']} resamples):"]
+    lines += [
+        f"- seed {s['seed']}: vs {s['baseline']} {_ci(s)}"
+        + (" **significantly worse**" if s["significantly_worse"] else "")
+        for s in comparison["per_split"]
+    ]
+    if several:
         lines.append(
-            f"| {name} | {m['roc_auc']:.4f} | {m['log_loss']:.4f} | {m['pr_auc_churn']:.4f} | "
-            f"{m['pr_auc_active']:.4f} | {m['f1']:.4f} | {m['ece']:.4f} | {m['brier']:.4f} |"
+            f"- pooled over {len(splits)} draws, vs {comparison['baseline']} (best mean AUC): {_ci(pooled)}, "
+            f"P(not better) {pooled['p_ours_not_better']:.3f}"
         )
-    d = result["auc_diff_vs_best_baseline"]
     lines += [
         "",
-        f"AUC difference churnguard_tflite − {result['best_baseline']} (paired bootstrap, {d['resamples']} "
-        f"resamples): mean {d['mean']:+.4f}, 95% CI [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}].",
+        "Models: "
+        + "; ".join(
+            f"seed {s['seed']} {s['model']['model_version']} "
+            f"({s['model']['epochs_trained']} epochs), LightGBM {s['lightgbm_params']}"
+            for s in splits
+        )
+        + ".",
         "",
-        f"Model {result['model']['model_version']} (code {result['model']['code_version']}); "
-        f"LightGBM tuned on validation: {result['lightgbm_params']}. Run time {result['seconds']} s.",
+    ]
+    return lines
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    names = list(result["datasets"])
+    lines = [f"# ChurnGuard quality benchmark ({', '.join(names)})", ""]
+    for name in names:
+        lines += _render_dataset(name, result["datasets"][name])
+    lines += [
+        "ΔAUC: estimate on the full test split(s) [bootstrap 95% CI]; pooled draws resample customers "
+        "jointly across the overlapping test splits.",
+        "",
+        f"Run time {result['seconds']} s.",
         "",
     ]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line.
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument(
+        "--data",
+        default="cdnow",
+        help="cdnow | tafeng | a directory of event files; comma-separated for several",
+    )
+    parser.add_argument(
+        "--as-of", default=None, help="cutoff YYYY-MM-DD (default: the dataset's); a,b per dataset"
+    )
+    parser.add_argument(
+        "--horizon-weeks", default=None, help="label horizon in weeks (default: the dataset's)"
+    )
+    parser.add_argument("--weeks", default=None, help="weekly sequence length (default: the dataset's)")
+    parser.add_argument("--splits", type=int, default=1, help="customer split draws K (one model each)")
+    parser.add_argument(
+        "--model-dir",
+        default=str(MODEL_DIR),
+        help="the model (one dataset, one split), else the parent of one per draw",
+    )
+    parser.add_argument("--reuse-model", action="store_true", help="score existing model dirs, don't train")
+    parser.add_argument(
+        "--train-args", default="", help="extra arguments for training.train, e.g. '--epochs 5'"
+    )
+    parser.add_argument("--out", default=str(RESULTS), help="directory for quality.{json,md}")
+    args = parser.parse_args(argv)
+    if args.splits < 1:
+        parser.error("--splits must be at least 1")
+    return args
+
+
+Trainer = Callable[[list[str]], int]
+
+
+def _train(argv: list[str]) -> int:
+    from training import train
+
+    return train.main(argv)
+
+
+def run_dataset(
+    run: DatasetRun, args: argparse.Namespace, *, single: bool, trainer: Trainer = _train
+) -> dict[str, Any]:
+    """Train (unless ``--reuse-model``) and score one model per split draw; ``datasets.<key>``."""
+    started = time.time()
+    seeds = split_seeds(run.protocol.seed, args.splits)
+    splits, protocol_block = [], None
+    for i, seed in enumerate(seeds, 1):
+        protocol = replace(run.protocol, seed=seed)
+        model_dir = model_dir_for(Path(args.model_dir), run, seed, single=single)
+        log.info("%s: split %d of %d (seed %d), model %s", run.key, i, len(seeds), seed, model_dir)
+        if not args.reuse_model:
+            code = trainer(train_args_for(run, protocol, model_dir, args.train_args))
+            if code:
+                raise SystemExit(code)
+        metadata = checked_metadata(model_dir, run, protocol)
+        data = prepare(run.source, protocol, config=feature_config_for(run.weeks))
+        protocol_block = protocol_block or protocol_section(run, data, seeds)
+        splits.append(score_split(data, model_dir, metadata))
+    assert protocol_block is not None
+    return dataset_result(protocol_block, splits, time.time() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
+    )
+    started = time.time()
+    names = [n.strip() for n in args.data.split(",") if n.strip()]
+    overrides = zip(
+        _per_dataset(args.as_of, len(names), "--as-of"),
+        _per_dataset(args.horizon_weeks, len(names), "--horizon-weeks"),
+        _per_dataset(args.weeks, len(names), "--weeks"),
+        strict=True,
+    )
+    try:
+        runs = [resolve_dataset(name, *o) for name, o in zip(names, overrides, strict=True)]
+    except EventLogError as exc:
+        raise SystemExit(f"quality benchmark: {exc}") from exc
+    if len({r.key for r in runs}) != len(runs):
+        raise SystemExit(f"--data {args.data}: two datasets would share a results key")
+    single = len(runs) == 1 and args.splits == 1
+    datasets = {run.key: run_dataset(run, args, single=single) for run in runs}
+    result = build_result(datasets, time.time() - started)
+    write_results("quality", result, render_markdown(result), directory=Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
