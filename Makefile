@@ -73,9 +73,10 @@ lint: install
 
 ## Quality benchmark (default: CDNOW, its protocol, one split) -> benchmarks/results/quality.{md,json};
 ## DATA=cdnow|tafeng|<dir>[,...] AS_OF=YYYY-MM-DD HORIZON_WEEKS=n WEEKS=n SPLITS=K are passed on when set
-bench-quality: QUALITY_ARGS = $(if $(DATA),--data $(DATA)) $(if $(AS_OF),--as-of $(AS_OF)) \
-	$(if $(HORIZON_WEEKS),--horizon-weeks $(HORIZON_WEEKS)) $(if $(WEEKS),--weeks $(WEEKS)) \
-	$(if $(SPLITS),--splits $(SPLITS))
+## (only from the command line: make would also take them from the environment, e.g. a DATA variable)
+given = $(if $(filter command line,$(origin $(1))),$(2) $($(1)))
+bench-quality: QUALITY_ARGS = $(call given,DATA,--data) $(call given,AS_OF,--as-of) \
+	$(call given,HORIZON_WEEKS,--horizon-weeks) $(call given,WEEKS,--weeks) $(call given,SPLITS,--splits)
 bench-quality: install
 	$(PY) -m benchmarks.quality $(strip $(QUALITY_ARGS))
 

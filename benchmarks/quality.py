@@ -39,6 +39,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from benchmarks.common import RESULTS, write_results
 from churnguard.bundle import ModelBundle
+from churnguard.datasets import DatasetError
 from churnguard.events import EventLogError
 from churnguard.model_metadata import ModelMetadata
 from churnguard.scoring import ReasonsFor, score_customers
@@ -50,6 +51,7 @@ from training.data import (
     PreparedData,
     Protocol,
     Split,
+    check_protocol_fits,
     default_as_of,
     default_protocol,
     feature_config_for,
@@ -262,7 +264,10 @@ def score_exported(bundle: ModelBundle, events: pd.DataFrame, user_ids: np.ndarr
         c for c in (*spec.profile_categorical, *spec.profile_numeric) if c in events.columns
     )
     customers = customer_events(
-        events[events["user_id"].isin(pd.Index(user_ids))], profile_columns=profile_columns, user_ids=user_ids
+        events[events["user_id"].isin(pd.Index(user_ids))],
+        profile_columns=profile_columns,
+        user_ids=user_ids,
+        as_of=as_of,
     )
     scored = score_customers(
         bundle,
@@ -409,20 +414,6 @@ def _per_dataset(raw: str | None, n: int, flag: str) -> list[str | None]:
     return values
 
 
-def check_protocol_fits(events: pd.DataFrame, protocol: Protocol) -> None:
-    """The cutoff has history before it and the whole label horizon inside the data: a horizon that
-    runs past the last event would label customers churned for lack of data."""
-    start = pd.Timestamp(events["timestamp"].min())
-    end = pd.Timestamp(events["timestamp"].max()).normalize() + pd.Timedelta(days=1)
-    as_of = pd.Timestamp(protocol.as_of)
-    if as_of <= start or as_of + pd.Timedelta(weeks=protocol.horizon_weeks) > end:
-        raise EventLogError(
-            f"cutoff {protocol.as_of} + {protocol.horizon_weeks} weeks does not fit in the data "
-            f"({start.date()}..{end.date() - pd.Timedelta(days=1)}); the latest cutoff that does is "
-            f"{default_as_of(events, protocol.horizon_weeks)}"
-        )
-
-
 def resolve_dataset(data: str, as_of: str | None, horizon_weeks: str | None, weeks: str | None) -> DatasetRun:
     """Load ``data`` (a name in NAMED_DATASETS or a directory) with its default protocol and weeks,
     then apply the overrides given."""
@@ -433,7 +424,8 @@ def resolve_dataset(data: str, as_of: str | None, horizon_weeks: str | None, wee
         horizon = int(horizon_weeks) if horizon_weeks else protocol.horizon_weeks
         protocol = replace(protocol, as_of=as_of or protocol.as_of, horizon_weeks=horizon)
     else:  # a directory: train.py's defaults for event files
-        key, train_args, default_weeks = Path(data).resolve().name, ("--train", data), DEFAULT_WEEKS
+        # "dir:" keeps a folder named like a published dataset from filling that dataset's keys
+        key, train_args, default_weeks = f"dir:{Path(data).resolve().name}", ("--train", data), DEFAULT_WEEKS
         horizon = int(horizon_weeks) if horizon_weeks else DEFAULT_WEEKS
         protocol = Protocol(as_of=as_of or default_as_of(source.events, horizon), horizon_weeks=horizon)
     check_protocol_fits(source.events, protocol)
@@ -530,6 +522,11 @@ def checked_metadata(model_dir: Path, run: DatasetRun, protocol: Protocol) -> Mo
         raise SystemExit(
             f"{model_dir} was trained on {metadata.data.source} under {metadata.protocol.model_dump()}, "
             f"not on {run.key} under {protocol.to_dict()}"
+        )
+    if metadata.inputs.sequence[1] != run.weeks:  # e.g. --weeks inside --train-args
+        raise SystemExit(
+            f"{model_dir} reads a {metadata.inputs.sequence[1]}-week sequence; this run builds {run.weeks} "
+            "weeks (give --weeks to the benchmark, not in --train-args)"
         )
     return metadata
 
@@ -767,7 +764,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-args", default="", help="extra arguments for training.train, e.g. '--epochs 5'"
     )
-    parser.add_argument("--out", default=str(RESULTS), help="directory for quality.{json,md}")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="directory for quality.{json,md}; default: benchmarks/results for named datasets, "
+        "artifacts/quality for an event-log directory (so your own data never replaces the published table)",
+    )
     args = parser.parse_args(argv)
     if args.splits < 1:
         parser.error("--splits must be at least 1")
@@ -806,6 +808,12 @@ def run_dataset(
     return dataset_result(protocol_block, splits, time.time() - started)
 
 
+def default_out(runs: list[DatasetRun]) -> Path:
+    """The published results only hold the named datasets: a run that includes a directory of
+    the user's own events goes to artifacts/quality."""
+    return RESULTS if all(r.key in NAMED_DATASETS for r in runs) else Path("artifacts/quality")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -821,14 +829,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         runs = [resolve_dataset(name, *o) for name, o in zip(names, overrides, strict=True)]
-    except EventLogError as exc:
+    except (EventLogError, DatasetError) as exc:
         raise SystemExit(f"quality benchmark: {exc}") from exc
     if len({r.key for r in runs}) != len(runs):
         raise SystemExit(f"--data {args.data}: two datasets would share a results key")
     single = len(runs) == 1 and args.splits == 1
     datasets = {run.key: run_dataset(run, args, single=single) for run in runs}
     result = build_result(datasets, time.time() - started)
-    write_results("quality", result, render_markdown(result), directory=Path(args.out))
+    out = Path(args.out) if args.out else default_out(runs)
+    write_results("quality", result, render_markdown(result), directory=out)
+    log.info("results in %s", out)
     return 0
 
 

@@ -223,6 +223,20 @@ def default_as_of(events: pd.DataFrame, horizon_weeks: int) -> str:
     return as_of.strftime("%Y-%m-%d")
 
 
+def check_protocol_fits(events: pd.DataFrame, protocol: Protocol) -> None:
+    """The cutoff has history before it and the whole label horizon inside the data: a horizon that
+    runs past the last event would label customers churned for lack of data."""
+    start = pd.Timestamp(events["timestamp"].min())
+    end = pd.Timestamp(events["timestamp"].max()).normalize() + pd.Timedelta(days=1)
+    as_of = pd.Timestamp(protocol.as_of)
+    if as_of <= start or as_of + pd.Timedelta(weeks=protocol.horizon_weeks) > end:
+        raise EventLogError(
+            f"cutoff {protocol.as_of} + {protocol.horizon_weeks} weeks does not fit in the data "
+            f"({start.date()}..{end.date() - pd.Timedelta(days=1)}); the latest cutoff that does is "
+            f"{default_as_of(events, protocol.horizon_weeks)}"
+        )
+
+
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out), stratified by label: scikit-learn's split with ``random_state=seed``."""
     from sklearn.model_selection import train_test_split

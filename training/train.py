@@ -54,6 +54,7 @@ from training.data import (
     PreparedData,
     Protocol,
     Split,
+    check_protocol_fits,
     default_as_of,
     default_protocol,
     feature_config_for,
@@ -393,6 +394,7 @@ def load_training_data(args: argparse.Namespace) -> TrainingData:
         validation_fraction=args.validation_fraction,
         seed=args.seed,
     )
+    check_protocol_fits(source.events, protocol)
     data = prepare(source, protocol, config=feature_config_from(args), validation_source=validation_source)
     log.info(
         "data %s: %d rows (%d rejected), %d event types %s; cutoff %s, horizon %d weeks",

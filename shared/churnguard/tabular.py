@@ -47,12 +47,15 @@ def customer_events(
     *,
     profile_columns: tuple[str, ...] = (),
     user_ids: np.ndarray | None = None,
+    as_of: str | pd.Timestamp | None = None,
 ) -> CustomerEvents:
     """Index a validated event frame by customer.
 
     ``user_ids`` fixes the customer set and order (customers without events get empty histories;
     events of other customers are dropped). Without it, customers are the sorted distinct ids, so
-    the result does not depend on row order.
+    the result does not depend on row order. ``as_of``: profile values are taken only from events
+    strictly before it, as every feature is (a value that changes after the cutoff, such as a
+    loyalty tier, would otherwise leak the label into training).
     """
     ids = events["user_id"].to_numpy(dtype=object)
     if user_ids is None:
@@ -70,6 +73,8 @@ def customer_events(
     )
     profile: dict[str, np.ndarray] = {}
     if profile_columns:
+        if as_of is not None:
+            keep = keep & (to_epoch_seconds(events["timestamp"].to_numpy()) < to_epoch_seconds(as_of))
         sub = events.loc[keep, ["user_id", *profile_columns]]
         sub = sub.assign(_t=events.loc[keep, "timestamp"].to_numpy()).sort_values("_t", kind="stable")
         last = sub.groupby("user_id", sort=False)[list(profile_columns)].last()  # last non-null
@@ -90,7 +95,7 @@ def raw_features_for(
     profile_columns: tuple[str, ...] = (),
     user_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, RawFeatures]:
-    customers = customer_events(events, profile_columns=profile_columns, user_ids=user_ids)
+    customers = customer_events(events, profile_columns=profile_columns, user_ids=user_ids, as_of=as_of)
     raw = build_raw_features(
         customers.arrays,
         to_epoch_seconds(as_of),

@@ -251,13 +251,26 @@ def test_a_directory_gets_train_pys_defaults_and_overrides(
 ) -> None:
     directory = _channel(tmp_path, synthetic_source)
     run = quality.resolve_dataset(str(directory), None, None, None)
-    assert run.key == "shop" and run.train_args == ("--train", str(directory)) and run.weeks == 39
+    assert run.key == "dir:shop" and run.train_args == ("--train", str(directory)) and run.weeks == 39
+    assert quality.default_out([run]) == Path("artifacts/quality")  # never the published table
     last = pd.Timestamp(synthetic_source.events["timestamp"].max()).normalize() + pd.Timedelta(days=1)
     assert pd.Timestamp(run.protocol.as_of) == last - pd.Timedelta(weeks=39)
     run = quality.resolve_dataset(str(directory), AS_OF, "8", "13")
     assert (run.protocol.as_of, run.protocol.horizon_weeks, run.weeks) == (AS_OF, 8, 13)
     with pytest.raises(EventLogError, match="does not fit"):
         quality.resolve_dataset(str(directory), "2025-06-01", "8", None)
+
+
+def test_training_refuses_a_label_horizon_that_runs_past_the_data(tmp_path: Path, synthetic_source) -> None:
+    """Customers would be labelled churned for lack of data: train.py refuses, as the benchmark does."""
+    from training import train
+
+    directory = _channel(tmp_path, synthetic_source)
+    last = pd.Timestamp(synthetic_source.events["timestamp"].max()).normalize()
+    too_late = (last - pd.Timedelta(weeks=2)).date().isoformat()
+    args = train.parse_args(["--train", str(directory), "--as-of", too_late, "--horizon-weeks", "4"])
+    with pytest.raises(EventLogError, match="does not fit"):
+        train.load_training_data(args)
 
 
 def test_split_draws_seeds_model_dirs_and_train_arguments(synthetic_source: EventSource) -> None:

@@ -225,3 +225,26 @@ def test_every_function_client_has_timeouts_and_standard_retries_within_its_budg
         assert (made.connect_timeout, made.read_timeout) == (config.connect_timeout, config.read_timeout)
         worst_case = budget.max_attempts * (config.connect_timeout + config.read_timeout)
         assert worst_case < function_timeout_s
+
+
+def test_profile_values_come_only_from_events_before_the_cutoff():
+    """A profile value that changes after ``as_of`` (a loyalty tier earned later) is the future: the
+    features at the cutoff must see the value the customer had then, or the label leaks in."""
+    import pandas as pd
+
+    from churnguard.tabular import customer_events
+
+    events = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b"],
+            "timestamp": pd.to_datetime(["2024-01-01", "2024-03-01", "2024-01-05"]),
+            "event_type": ["order"] * 3,
+            "amount": [1.0, 2.0, 3.0],
+            "quantity": [1.0, 1.0, 1.0],
+            "tier": ["basic", "gold", None],
+        }
+    )
+    at_cutoff = customer_events(events, profile_columns=("tier",), as_of="2024-02-01")
+    assert list(at_cutoff.profile["tier"]) == ["basic", None]
+    later = customer_events(events, profile_columns=("tier",))
+    assert list(later.profile["tier"]) == ["gold", None]
