@@ -38,6 +38,11 @@ class HyperParameters:
     epochs: int = 60
     patience: int = 8
     class_weight: str = "none"  # none | balanced
+    # Learning-rate schedule: halve (lr_factor) the rate after lr_patience epochs without a better
+    # val_loss, down to lr_min. lr_patience 0 = off (a constant rate, today's published models).
+    lr_patience: int = 0
+    lr_factor: float = 0.5
+    lr_min: float = 1e-5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +50,20 @@ class HyperParameters:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def fit_callbacks(hp: HyperParameters) -> list[keras.callbacks.Callback]:
+    """Early stopping on val_loss (best weights restored), and the optional learning-rate schedule."""
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)
+    ]
+    if hp.lr_patience > 0:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=hp.lr_factor, patience=hp.lr_patience, min_lr=hp.lr_min
+            )
+        )
+    return callbacks
 
 
 def build_model(weeks: int, channels: int, n_static: int, hp: HyperParameters) -> keras.Model:

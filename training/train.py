@@ -250,7 +250,7 @@ def fit_network(
     import keras
     from sklearn.metrics import log_loss, roc_auc_score
 
-    from training.model import build_model, fit_platt
+    from training.model import build_model, fit_callbacks, fit_platt
 
     keras.utils.set_random_seed(seed)
     x_train = list(data.inputs(data.train))
@@ -283,9 +283,7 @@ def fit_network(
         class_weight=class_weight,
         shuffle=True,
         verbose=verbose,
-        callbacks=[
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.patience, restore_best_weights=True)
-        ],
+        callbacks=fit_callbacks(hp),
     )
     logits = network.predict(x_val, batch_size=4096, verbose=0).reshape(-1)
     a, b = fit_platt(logits, y_val)

@@ -42,3 +42,22 @@ def test_random_search_space_only_names_known_hyperparameters():
 def test_unknown_hyperparameter_is_rejected_not_ignored():
     with pytest.raises(SystemExit):
         parse_args(["--lstm-unitz", "8"])
+
+
+def test_learning_rate_schedule_is_off_by_default_and_follows_its_hyperparameters():
+    import keras
+
+    from training.model import HyperParameters, fit_callbacks
+    from training.train import hyperparameters_from
+
+    defaults = HyperParameters()
+    assert (defaults.lr_patience, defaults.patience, defaults.learning_rate) == (0, 8, 1e-3)
+    (stop,) = fit_callbacks(defaults)  # today's published models: early stopping only, constant rate
+    assert isinstance(stop, keras.callbacks.EarlyStopping)
+    assert (stop.monitor, stop.patience, stop.restore_best_weights) == ("val_loss", 8, True)
+
+    hp = hyperparameters_from(parse_args(["--lr-patience", "3", "--lr-factor", "0.25", "--lr-min", "1e-6"]))
+    stop, schedule = fit_callbacks(hp)
+    assert isinstance(schedule, keras.callbacks.ReduceLROnPlateau)
+    assert (schedule.monitor, schedule.patience, schedule.factor) == ("val_loss", 3, 0.25)
+    assert schedule.min_lr == 1e-6
