@@ -26,7 +26,7 @@ for d in ("cdnow", "tafeng"):
     print("| config | n | val AUC | val log-loss | val ECE max | epochs run (best) | train s | test AUC | test log-loss | test ECE max |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     per_seed = {}
-    for c in "ABCD":
+    for c in "ABCDE":
         ms_ = [m for s in SEEDS if (m := load(c, d, s))]
         if not ms_:
             continue

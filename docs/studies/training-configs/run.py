@@ -9,6 +9,7 @@ CONFIGS = {
     "A": [],
     "B": ["--lr-patience", "3", "--lr-factor", "0.5", "--lr-min", "1e-5", "--patience", "12"],
     "C": ["--lr-patience", "3", "--lr-factor", "0.5", "--lr-min", "1e-5", "--patience", "12", "--snapshots", "2"],
+    "E": ["--snapshots", "2"],
     "D": ["--lr-patience", "3", "--lr-factor", "0.5", "--lr-min", "1e-5", "--patience", "12", "--batch-size", "128"],
 }
 configs = sys.argv[1].split(",") if len(sys.argv) > 1 else ["A", "B", "C"]
