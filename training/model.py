@@ -12,6 +12,7 @@ The network ends in a logit; ``with_calibration`` appends a frozen affine map fi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import keras
 import numpy as np
@@ -106,3 +107,30 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     z = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
     fit = LogisticRegression(C=np.inf, max_iter=1000).fit(z, np.asarray(labels).ravel())
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def encoder_and_head(serving_model: keras.Model) -> tuple[Any, Any]:
+    """The calibrated serving model split where the two branches meet, as two callables:
+    ``encode(sequence) -> embedding [n, lstm_units_2]`` and ``head(embedding, static) -> probability
+    [n, 1]``, so that ``head(encode(sequence), static)`` is the serving model (dropout off).
+
+    The reasons model (training/reasons_model.py) runs the expensive sequence encoder once per
+    customer and only the head per coalition of feature groups.
+    """
+    encoder = [serving_model.get_layer(name) for name in ("conv", "pool", "lstm_1", "lstm_2")]
+    static_dense, head, logit, calibration = (
+        serving_model.get_layer(name) for name in ("static_dense", "head", "logit", "calibrated_probability")
+    )
+    fuse = serving_model.get_layer("fuse")
+
+    def encode(sequence: Any) -> Any:
+        x = sequence
+        for layer in encoder:
+            x = layer(x)
+        return x
+
+    def head_of(embedding: Any, static: Any) -> Any:
+        # The dropout layers are the identity at inference: they are skipped, not called.
+        return calibration(logit(head(fuse([embedding, static_dense(static)]))))
+
+    return encode, head_of

@@ -7,7 +7,8 @@ variables (or ``--train``) it trains on a named real dataset, ``--dataset cdnow`
 ``tafeng``, with that dataset's default protocol (``training.data.NAMED_DATASETS``; ``--as-of``,
 ``--horizon-weeks`` and ``--weeks`` given explicitly win), and writes ``artifacts/model``.
 
-Output (the model directory): model.tflite, model_dynamic_range.tflite, feature_spec.json,
+Output (the model directory): model.tflite, model_dynamic_range.tflite, model_reasons.tflite (exact
+group Shapley reasons: training/reasons_model.py), feature_spec.json,
 metadata.json, report/. Files are written to a staging folder first and moved in only after every
 check has passed, metadata.json last, so a failed run never leaves a model directory that looks valid.
 
@@ -80,13 +81,20 @@ if TYPE_CHECKING:
     import keras
 
     from training.export import Exports
+    from training.reasons_model import ReasonsExport
 
 log = logging.getLogger("churnguard.train")
 
 EXIT_INTERNAL_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_EXPORT_FAILED = 3
-MODEL_FILES = ("model.tflite", "model_dynamic_range.tflite", "feature_spec.json", "model.keras")
+MODEL_FILES = (
+    "model.tflite",
+    "model_dynamic_range.tflite",
+    "model_reasons.tflite",
+    "feature_spec.json",
+    "model.keras",
+)
 
 # Random-search space for --hpo-trials (validation only). Mirrored by infra/sagemaker/hpo.json.
 SEARCH_SPACE: dict[str, list] = {
@@ -451,18 +459,39 @@ class CalibratedExport:
     slope: float
     intercept: float
     exports: Exports
+    reasons: ReasonsExport
 
 
 def export_calibrated(
     fit: FitResult, data: PreparedData, x_test: tuple[np.ndarray, np.ndarray]
 ) -> CalibratedExport:
     """Calibrate on validation, export to TFLite and check parity on the test inputs."""
+    from churnguard.scorer import TFLiteScorer
     from training.export import export_all
     from training.model import fit_platt, with_calibration
+    from training.reasons_model import choose_reference, export_reasons_model
 
     slope, intercept = fit_platt(fit.val_logits, data.validation.labels)
     serving_model = with_calibration(fit.network, slope, intercept)
     exports = export_all(serving_model, *x_test)
+    x_train = data.inputs(data.train)
+    reference = choose_reference(
+        *x_train,
+        data.train.labels,
+        TFLiteScorer(exports.float32.content).predict(*x_train),
+        data.train.raw.static,
+        data.train.raw.static_names,
+    )
+    reasons = export_reasons_model(
+        serving_model, data.spec.static_groups, reference, exports.float32.content, *x_test
+    )
+    log.info(
+        "reasons model: %d groups, reference p=%.4f, efficiency max error %.1e, |p - model.tflite| max %.1e",
+        len(reasons.groups),
+        reference.probability,
+        reasons.efficiency_max_abs_error,
+        reasons.served_max_abs_diff,
+    )
     float_model, dr_model = exports.float32, exports.dynamic_range
     if dr_model is None:
         log.warning("dynamic-range model refused, not written: %s", exports.dynamic_range_refusal)
@@ -472,7 +501,9 @@ def export_calibrated(
         float_model.max_abs_diff,
         f"{dr_model.max_abs_diff:.2e}" if dr_model else "refused",
     )
-    return CalibratedExport(serving_model=serving_model, slope=slope, intercept=intercept, exports=exports)
+    return CalibratedExport(
+        serving_model=serving_model, slope=slope, intercept=intercept, exports=exports, reasons=reasons
+    )
 
 
 @dataclass(frozen=True)
@@ -574,7 +605,29 @@ def _reason_baseline(data: PreparedData) -> dict[str, list[Any]]:
     }
 
 
-def _files_section(spec_json: str, exports: Exports) -> dict[str, dict[str, Any]]:
+def _reason_reference(reasons: ReasonsExport) -> dict[str, Any]:
+    from training.reasons_model import REFERENCE_QUANTILE_BAND
+
+    reference = reasons.reference
+    low, high = REFERENCE_QUANTILE_BAND
+    return {
+        "method": "exact_group_shapley",
+        "model_file": reasons.model.name,
+        "groups": list(reasons.groups),
+        "probability": reference.probability,
+        "selection": (
+            f"a retained training customer: of the {reference.retained_customers} retained, those whose "
+            f"churn probability lies between the {low:.0%} and {high:.0%} quantiles, the one nearest "
+            "their median model inputs"
+        ),
+        "features": reference.features,
+        "static": reference.static.astype(float).tolist(),
+        "sequence": reference.sequence.astype(float).tolist(),
+        "efficiency_max_abs_error": reasons.efficiency_max_abs_error,
+    }
+
+
+def _files_section(spec_json: str, exports: Exports, reasons: ReasonsExport) -> dict[str, dict[str, Any]]:
     """Hash and size of the feature spec and of each written TFLite model, with its parity check."""
     return {
         "feature_spec.json": {"sha256": _sha256(spec_json.encode()), "bytes": len(spec_json.encode())},
@@ -586,7 +639,7 @@ def _files_section(spec_json: str, exports: Exports) -> dict[str, dict[str, Any]
                 "parity_max_abs_diff": m.max_abs_diff,
                 "parity_tolerance": m.tolerance,
             }
-            for m in (exports.float32, exports.dynamic_range)
+            for m in (exports.float32, exports.dynamic_range, reasons.model)
             if m is not None
         },
     }
@@ -636,7 +689,8 @@ def build_metadata(
             },
             "inputs": {"sequence": [None, spec.weeks, spec.n_channels], "static": [None, spec.n_static]},
             "reason_baseline": _reason_baseline(training.data),
-            "files": _files_section(spec_json, exports),
+            "reason_reference": _reason_reference(exported.reasons),
+            "files": _files_section(spec_json, exports, exported.reasons),
             "dynamic_range_refused": exports.dynamic_range_refusal,
             "keras_model": {"file": "model.keras", "sha256": keras_sha256},
             "report": sorted(["metrics.json", "history.json", *plot_files]),
@@ -676,6 +730,7 @@ def write_model_files(staging: Path, data: PreparedData, exported: CalibratedExp
     exported.serving_model.save(staging / "model.keras")
     if exported.exports.dynamic_range:
         (staging / "model_dynamic_range.tflite").write_bytes(exported.exports.dynamic_range.content)
+    (staging / exported.reasons.model.name).write_bytes(exported.reasons.model.content)
     return spec_json
 
 

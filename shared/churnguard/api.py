@@ -238,4 +238,27 @@ def model_summary(bundle: ModelBundle) -> dict[str, Any]:
             "reason_groups": list(bundle.explainer.groups),
             "profile_fields": [*spec.profile_categorical, *spec.profile_numeric],
         },
+        "reasons": reasons_summary(bundle),
+    }
+
+
+def reasons_summary(bundle: ModelBundle) -> dict[str, Any]:
+    """How the reasons are computed and what they are relative to."""
+    reference = bundle.metadata.reason_reference
+    if reference is None:
+        return {
+            "method": bundle.explainer.method,
+            "groups": list(bundle.explainer.groups),
+            "reference": {"description": "median training inputs, one group replaced at a time"},
+            "adds_up": False,
+        }
+    return {
+        "method": reference.method,
+        "groups": list(reference.groups),
+        "reference": {
+            "description": reference.selection,
+            "probability": reference.probability,
+            "features": reference.features,
+        },
+        "adds_up": True,  # contributions sum to churn_probability - reference.probability
     }

@@ -1,5 +1,9 @@
 """A loaded, verified model: TFLite scorer + feature spec + metadata + reasons explainer.
 
+The reasons come from the directory's reasons model (exact group Shapley, when metadata.json has a
+``reason_reference``) or, for directories written before it, from occlusion against the median
+training inputs (churnguard.reasons).
+
 ``ModelBundle.from_files`` refuses a model whose files are missing, whose sha256 does not match
 metadata.json, whose feature spec is malformed or does not fit the model's input shapes, or whose
 TFLite file does not load. Callers (the scoring Lambdas) keep serving the previous bundle when a
@@ -8,6 +12,7 @@ new one is refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,13 +21,27 @@ from pathlib import Path
 import numpy as np
 
 from churnguard.features import FeatureSpec, FeatureSpecError
-from churnguard.model_metadata import MODEL_FORMAT, ModelMetadata, ModelMetadataError, RiskThresholds
-from churnguard.reasons import OcclusionExplainer
+from churnguard.model_metadata import (
+    FLOAT32_MODEL,
+    MODEL_FORMAT,
+    ModelMetadata,
+    ModelMetadataError,
+    RiskThresholds,
+)
+from churnguard.reasons import Explainer, OcclusionExplainer, ShapleyExplainer, reason_groups
 from churnguard.scorer import ModelLoadError, TFLiteScorer
 
 __all__ = ["MODEL_FORMAT", "REQUIRED_FILES", "ModelBundle", "RiskThresholds"]
 
 REQUIRED_FILES = ("metadata.json", "feature_spec.json", "model.tflite")
+# Rows per reasons-model call ~ customers x 2^groups: keep one call's tensors to tens of MB.
+REASON_ROWS_PER_CALL = 1 << 16
+
+
+def files_to_load(metadata: ModelMetadata, model_file: str) -> tuple[str, ...]:
+    """The files a bundle of this directory reads: the spec, the served model and the reasons model."""
+    reasons = metadata.reason_reference
+    return ("feature_spec.json", model_file, *((reasons.model_file,) if reasons is not None else ()))
 
 
 @dataclass
@@ -31,7 +50,7 @@ class ModelBundle:
     metadata: ModelMetadata
     spec: FeatureSpec
     scorer: TFLiteScorer
-    explainer: OcclusionExplainer
+    explainer: Explainer
     thresholds: RiskThresholds
 
     @classmethod
@@ -43,7 +62,11 @@ class ModelBundle:
             metadata = ModelMetadata.from_json(files["metadata.json"])
         except ModelMetadataError as exc:
             raise ModelLoadError(str(exc)) from exc
-        for name in ("feature_spec.json", model_file):
+        names = files_to_load(metadata, model_file)
+        missing = [name for name in names if name not in files]
+        if missing:
+            raise ModelLoadError(f"model directory is missing {missing} (named by metadata.json)")
+        for name in names:
             expected = metadata.file_sha256(name)
             actual = hashlib.sha256(files[name]).hexdigest()
             if expected != actual:
@@ -60,21 +83,61 @@ class ModelBundle:
                 f"feature spec makes inputs ({spec.weeks}, {spec.n_channels}) + {spec.n_static}, the model "
                 f"takes ({scorer.weeks}, {scorer.channels}) + {scorer.n_static}"
             )
-        baseline = metadata.reason_baseline
-        try:
-            explainer = OcclusionExplainer(
-                spec.static_groups, np.asarray(baseline.static), np.asarray(baseline.sequence)
-            )
-        except (TypeError, ValueError) as exc:
-            raise ModelLoadError(f"metadata.json has no valid reason baselines: {exc}") from exc
+        explainer = _explainer(metadata, spec, scorer, files, model_file)
         return cls(metadata.model_version, metadata, spec, scorer, explainer, metadata.thresholds.risk())
 
     @classmethod
     def from_directory(cls, directory: str | Path, *, model_file: str = "model.tflite") -> ModelBundle:
         directory = Path(directory)
         files = {}
-        for name in (*REQUIRED_FILES[:2], model_file):
+        names: tuple[str, ...] = (*REQUIRED_FILES[:2], model_file)
+        with contextlib.suppress(OSError, ModelMetadataError):  # from_files names what is wrong
+            names = ("metadata.json", *files_to_load(ModelMetadata.from_directory(directory), model_file))
+        for name in names:
             path = directory / name
             if path.exists():
                 files[name] = path.read_bytes()
         return cls.from_files(files, model_file=model_file)
+
+
+def _explainer(
+    metadata: ModelMetadata,
+    spec: FeatureSpec,
+    scorer: TFLiteScorer,
+    files: Mapping[str, bytes],
+    model_file: str,
+) -> Explainer:
+    reference = metadata.reason_reference
+    if reference is None:
+        baseline = metadata.reason_baseline
+        try:
+            return OcclusionExplainer(
+                spec.static_groups, np.asarray(baseline.static), np.asarray(baseline.sequence), scorer
+            )
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"metadata.json has no valid reason baselines: {exc}") from exc
+    groups = reason_groups(spec.static_groups)
+    if tuple(reference.groups) != groups:
+        raise ModelLoadError(
+            f"reason_reference.groups {reference.groups} are not the feature spec's groups {list(groups)}"
+        )
+    reasons_model = TFLiteScorer(
+        files[reference.model_file], max_batch=max(1, REASON_ROWS_PER_CALL >> len(groups))
+    )
+    if (reasons_model.weeks, reasons_model.channels, reasons_model.n_static) != (
+        scorer.weeks,
+        scorer.channels,
+        scorer.n_static,
+    ):
+        raise ModelLoadError(f"{reference.model_file} takes other inputs than {model_file}")
+    try:
+        # Serving the float32 model, the reasons model's probability column is that model's score;
+        # serving another flavour, that flavour scores and the contributions explain the float32 score.
+        return ShapleyExplainer(
+            reasons_model,
+            groups,
+            reference.probability,
+            served=None if model_file == FLOAT32_MODEL else scorer,
+        )
+    except ValueError as exc:
+        raise ModelLoadError(f"{reference.model_file} refused: {exc}") from exc

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from churnguard.bundle import ModelBundle
-from churnguard.model_metadata import DYNAMIC_RANGE_MODEL, FLOAT32_MODEL, PARITY_TOLERANCE
+from churnguard.model_metadata import DYNAMIC_RANGE_MODEL, FLOAT32_MODEL, PARITY_TOLERANCE, REASONS_MODEL
+from churnguard.reasons import EFFICIENCY_TOLERANCE
 from churnguard.scorer import ModelLoadError, TFLiteScorer
 
 if TYPE_CHECKING:
@@ -115,7 +116,27 @@ def validate_challenger(files: dict[str, bytes]) -> ModelBundle:
     dynamic = bundle.metadata.parity(DYNAMIC_RANGE_MODEL)
     if dynamic is not None and not dynamic <= DYNAMIC_RANGE_PARITY:
         raise ModelLoadError(f"challenger dynamic-range parity {dynamic} above {DYNAMIC_RANGE_PARITY}")
+    _check_reasons(bundle, files)
     return bundle
+
+
+def _check_reasons(bundle: ModelBundle, files: dict[str, bytes]) -> None:
+    """A challenger with a reasons model: builtin ops, its recorded parity and efficiency in bounds."""
+    reference = bundle.metadata.reason_reference
+    if reference is None:
+        return  # occlusion reasons (a directory from before the reasons model)
+    if not reference.efficiency_max_abs_error <= EFFICIENCY_TOLERANCE:
+        raise ModelLoadError(
+            f"challenger reasons miss p - p_reference by {reference.efficiency_max_abs_error} "
+            f"(above {EFFICIENCY_TOLERANCE})"
+        )
+    parity = bundle.metadata.parity(reference.model_file)
+    if parity is None or not parity <= PARITY_TOLERANCE[REASONS_MODEL]:
+        raise ModelLoadError(f"challenger reasons-model parity {parity} is missing or above tolerance")
+    ops = TFLiteScorer(files[reference.model_file]).op_names()
+    bad = [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
+    if bad:
+        raise ModelLoadError(f"challenger reasons model uses non-builtin ops {bad}")
 
 
 @dataclass

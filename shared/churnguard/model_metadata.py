@@ -27,8 +27,11 @@ MODEL_FORMAT = "churnguard-model"
 FORMAT_VERSION = 1
 FLOAT32_MODEL = "model.tflite"
 DYNAMIC_RANGE_MODEL = "model_dynamic_range.tflite"
-# Max |TFLite - Keras| on held-out customers a model file may have.
-PARITY_TOLERANCE: dict[str, float] = {FLOAT32_MODEL: 1e-5, DYNAMIC_RANGE_MODEL: 5e-3}
+# Exact group Shapley reasons (training/reasons_model.py); optional: older directories have none.
+REASONS_MODEL = "model_reasons.tflite"
+# Max |TFLite - Keras| on held-out customers a model file may have (the reasons model: its
+# probability column).
+PARITY_TOLERANCE: dict[str, float] = {FLOAT32_MODEL: 1e-5, DYNAMIC_RANGE_MODEL: 5e-3, REASONS_MODEL: 1e-5}
 # A cut above every probability a float32 model outputs: "flag nobody" (the min_cost policy when no
 # offer pays for itself). The one threshold outside [0, 1] a model may carry.
 ABOVE_EVERY_PROBABILITY = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
@@ -143,6 +146,21 @@ class ReasonBaseline(_Section):
     sequence: list[list[float]]
 
 
+class ReasonReference(_Section):
+    """Who the reasons are relative to: a real retained training customer (training/reasons_model.py)
+    and the groups, in the reasons model's output order. Contributions add up to ``p - probability``."""
+
+    method: Literal["exact_group_shapley"]
+    model_file: str
+    groups: list[str]
+    probability: float
+    selection: str  # the rule that chose the reference, in words
+    features: dict[str, float]  # a few of its raw features (recency_days, n_order_days, ...)
+    static: list[float]  # its model inputs
+    sequence: list[list[float]]
+    efficiency_max_abs_error: float  # measured at export on the test customers
+
+
 class ModelFile(_Section):
     sha256: str
     bytes: int
@@ -172,7 +190,8 @@ class ModelMetadata(_Section):
     # split -> metric -> value; a metric undefined on a split (one class only) is None or NaN
     metrics: dict[str, dict[str, float | None]]
     inputs: InputShapes
-    reason_baseline: ReasonBaseline
+    reason_baseline: ReasonBaseline  # occlusion reasons: what serving code before reason_reference reads
+    reason_reference: ReasonReference | None = None
     files: dict[str, ModelFile]
     dynamic_range_refused: str | None = None
     keras_model: KerasFile | None = None

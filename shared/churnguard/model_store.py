@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from churnguard import aws
-from churnguard.bundle import REQUIRED_FILES, ModelBundle
-from churnguard.model_metadata import ModelMetadata
+from churnguard.bundle import REQUIRED_FILES, ModelBundle, files_to_load
+from churnguard.model_metadata import DYNAMIC_RANGE_MODEL, REASONS_MODEL, ModelMetadata, ModelMetadataError
 from churnguard.model_provider import ModelEventSink, ModelStatus, ModelUnavailableError
 from churnguard.ports import ObjectStore, ParameterStore
 from churnguard.scorer import ModelLoadError
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("churnguard.model")
 
-MODEL_FILES = (*REQUIRED_FILES, "model_dynamic_range.tflite")
+MODEL_FILES = (*REQUIRED_FILES, DYNAMIC_RANGE_MODEL, REASONS_MODEL)
 
 
 class ModelFetchError(ModelLoadError):
@@ -85,20 +85,29 @@ class ModelPointer:
 
 
 def download_model_files(store: ObjectStore, pointer: ModelPointer, model_file: str) -> dict[str, bytes]:
-    """metadata.json, feature_spec.json and ``model_file`` of the pointed-to model; any AWS error
-    becomes ``ModelFetchError`` (retried later, not refused)."""
+    """metadata.json and what it says a bundle serving ``model_file`` reads (the feature spec, the
+    model, the reasons model); any AWS error becomes ``ModelFetchError`` (retried later, not refused).
+    Unreadable metadata downloads only itself: ``ModelBundle.from_files`` then says what is wrong."""
+    files = {"metadata.json": _download(store, pointer, "metadata.json")}
+    try:
+        names = files_to_load(ModelMetadata.from_json(files["metadata.json"]), model_file)
+    except ModelMetadataError:
+        return files
+    for name in names:
+        files[name] = _download(store, pointer, name)
+    return files
+
+
+def _download(store: ObjectStore, pointer: ModelPointer, name: str) -> bytes:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    files = {}
-    for name in (*REQUIRED_FILES[:2], model_file):
-        try:
-            files[name] = store.get_bytes(pointer.bucket, pointer.prefix + name)
-        except ClientError as exc:  # NoSuchKey, NoSuchBucket, AccessDenied (a missing key without ListBucket)
-            code = exc.response.get("Error", {}).get("Code", "error")
-            raise ModelFetchError(f"{pointer.s3_uri}{name} could not be read: {code}") from exc
-        except BotoCoreError as exc:  # endpoint unreachable, timeouts, a body cut short
-            raise ModelFetchError(f"{pointer.s3_uri}{name} could not be read: {type(exc).__name__}") from exc
-    return files
+    try:
+        return store.get_bytes(pointer.bucket, pointer.prefix + name)
+    except ClientError as exc:  # NoSuchKey, NoSuchBucket, AccessDenied (a missing key without ListBucket)
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise ModelFetchError(f"{pointer.s3_uri}{name} could not be read: {code}") from exc
+    except BotoCoreError as exc:  # endpoint unreachable, timeouts, a body cut short
+        raise ModelFetchError(f"{pointer.s3_uri}{name} could not be read: {type(exc).__name__}") from exc
 
 
 class S3PointerModelProvider:
@@ -161,8 +170,11 @@ class S3PointerModelProvider:
 
     def _files_for(self, pointer: ModelPointer) -> dict[str, bytes]:
         cached = self._cache_dir / pointer.version
-        names = (*REQUIRED_FILES[:2], self._model_file)
-        if all((cached / n).exists() for n in names):
+        try:
+            names = ("metadata.json", *files_to_load(ModelMetadata.from_directory(cached), self._model_file))
+        except (OSError, ModelMetadataError):
+            names = ()  # nothing (usable) cached: download
+        if names and all((cached / n).exists() for n in names):
             return {n: (cached / n).read_bytes() for n in names}
         files = download_model_files(self._store, pointer, self._model_file)
         cached.mkdir(parents=True, exist_ok=True)

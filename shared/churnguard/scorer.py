@@ -52,7 +52,9 @@ class _Io:
 
 
 class TFLiteScorer:
-    """Scores model inputs ``(sequence [n, W, C], static [n, S])`` -> probabilities ``[n]``."""
+    """Scores model inputs ``(sequence [n, W, C], static [n, S])`` -> probabilities ``[n]``
+    (``predict``), or rows ``[n, output_width]`` for a model with several outputs per customer (the
+    reasons model; ``predict_rows``)."""
 
     def __init__(
         self,
@@ -80,6 +82,8 @@ class TFLiteScorer:
         self.weeks = int(shapes[self._io.sequence][1])
         self.channels = int(shapes[self._io.sequence][2])
         self.n_static = int(shapes[self._io.static][1])
+        output_shape = outputs[0]["shape"]
+        self.output_width = int(output_shape[-1]) if len(output_shape) == 2 else 1
         self.max_batch = int(max_batch)
         self._allocated_batch = -1
         self._lock = threading.Lock()  # one interpreter is not re-entrant
@@ -101,13 +105,20 @@ class TFLiteScorer:
             self._allocated_batch = batch
 
     def predict(self, sequence: np.ndarray, static: np.ndarray) -> np.ndarray:
+        """Probabilities ``[n]`` float32 of a one-output-per-customer model."""
+        if self.output_width != 1:
+            raise ValueError(f"the model gives {self.output_width} values per customer: use predict_rows")
+        return self.predict_rows(sequence, static).reshape(-1)
+
+    def predict_rows(self, sequence: np.ndarray, static: np.ndarray) -> np.ndarray:
+        """``[n, output_width]`` float32."""
         n = len(sequence)
         if sequence.shape[1:] != (self.weeks, self.channels) or static.shape != (n, self.n_static):
             raise ValueError(
                 f"inputs {sequence.shape}, {static.shape} do not fit the model "
                 f"([n, {self.weeks}, {self.channels}], [n, {self.n_static}])"
             )
-        out = np.empty(n, dtype=np.float32)
+        out = np.empty((n, self.output_width), dtype=np.float32)
         if n == 0:
             return out
         sequence = np.ascontiguousarray(sequence, dtype=np.float32)
@@ -119,7 +130,7 @@ class TFLiteScorer:
                 self._interpreter.set_tensor(self._io.sequence, sequence[start:stop])
                 self._interpreter.set_tensor(self._io.static, static[start:stop])
                 self._interpreter.invoke()
-                out[start:stop] = self._interpreter.get_tensor(self._io.output).reshape(-1)
+                out[start:stop] = self._interpreter.get_tensor(self._io.output).reshape(stop - start, -1)
         return out
 
     def op_names(self) -> list[str]:

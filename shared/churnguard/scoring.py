@@ -1,8 +1,9 @@
 """Score customers with a ModelBundle: features -> TFLite -> risk tier -> reasons (numpy only).
 
-Used by the HTTP and batch Lambdas alike. When every customer needs reasons, the original inputs are
-block 0 of the occlusion stack, so one interpreter call scores and explains (and a single-customer
-request always has the same batch size: the interpreter is never re-allocated on the warm path).
+Used by the HTTP and batch Lambdas alike. When every customer needs reasons, one call of the
+explainer scores and explains (the reasons model's first column is the probability), and a
+single-customer request always has the same batch size: no interpreter is re-allocated on the warm
+path.
 """
 
 from __future__ import annotations
@@ -59,18 +60,15 @@ def score_customers(
     explainer = bundle.explainer
     reasons: list[list[Reason]] = [[] for _ in range(n)]
     if reasons_for is ReasonsFor.ALL and n:
-        stacked = bundle.scorer.predict(*explainer.occluded_inputs(sequence, static))
-        probabilities = stacked[:n]
-        reasons = explainer.top_reasons(explainer.contributions(stacked, n), top_k)
+        probabilities, contributions = explainer.explain(sequence, static)
+        reasons = explainer.top_reasons(contributions, top_k)
     else:
         probabilities = bundle.scorer.predict(sequence, static)
     promoted = probabilities >= bundle.thresholds.promotion
     if reasons_for is ReasonsFor.PROMOTED and promoted.any():
         rows = np.flatnonzero(promoted)
-        stacked = bundle.scorer.predict(*explainer.occluded_inputs(sequence[rows], static[rows]))
-        for row, row_reasons in zip(
-            rows, explainer.top_reasons(explainer.contributions(stacked, len(rows)), top_k), strict=True
-        ):
+        _, contributions = explainer.explain(sequence[rows], static[rows])
+        for row, row_reasons in zip(rows, explainer.top_reasons(contributions, top_k), strict=True):
             reasons[row] = row_reasons
     names = list(raw.static_names)
     return ScoredBatch(

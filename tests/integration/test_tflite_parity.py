@@ -10,29 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnguard.events import validate_events
 from churnguard.features import FeatureSpec, build_raw_features
 from churnguard.scorer import TFLiteScorer
 from churnguard.tabular import customer_events, to_epoch_seconds
 from tests.helpers import cached_venv
-from training.data import EventSource, Protocol, prepare
-from training.export import DYNAMIC_RANGE_TOLERANCE, FLOAT32_TOLERANCE, export_all
-from training.model import HyperParameters, fit_platt, with_calibration
-from training.train import fit_network
-
-
-@pytest.fixture(scope="module")
-def trained(cdnow_subset):
-    validated = validate_events(cdnow_subset)
-    source = EventSource("cdnow-subset", validated.events, (), "test", validated.rows_in, 0)
-    data = prepare(source, Protocol("1997-10-01"))
-    fit = fit_network(data, HyperParameters(epochs=15, patience=3, batch_size=64), [], seed=3, verbose=0)
-    slope, intercept = fit_platt(fit.val_logits, data.validation.labels)
-    model = with_calibration(fit.network, slope, intercept)
-    exports = export_all(model, *data.inputs(data.test))
-    assert exports.dynamic_range is not None, exports.dynamic_range_refusal
-    return data, model, exports.float32, exports.dynamic_range
-
+from training.export import DYNAMIC_RANGE_TOLERANCE, FLOAT32_TOLERANCE
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -219,7 +219,7 @@ def test_publish_uploads_metadata_last_then_moves_the_pointer_and_the_provider_f
 
     assert rollback_model(parameters, "/ptr") == ModelPointer("v1", "s3://b/models/v1/")
     assert provider.current().version == "v1"  # from its /tmp cache: nothing downloaded again
-    assert [c for c in store.calls if c[0] == "get_bytes"][-1][1] == "models/v2/model.tflite"
+    assert [c for c in store.calls if c[0] == "get_bytes"][-1][1] == "models/v2/model_reasons.tflite"
 
 
 def test_download_turns_any_aws_error_into_a_fetch_error_that_names_it(tmp_path):
@@ -236,6 +236,7 @@ def test_download_turns_any_aws_error_into_a_fetch_error_that_names_it(tmp_path)
         "metadata.json",
         "feature_spec.json",
         "model.tflite",
+        "model_reasons.tflite",  # named by metadata.json's reason_reference
     }
     with pytest.raises(
         ModelFetchError, match=r"models/v1/model_dynamic_range\.tflite could not be read: NoSuchKey"

@@ -1,8 +1,12 @@
-"""Occlusion reasons: the group that moves the score is the one reported."""
+"""Reasons: the group that moves the score is the one reported (occlusion, for model directories
+without a reasons model), and the Shapley explainer reads the reasons model's columns as documented.
+The reasons model itself (efficiency, exactness, ignored groups, CDNOW) is proven in
+tests/integration/test_reasons_model.py."""
 
 import numpy as np
+import pytest
 
-from churnguard.reasons import SEQUENCE_GROUP, OcclusionExplainer
+from churnguard.reasons import SEQUENCE_GROUP, OcclusionExplainer, ShapleyExplainer
 
 GROUPS = ("recency", "recency", "frequency", "spend")
 
@@ -13,11 +17,26 @@ def transparent_model(sequence, static):
     return 1 / (1 + np.exp(-z))
 
 
+class FunctionScorer:
+    """A Scorer (churnguard.reasons.Scorer) around a numpy function of the model inputs."""
+
+    def __init__(self, function, output_width=1):
+        self.function, self.output_width, self.calls = function, output_width, []
+
+    def predict_rows(self, sequence, static):
+        self.calls.append(len(sequence))
+        return np.asarray(self.function(sequence, static), np.float32).reshape(len(sequence), -1)
+
+    def predict(self, sequence, static):
+        return self.predict_rows(sequence, static).reshape(-1)
+
+
 def explain(sequence, static):
-    explainer = OcclusionExplainer(GROUPS, np.zeros(4), np.zeros(sequence.shape[1:]))
-    seq, sta = explainer.occluded_inputs(sequence, static)
-    assert seq.shape == ((len(explainer.groups) + 1) * len(sequence), *sequence.shape[1:])
-    contributions = explainer.contributions(transparent_model(seq, sta), len(sequence))
+    scorer = FunctionScorer(transparent_model)
+    explainer = OcclusionExplainer(GROUPS, np.zeros(4), np.zeros(sequence.shape[1:]), scorer)
+    probabilities, contributions = explainer.explain(sequence, static)
+    assert scorer.calls == [(len(explainer.groups) + 1) * len(sequence)]  # one call for every variant
+    np.testing.assert_array_equal(probabilities, transparent_model(sequence, static).astype(np.float32))
     return explainer, contributions
 
 
@@ -46,3 +65,29 @@ def test_groups_that_lower_the_risk_are_not_reasons():
     explainer, contributions = explain(sequence, static)
     assert explainer.top_reasons(contributions)[0] == []
     assert contributions[0, explainer.groups.index("recency")] < 0
+
+
+def test_shapley_explainer_serves_column_0_and_explains_with_the_rest():
+    rows = np.array([[0.8, 0.2, 0.0, 0.3], [0.1, -0.05, 0.0, -0.1]], np.float32)
+    explainer = ShapleyExplainer(
+        FunctionScorer(lambda q, s: rows, 4), ("recency", "spend", SEQUENCE_GROUP), 0.3
+    )
+    probabilities, contributions = explainer.explain(np.zeros((2, 5, 3)), np.zeros((2, 4)))
+    np.testing.assert_array_equal(probabilities, rows[:, 0])
+    np.testing.assert_array_equal(contributions, rows[:, 1:].astype(np.float64))
+    reasons = explainer.top_reasons(contributions)
+    assert [r.group for r in reasons[0]] == [SEQUENCE_GROUP, "recency"]  # the exact 0 is no reason
+    assert reasons[1] == []
+
+
+def test_shapley_explainer_serving_another_flavour_scores_with_it():
+    rows = np.array([[0.8, 0.5]], np.float32)
+    served = FunctionScorer(lambda q, s: np.array([0.79]))
+    explainer = ShapleyExplainer(FunctionScorer(lambda q, s: rows, 2), (SEQUENCE_GROUP,), 0.3, served=served)
+    probabilities, contributions = explainer.explain(np.zeros((1, 5, 3)), np.zeros((1, 4)))
+    assert probabilities[0] == np.float32(0.79) and contributions[0, 0] == np.float32(0.5)
+
+
+def test_a_reasons_model_of_the_wrong_width_is_refused():
+    with pytest.raises(ValueError, match="outputs 3 columns for 3 groups"):
+        ShapleyExplainer(FunctionScorer(lambda q, s: None, 3), ("recency", "spend", SEQUENCE_GROUP), 0.3)

@@ -12,6 +12,7 @@ from training.data import EventSource, Protocol, prepare
 from training.evaluate import SUMMARY_METRICS, ThresholdPolicy
 from training.export import ExportedModel, Exports
 from training.model import HyperParameters
+from training.reasons_model import ReasonsExport, Reference
 from training.train import (
     CalibratedExport,
     Evaluation,
@@ -37,6 +38,7 @@ TOP_LEVEL_KEYS = [
     "metrics",
     "inputs",
     "reason_baseline",
+    "reason_reference",
     "files",
     "dynamic_range_refused",
     "keras_model",
@@ -68,6 +70,21 @@ def metadata_for(training: TrainingData, *, dynamic_range: bool, hpo_rows: int =
     fit = FitResult(
         network=None, history={"loss": [0.6]}, val_logits=np.zeros(3), val_auc=0.7, val_log_loss=0.5, epochs=4
     )
+    spec = training.data.spec
+    groups = (*dict.fromkeys(spec.static_groups), "weekly_activity")
+    reasons = ReasonsExport(
+        model=ExportedModel("model_reasons.tflite", b"reasons", ["ADD", "GATHER"], 2e-7, 1e-5),
+        reference=Reference(
+            sequence=np.full((spec.weeks, spec.n_channels), 0.25, np.float32),
+            static=np.full(spec.n_static, 0.5, np.float32),
+            probability=0.2875,
+            features={"recency_days": 53.0, "n_order_days": 4.0},
+            retained_customers=61,
+        ),
+        groups=groups,
+        efficiency_max_abs_error=3e-8,
+        served_max_abs_diff=0.0,
+    )
     summary = {k: 0.5 for k in SUMMARY_METRICS}
     evaluation = Evaluation(
         policy=ThresholdPolicy(),
@@ -81,7 +98,9 @@ def metadata_for(training: TrainingData, *, dynamic_range: bool, hpo_rows: int =
         build_metadata(
             training,
             TrainedNetwork(hp=HyperParameters(), fit=fit, hpo_table=[{"trial": i} for i in range(hpo_rows)]),
-            CalibratedExport(serving_model=None, slope=1.5, intercept=-0.25, exports=exports),
+            CalibratedExport(
+                serving_model=None, slope=1.5, intercept=-0.25, exports=exports, reasons=reasons
+            ),
             evaluation,
             spec_json='{"spec": 1}',
             keras_sha256="k" * 64,
@@ -120,17 +139,33 @@ def test_metadata_keys_and_sections_are_the_documented_layout(training):
     }
     assert len(metadata["reason_baseline"]["static"]) == data.spec.n_static
     assert np.shape(metadata["reason_baseline"]["sequence"]) == (data.spec.weeks, data.spec.n_channels)
+    reference = metadata["reason_reference"]
+    assert reference["method"] == "exact_group_shapley"
+    assert reference["model_file"] == "model_reasons.tflite"
+    assert reference["groups"][-1] == "weekly_activity" and len(reference["groups"]) == len(
+        set(reference["groups"])
+    )
+    assert reference["probability"] == 0.2875 and reference["efficiency_max_abs_error"] == 3e-8
+    assert "of the 61 retained" in reference["selection"]
+    assert reference["features"] == {"recency_days": 53.0, "n_order_days": 4.0}
+    assert np.shape(reference["sequence"]) == (data.spec.weeks, data.spec.n_channels)
+    assert reference["static"] == [0.5] * data.spec.n_static
     assert metadata["report"] == ["history.json", "metrics.json", "pr.png", "roc.png"]
     assert metadata["runtime"]["tflite_runtime"] == "tensorflow.lite"
 
 
 def test_files_list_the_dynamic_range_model_only_when_it_was_kept(training):
     kept = metadata_for(training, dynamic_range=True)
-    assert list(kept["files"]) == ["feature_spec.json", "model.tflite", "model_dynamic_range.tflite"]
+    assert list(kept["files"]) == [
+        "feature_spec.json",
+        "model.tflite",
+        "model_dynamic_range.tflite",
+        "model_reasons.tflite",
+    ]
     assert kept["files"]["feature_spec.json"]["bytes"] == len('{"spec": 1}')
     assert kept["files"]["model_dynamic_range.tflite"]["parity_tolerance"] == 5e-3
     assert kept["dynamic_range_refused"] is None
 
     refused = metadata_for(training, dynamic_range=False)
-    assert list(refused["files"]) == ["feature_spec.json", "model.tflite"]
+    assert list(refused["files"]) == ["feature_spec.json", "model.tflite", "model_reasons.tflite"]
     assert refused["dynamic_range_refused"] == "refused: too far"
