@@ -4,6 +4,12 @@ Training, HTTP scoring and batch scoring all call ``build_raw_features`` and the
 ``FeatureSpec.transform`` — there is no second implementation to drift. The module needs only
 numpy (no pandas, no TensorFlow) so it runs in the API Lambda.
 
+Inside, ``build_raw_features`` is three steps: ``observe_events`` (the events that count),
+``accumulate`` (per-user, as-of-free accumulators: counts, first / last timestamps, spend, items,
+largest order, distinct order days) and ``raw_features_from_accumulators`` (the weekly tensor and every
+static formula). ``churnguard.customer_state`` calls the same last step with accumulators kept per
+customer (merged with ``merge_accumulators``), so real-time scoring shares every formula.
+
 Time rules (each tested):
 
 * ``as_of`` is the exclusive end of the observation window: only events strictly before it count.
@@ -209,42 +215,161 @@ def _finite_or_nan(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(values), values, np.nan)
 
 
+def _age_days(as_of: np.ndarray, timestamp_s: np.ndarray) -> np.ndarray:
+    """Days from ``timestamp_s`` to ``as_of``, the one expression every age is computed with.
+
+    It is monotone in ``timestamp_s`` (a correctly rounded subtraction and division), so the age of a
+    user's latest timestamp *is* the smallest of the ages of their events, bit for bit: the features
+    keep timestamps (as-of free, mergeable) and take ages only here. ±inf timestamps (no events) give
+    ∓inf ages."""
+    ages: np.ndarray = (as_of - timestamp_s) / SECONDS_PER_DAY
+    return ages
+
+
+def utc_day(timestamp_s: np.ndarray) -> np.ndarray:
+    """The UTC calendar day number (days since 1970-01-01) of each timestamp: order days are these."""
+    return np.floor(np.asarray(timestamp_s, dtype=np.float64) / SECONDS_PER_DAY).astype(np.int64)
+
+
+def _order_code(event_types: tuple[str, ...]) -> int:
+    if EVENT_TYPE_ORDER not in event_types:
+        raise FeatureSpecError(
+            "the feature vocabulary must contain 'order' events (churn is defined on orders)"
+        )
+    return event_types.index(EVENT_TYPE_ORDER)
+
+
 # A static feature: its name and one value per user. Every block below returns these pairs, so a
 # feature's name cannot come apart from its column.
 _StaticColumn = tuple[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class _ObservedEvents:
-    """The events that count: of a vocabulary type and strictly before their user's ``as_of``."""
+class ObservedEvents:
+    """The events that count: of a vocabulary type and strictly before their user's ``as_of``.
+
+    A row is one event (``count`` 1, ``largest_amount`` its amount) or, from a customer state's
+    compact window, several events of one type at one instant: their count, summed amount and
+    quantity, and largest amount. Every formula treats the two alike.
+    """
 
     user: np.ndarray  # int64 index into the users
     age_days: np.ndarray  # float64, > 0: days before the user's as_of
     type_code: np.ndarray  # int64 index into the event types
-    amount: np.ndarray  # float64
-    quantity: np.ndarray  # float64
+    amount: np.ndarray  # float64 (summed over the row's events)
+    quantity: np.ndarray  # float64 (summed over the row's events)
     timestamp_s: np.ndarray  # float64
+    count: np.ndarray | None = None  # float64, events the row stands for (None: one each)
+    largest_amount: np.ndarray | None = None  # float64, largest amount of one event (None: ``amount``)
 
 
-def _observed_events(events: EventArrays, as_of: np.ndarray, event_types: tuple[str, ...]) -> _ObservedEvents:
+def observe_events(
+    events: EventArrays,
+    as_of: np.ndarray,
+    event_types: tuple[str, ...],
+    *,
+    count: np.ndarray | None = None,
+    largest_amount: np.ndarray | None = None,
+) -> ObservedEvents:
+    """Keep the rows of a vocabulary type strictly before their user's ``as_of`` (per user, ``[n]``).
+
+    ``count`` / ``largest_amount`` (per row) describe rows that stand for several events at one
+    instant; by default each row is one event."""
     type_code = np.full(len(events.user_index), -1, dtype=np.int64)
     for code, t in enumerate(event_types):
         type_code[events.event_type == t] = code
     user = np.asarray(events.user_index, dtype=np.int64)
-    age_days = (as_of[user] - events.timestamp_s) / SECONDS_PER_DAY if events.n_users else np.zeros(0)
+    age_days = _age_days(as_of[user], events.timestamp_s) if events.n_users else np.zeros(0)
     keep = (age_days > 0) & (type_code >= 0)
-    return _ObservedEvents(
+    return ObservedEvents(
         user=user[keep],
         age_days=age_days[keep],
         type_code=type_code[keep],
         amount=events.amount[keep],
         quantity=events.quantity[keep],
         timestamp_s=events.timestamp_s[keep],
+        count=None if count is None else np.asarray(count, dtype=np.float64)[keep],
+        largest_amount=None if largest_amount is None else np.asarray(largest_amount, dtype=np.float64)[keep],
+    )
+
+
+@dataclass(frozen=True)
+class FeatureAccumulators:
+    """Per user, everything the static features need besides the weekly tensor.
+
+    They hold timestamps, not ages, so they do not depend on ``as_of`` and can be kept and merged:
+    ``accumulate`` builds them from observed events, ``merge_accumulators`` adds two sets for the same
+    users (a customer state's folded past + its window), and ``raw_features_from_accumulators`` turns
+    them into the feature columns. Counts, extremes and order days merge exactly; ``spend`` and
+    ``items`` are float sums, exact up to summation order.
+    """
+
+    count: np.ndarray  # float64 [n, K] events per vocabulary type
+    first_s: np.ndarray  # float64 [n, K] earliest timestamp per type (+inf: none)
+    last_s: np.ndarray  # float64 [n, K] latest timestamp per type (-inf: none)
+    spend: np.ndarray  # float64 [n] order amounts summed
+    items: np.ndarray  # float64 [n] order quantities summed
+    max_order: np.ndarray  # float64 [n] largest order amount (-inf: none)
+    order_day_user: np.ndarray  # int64: the distinct (user, UTC order day) pairs, sorted by user, day
+    order_day: np.ndarray  # int64 UTC day number (``utc_day``)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.spend.shape[0])
+
+
+def distinct_user_days(user: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (user, day) pairs, sorted by user then day."""
+    user, day = np.asarray(user, dtype=np.int64), np.asarray(day, dtype=np.int64)
+    day_offset = day.min() if len(day) else 0
+    key = np.unique(user * (1 << 24) + (day - day_offset))  # sorted by user, then day
+    k_user, k_day = key >> 24, key & ((1 << 24) - 1)
+    return k_user, k_day + day_offset
+
+
+def accumulate(observed: ObservedEvents, n: int, event_types: tuple[str, ...]) -> FeatureAccumulators:
+    """Observed events -> the per-user accumulators of the static features."""
+    order_code = _order_code(event_types)
+    K = len(event_types)
+    cell = observed.user * K + observed.type_code  # (user, type), flat
+    count = np.bincount(cell, weights=observed.count, minlength=n * K).astype(np.float64)
+    first_s = _per_user_extreme(cell, observed.timestamp_s, n * K, largest=False)
+    last_s = _per_user_extreme(cell, observed.timestamp_s, n * K, largest=True)
+    is_order = observed.type_code == order_code
+    user = observed.user[is_order]
+    largest = observed.amount if observed.largest_amount is None else observed.largest_amount
+    day_user, day = distinct_user_days(user, utc_day(observed.timestamp_s[is_order]))
+    return FeatureAccumulators(
+        count=count.reshape(n, K),
+        first_s=first_s.reshape(n, K),
+        last_s=last_s.reshape(n, K),
+        spend=np.bincount(user, weights=observed.amount[is_order], minlength=n),
+        items=np.bincount(user, weights=observed.quantity[is_order], minlength=n),
+        max_order=_per_user_extreme(user, largest[is_order], n, largest=True),
+        order_day_user=day_user,
+        order_day=day,
+    )
+
+
+def merge_accumulators(a: FeatureAccumulators, b: FeatureAccumulators) -> FeatureAccumulators:
+    """The accumulators of the union of two disjoint sets of events of the same users."""
+    day_user, day = distinct_user_days(
+        np.concatenate([a.order_day_user, b.order_day_user]), np.concatenate([a.order_day, b.order_day])
+    )
+    return FeatureAccumulators(
+        count=a.count + b.count,
+        first_s=np.minimum(a.first_s, b.first_s),
+        last_s=np.maximum(a.last_s, b.last_s),
+        spend=a.spend + b.spend,
+        items=a.items + b.items,
+        max_order=np.maximum(a.max_order, b.max_order),
+        order_day_user=day_user,
+        order_day=day,
     )
 
 
 def _weekly_tensor(
-    observed: _ObservedEvents,
+    observed: ObservedEvents,
     n: int,
     event_types: tuple[str, ...],
     weeks: int,
@@ -263,7 +388,8 @@ def _weekly_tensor(
     for code, t in enumerate(event_types):
         sel = in_window & (observed.type_code == code)
         base = flat_base[sel]
-        summed = [(f"{t}_count", np.ones(len(base))), (f"{t}_amount", observed.amount[sel])]
+        count = np.ones(len(base)) if observed.count is None else observed.count[sel]
+        summed = [(f"{t}_count", count), (f"{t}_amount", observed.amount[sel])]
         if t == EVENT_TYPE_ORDER:
             summed.append((f"{t}_quantity", observed.quantity[sel]))
         for channel, weights in summed:
@@ -299,12 +425,9 @@ class _OrderDayGaps:
     last: np.ndarray  # NaN below two order days
 
 
-def _order_day_gaps(user: np.ndarray, timestamp_s: np.ndarray, n: int) -> _OrderDayGaps:
-    """Gaps between order *days*: several orders on one day are one purchase occasion."""
-    day = np.floor(timestamp_s / SECONDS_PER_DAY).astype(np.int64)
-    day_offset = day.min() if len(day) else 0
-    key = np.unique(user * (1 << 24) + (day - day_offset))  # sorted by user, then day
-    k_user, k_day = key >> 24, key & ((1 << 24) - 1)
+def _order_day_gaps(k_user: np.ndarray, k_day: np.ndarray, n: int) -> _OrderDayGaps:
+    """Gaps between order *days* (distinct (user, day) pairs sorted by user, then day): several
+    orders on one day are one purchase occasion."""
     same = k_user[1:] == k_user[:-1]
     gaps = (k_day[1:] - k_day[:-1])[same].astype(np.float64)
     g_user = k_user[1:][same]
@@ -322,19 +445,15 @@ def _order_day_gaps(user: np.ndarray, timestamp_s: np.ndarray, n: int) -> _Order
 
 
 def _order_columns(
-    observed: _ObservedEvents, n: int, order_code: int, first_event_age: np.ndarray
+    acc: FeatureAccumulators, as_of: np.ndarray, order_code: int, first_event_age: np.ndarray
 ) -> list[_StaticColumn]:
     """Recency, tenure, frequency, spend and inter-purchase times; NaN where a user lacks orders."""
-    is_order = observed.type_code == order_code
-    user, age = observed.user[is_order], observed.age_days[is_order]
-    amount = observed.amount[is_order]
-    last_order_age = _per_user_extreme(user, age, n, largest=False)
-    first_order_age = _per_user_extreme(user, age, n, largest=True)
-    n_orders = np.bincount(user, minlength=n).astype(np.float64)
-    spend = np.bincount(user, weights=amount, minlength=n)
-    items = np.bincount(user, weights=observed.quantity[is_order], minlength=n)
-    max_order = _per_user_extreme(user, amount, n, largest=True)
-    gaps = _order_day_gaps(user, observed.timestamp_s[is_order], n)
+    n = acc.n_users
+    last_order_age = _age_days(as_of, acc.last_s[:, order_code])  # +inf: no order
+    first_order_age = _age_days(as_of, acc.first_s[:, order_code])  # -inf: no order
+    n_orders = acc.count[:, order_code]
+    spend = acc.spend
+    gaps = _order_day_gaps(acc.order_day_user, acc.order_day, n)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         recency = _finite_or_nan(last_order_age)
@@ -349,8 +468,8 @@ def _order_columns(
             ("n_order_days", gaps.n_order_days),
             ("total_spend", spend),
             ("avg_order_value", np.where(n_orders > 0, spend / n_orders, np.nan)),
-            ("max_order_value", _finite_or_nan(max_order)),
-            ("avg_items_per_order", np.where(n_orders > 0, items / n_orders, np.nan)),
+            ("max_order_value", _finite_or_nan(acc.max_order)),
+            ("avg_items_per_order", np.where(n_orders > 0, acc.items / n_orders, np.nan)),
             ("ipt_mean_days", ipt_mean),
             ("ipt_std_days", np.sqrt(np.clip(ipt_var, 0.0, None))),
             ("ipt_last_days", gaps.last),
@@ -386,8 +505,8 @@ def _weekly_order_columns(
 
 
 def _event_type_columns(
-    observed: _ObservedEvents,
-    n: int,
+    acc: FeatureAccumulators,
+    as_of: np.ndarray,
     event_types: tuple[str, ...],
     seq: np.ndarray,
     channels: tuple[str, ...],
@@ -399,13 +518,11 @@ def _event_type_columns(
     for code, t in enumerate(event_types):
         if t == EVENT_TYPE_ORDER:
             continue
-        sel = observed.type_code == code
-        count = np.bincount(observed.user[sel], minlength=n).astype(np.float64)
-        last = _per_user_extreme(observed.user[sel], observed.age_days[sel], n, largest=False)
+        count = acc.count[:, code]
         values = (
             count,
             seq[:, W - 4 :, channels.index(f"{t}_count")].sum(axis=1),
-            _finite_or_nan(last),
+            _finite_or_nan(_age_days(as_of, acc.last_s[:, code])),
             count / (n_orders + 1.0),
         )
         columns += [(f"{t}_{suffix}", v) for suffix, v in zip(TYPE_FEATURE_SUFFIXES, values, strict=True)]
@@ -423,23 +540,43 @@ def build_raw_features(
     """Aggregate events per user into the weekly tensor and the static matrix (vectorised)."""
     n = int(events.n_users)
     event_types = tuple(event_types)
-    if EVENT_TYPE_ORDER not in event_types:
-        raise FeatureSpecError(
-            "the feature vocabulary must contain 'order' events (churn is defined on orders)"
-        )
+    _order_code(event_types)
     as_of = np.broadcast_to(np.asarray(as_of_s, dtype=np.float64), (n,))
-    observed = _observed_events(events, as_of, event_types)
-    first_event_age = _per_user_extreme(observed.user, observed.age_days, n, largest=True)  # -inf: none
+    observed = observe_events(events, as_of, event_types)
+    return raw_features_from_accumulators(
+        observed,
+        accumulate(observed, n, event_types),
+        as_of,
+        event_types=event_types,
+        config=config,
+        profile=profile,
+    )
+
+
+def raw_features_from_accumulators(
+    observed: ObservedEvents,
+    acc: FeatureAccumulators,
+    as_of: np.ndarray,
+    *,
+    event_types: tuple[str, ...],
+    config: FeatureConfig,
+    profile: Mapping[str, np.ndarray] | None = None,
+) -> RawFeatures:
+    """The features of ``acc.n_users`` users at ``as_of`` (``[n]``): the weekly tensor from the
+    ``observed`` events (only those within ``config.weeks`` of as_of matter), the static columns from
+    the accumulators of *all* their observed events (``acc``, which may cover more events than
+    ``observed``, e.g. a customer state's folded past)."""
+    n = acc.n_users
+    order_code = _order_code(event_types)
+    first_event_age = _age_days(as_of, acc.first_s.min(axis=1))  # -inf: none
     channels = sequence_channel_names(event_types)
     seq = _weekly_tensor(observed, n, event_types, config.weeks, first_event_age)
-
-    order_code = event_types.index(EVENT_TYPE_ORDER)
     columns = [
-        *_order_columns(observed, n, order_code, first_event_age),
+        *_order_columns(acc, as_of, order_code, first_event_age),
         *_weekly_order_columns(seq, channels, config),
     ]
     n_orders = dict(columns)["n_orders"]
-    columns += _event_type_columns(observed, n, event_types, seq, channels, n_orders)
+    columns += _event_type_columns(acc, as_of, event_types, seq, channels, n_orders)
     names = tuple(name for name, _ in columns)
     assert names == static_feature_names(event_types, config), "static_feature_names is out of date"
     static = np.column_stack([c for _, c in columns]) if n else np.zeros((0, len(columns)))
