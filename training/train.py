@@ -130,6 +130,14 @@ def _per_dataset(value: Callable[[NamedDataset], object]) -> str:
     return ", ".join(f"{name} {value(d)}" for name, d in NAMED_DATASETS.items())
 
 
+def _boolean(value: str) -> bool:
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = _ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -183,6 +191,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uplift", type=float, default=0.15)
     p.add_argument("--hpo-trials", type=int, default=0, help="random-search trials on validation (0 = off)")
     p.add_argument("--snapshots", type=int, default=0, help="extra earlier cutoffs of training customers")
+    # "--baselines false" as SageMaker passes hyperparameters, "--no-baselines" on a command line
+    p.add_argument(
+        "--baselines",
+        nargs="?",
+        const=True,
+        default=True,
+        type=_boolean,
+        help="compare with the baselines (recency, BG/NBD, logistic RFM, LightGBM) in report/baselines.json",
+    )
+    p.add_argument("--no-baselines", dest="baselines", action="store_false")
     p.add_argument("--snapshot-step-weeks", type=int, default=4)
     p.add_argument("--max-reject-fraction", type=float, default=0.05)
     p.add_argument(
@@ -514,6 +532,7 @@ class Evaluation:
     metrics: dict[str, Any]  # report/metrics.json
     test_probs: np.ndarray
     scorer_runtime: str  # the TFLite runtime that produced every number
+    baselines: dict[str, Any] | None = None  # report/baselines.json (training.baselines), None: off
 
 
 def _test_segments(data: PreparedData) -> tuple[dict[str, np.ndarray], list[float]]:
@@ -576,7 +595,28 @@ def evaluate_exported(
         metrics=metrics,
         test_probs=p_test,
         scorer_runtime=scorer.runtime,
+        baselines=_compare_with_baselines(data, p_val, p_test) if args.baselines else None,
     )
+
+
+def _compare_with_baselines(data: PreparedData, p_val: np.ndarray, p_test: np.ndarray) -> dict[str, Any]:
+    from training.baselines import compare_with_baselines
+
+    comparison = compare_with_baselines(data, (p_val, p_test))
+    best, diff = comparison["best_baseline"], comparison["auc_diff_to_best_baseline"]
+    methods = comparison["methods"]
+    log.info(
+        "baselines: best %s test AUC %.4f / log-loss %.4f; this model %.4f / %.4f; "
+        "AUC difference %+.4f [%+.4f, %+.4f]",
+        best,
+        methods[best]["roc_auc"],
+        methods[best]["log_loss"],
+        methods[comparison["model"]]["roc_auc"],
+        methods[comparison["model"]]["log_loss"],
+        diff["estimate"],
+        *diff["ci95"],
+    )
+    return comparison
 
 
 def _data_section(training: TrainingData) -> dict[str, Any]:
@@ -708,7 +748,8 @@ def build_metadata(
 def write_report(
     report: Path, data: PreparedData, trained: TrainedNetwork, evaluation: Evaluation
 ) -> list[str]:
-    """report/: the plots, metrics.json, history.json (and hpo_trials.json); returns the plots' names."""
+    """report/: the plots, metrics.json, history.json (and hpo_trials.json, baselines.json); returns the
+    names of the plots and of baselines.json."""
     report.mkdir()
     fit = trained.fit
     plots = write_plots(
@@ -718,6 +759,9 @@ def write_report(
     (report / "history.json").write_text(json.dumps(fit.history, indent=2))
     if trained.hpo_table:
         (report / "hpo_trials.json").write_text(json.dumps(trained.hpo_table, indent=2))
+    if evaluation.baselines is not None:
+        (report / "baselines.json").write_text(json.dumps(evaluation.baselines, indent=2))
+        return [*plots, "baselines.json"]
     return plots
 
 

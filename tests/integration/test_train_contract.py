@@ -58,7 +58,7 @@ def test_model_directory_has_every_artifact_with_matching_hashes(trained):
     opt_ml, _ = trained
     model_dir = opt_ml / "model"
     metadata = json.loads((model_dir / "metadata.json").read_text())
-    for name in ("model.tflite", "model_dynamic_range.tflite", "feature_spec.json"):
+    for name in ("model.tflite", "model_dynamic_range.tflite", "model_reasons.tflite", "feature_spec.json"):
         digest = hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
         assert metadata["files"][name]["sha256"] == digest, name
     for name in (
@@ -89,6 +89,34 @@ def test_metadata_records_protocol_hyperparameters_thresholds_and_metrics(traine
     assert set(metrics["test_by_segment"]) == {"tenure_band", "value_band"}
     cm = metrics["test"]["confusion_matrix"]
     assert sum(cm.values()) == metadata["data"]["customers"]["test"]
+
+
+def test_the_report_compares_the_run_with_the_baselines_on_its_own_test_split(trained):
+    opt_ml, _ = trained
+    metadata = json.loads((opt_ml / "model/metadata.json").read_text())
+    assert "baselines.json" in metadata["report"]
+    comparison = json.loads((opt_ml / "model/report/baselines.json").read_text())
+    methods = comparison["methods"]
+    assert set(methods) == {
+        "churnguard_tflite",
+        "recency_rule",
+        "bgnbd_p_no_purchase",
+        "bgnbd_neg_expected_purchases",
+        "logistic_rfm",
+        "lightgbm_static",
+    }
+    # the model's row is this run's test metrics, and the best baseline is the best by test AUC
+    assert methods["churnguard_tflite"]["roc_auc"] == pytest.approx(metadata["metrics"]["test"]["roc_auc"])
+    best = comparison["best_baseline"]
+    assert methods[best]["roc_auc"] == max(
+        v["roc_auc"] for k, v in methods.items() if k != "churnguard_tflite"
+    )
+    diff = comparison["auc_diff_to_best_baseline"]
+    assert diff["estimate"] == pytest.approx(
+        methods["churnguard_tflite"]["roc_auc"] - methods[best]["roc_auc"]
+    )
+    assert diff["ci95"][0] <= diff["estimate"] <= diff["ci95"][1] and diff["resamples"] >= 1900
+    assert comparison["test_customers"] == metadata["data"]["customers"]["test"]
 
 
 def test_exported_model_is_builtin_only_and_resizes(trained):

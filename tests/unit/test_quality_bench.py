@@ -13,19 +13,15 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from benchmarks import quality
-from benchmarks.quality import (
-    OURS,
-    DatasetRun,
-    PairedDraw,
-    SplitOutcome,
-    paired_bootstrap_auc_diff,
-)
+from benchmarks.quality import OURS, DatasetRun, SplitOutcome
 from churnguard.bundle import ModelBundle
 from churnguard.datasets import generate_synthetic_events
 from churnguard.events import EventLogError, validate_events
 from churnguard.scoring import ReasonsFor, score_customers
 from churnguard.tabular import customer_events, to_epoch_seconds
 from infra.model_fixtures import FIXTURE_MODEL
+from training import baselines
+from training.baselines import PairedDraw, paired_bootstrap_auc_diff
 from training.data import EventSource, PreparedData, Protocol, feature_config_for, prepare
 
 AS_OF = "2024-09-30"
@@ -54,13 +50,13 @@ def prepared(synthetic_source: EventSource) -> PreparedData:
 
 
 def test_bgnbd_horizon_is_the_protocols(prepared: PreparedData) -> None:
-    model = quality.fit_bgnbd(prepared)
-    inputs = quality._bgnbd_inputs(prepared, prepared.test)
+    model = baselines.fit_bgnbd(prepared)
+    inputs = baselines._bgnbd_inputs(prepared, prepared.test)
     by_horizon = {}
     for weeks in (4, 39):
         data = replace(prepared, protocol=replace(prepared.protocol, horizon_weeks=weeks))
-        p_none = quality.bgnbd(data)["bgnbd_p_no_purchase"][1]
-        np.testing.assert_allclose(p_none, quality.bgnbd_p_no_purchase(model, *inputs, 7 * weeks))
+        p_none = baselines.bgnbd(data)["bgnbd_p_no_purchase"][1]
+        np.testing.assert_allclose(p_none, baselines.bgnbd_p_no_purchase(model, *inputs, 7 * weeks))
         by_horizon[weeks] = p_none
     # A longer horizon leaves less room for silence: P(no purchase) falls, never rises.
     assert np.all(by_horizon[4] >= by_horizon[39] - 1e-12)
@@ -91,10 +87,10 @@ def test_tflite_route_scores_with_the_profile_columns(prepared: PreparedData) ->
 
 
 def test_learned_baselines_get_the_profile_encoding(prepared: PreparedData) -> None:
-    profile = quality._profile_inputs(prepared, prepared.test)
+    profile = baselines._profile_inputs(prepared, prepared.test)
     n_profile = len(prepared.spec.model_static_names) - len(prepared.spec.static_names)
     assert profile.shape == (len(prepared.test.labels), n_profile) and n_profile > 0
-    p_val, p_test = quality.logistic_rfm(prepared)
+    p_val, p_test = baselines.logistic_rfm(prepared)
     assert p_val.shape == prepared.validation.labels.shape and p_test.shape == prepared.test.labels.shape
 
 
@@ -105,7 +101,7 @@ def test_weighted_auc_is_the_auc_of_the_resample() -> None:
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)
     scores = np.round(rng.random(300) + 0.3 * labels, 1)  # rounded: many ties
-    auc = quality._WeightedAuc(labels, scores)
+    auc = baselines._WeightedAuc(labels, scores)
     for _ in range(5):
         idx = rng.integers(0, 300, 300)
         counts = np.bincount(idx, minlength=300).astype(float)
@@ -159,7 +155,7 @@ def _outcome(seed: int, aucs: dict[str, float], ece: float, rng: np.random.Gener
     labels = rng.integers(0, 2, n)
     scores = {name: np.clip(rng.random(n) + (auc - 0.5) * labels, 0, 1) for name, auc in aucs.items()}
     methods = {
-        name: {m: auc if m == "roc_auc" else (ece if m == "ece" else 0.5) for m in quality.METRICS}
+        name: {m: auc if m == "roc_auc" else (ece if m == "ece" else 0.5) for m in baselines.METRICS}
         for name, auc in aucs.items()
     }
     outcome = SplitOutcome(
@@ -280,8 +276,8 @@ def test_split_draws_seeds_model_dirs_and_train_arguments(synthetic_source: Even
     assert quality.model_dir_for(base, run, 42, single=True) == base
     assert quality.model_dir_for(base, run, 43, single=False) == base / "tafeng-seed43"
     argv = quality.train_args_for(run, replace(run.protocol, seed=43), base, "--epochs 5")
-    assert argv[:2] == ["--dataset", "tafeng"] and argv[-2:] == ["--epochs", "5"]
-    pairs = dict(zip(argv[2:-2:2], argv[3:-2:2], strict=True))
+    assert argv[:2] == ["--dataset", "tafeng"] and argv[-3:] == ["--no-baselines", "--epochs", "5"]
+    pairs = dict(zip(argv[2:-3:2], argv[3:-3:2], strict=True))
     assert pairs["--seed"] == "43" and pairs["--horizon-weeks"] == "4" and pairs["--weeks"] == "13"
     assert pairs["--as-of"] == "2001-02-01"
 

@@ -61,3 +61,23 @@ def test_learning_rate_schedule_is_off_by_default_and_follows_its_hyperparameter
     assert isinstance(schedule, keras.callbacks.ReduceLROnPlateau)
     assert (schedule.monitor, schedule.patience, schedule.factor) == ("val_loss", 3, 0.25)
     assert schedule.min_lr == 1e-6
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], True),
+        (["--no-baselines"], False),
+        (["--baselines", "false"], False),
+        (["--baselines", "True"], True),
+    ],
+)
+def test_baselines_are_on_by_default_and_off_from_a_command_line_or_a_sagemaker_hyperparameter(
+    argv, expected
+):
+    assert parse_args(argv).baselines is expected
+
+
+def test_a_baselines_value_that_is_not_a_boolean_is_refused():
+    with pytest.raises(SystemExit):
+        parse_args(["--baselines", "maybe"])
