@@ -9,11 +9,14 @@ exceptions pass through unchanged (see ``churnguard.ports``). The DynamoDB ledge
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from churnguard.ports import (
+    CustomerPage,
+    CustomerRecord,
     ListedObject,
     ObjectInfo,
     ParameterVersion,
@@ -21,9 +24,13 @@ from churnguard.ports import (
     ReadableStream,
     SendBatchResult,
     SendFailure,
+    StateConflictError,
+    StoredCustomer,
 )
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, ScanInputTypeDef
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
     from mypy_boto3_sqs import SQSClient
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 
 
 DELETE_BATCH = 1_000
+SECONDS_PER_DAY = 86_400
 
 
 class S3ObjectStore:
@@ -168,3 +176,102 @@ class StepFunctionsWorkflowStarter:
         except self._client.exceptions.ExecutionAlreadyExists:
             return False  # the port's answer for "already started", not an error (see WorkflowStarter)
         return True
+
+
+class DynamoDbCustomerStateStore:
+    """``CustomerStateStore`` on one DynamoDB table, one item per customer: key ``user_id`` (S),
+    ``version`` (N, for conditional writes), ``state`` (B), ``last_event_s`` (N), the last score and
+    warning state, and ``ttl`` (N, epoch seconds = last event + ``retention_days``) for DynamoDB TTL:
+    a customer silent for longer than the retention period is removed by DynamoDB itself.
+
+    User ids are data: nothing here logs them, and an error raised here never quotes one."""
+
+    def __init__(self, client: DynamoDBClient, table: str, *, retention_days: float = 730.0) -> None:
+        self._client, self._table, self._retention_s = client, table, retention_days * SECONDS_PER_DAY
+
+    def get(self, user_id: str) -> tuple[CustomerRecord | None, int]:
+        answer = self._client.get_item(TableName=self._table, Key=_key(user_id), ConsistentRead=True)
+        item = answer.get("Item")
+        return (None, 0) if item is None else (_record(item), int(item["version"]["N"]))
+
+    def put(self, user_id: str, record: CustomerRecord, expected_version: int) -> int:
+        item = {**_key(user_id), **self._attributes(record), "version": {"N": str(expected_version + 1)}}
+        condition = (
+            {"ConditionExpression": "attribute_not_exists(user_id)"}
+            if expected_version == 0
+            else {
+                "ConditionExpression": "#version = :version",
+                "ExpressionAttributeNames": {"#version": "version"},
+                "ExpressionAttributeValues": {":version": {"N": str(expected_version)}},
+            }
+        )
+        try:
+            self._client.put_item(TableName=self._table, Item=item, **condition)
+        except self._client.exceptions.ConditionalCheckFailedException:
+            raise StateConflictError(
+                f"the customer record is no longer at version {expected_version}"
+            ) from None  # botocore's message would not quote the key, but keep nothing of it
+        return expected_version + 1
+
+    def delete(self, user_id: str) -> None:
+        self._client.delete_item(TableName=self._table, Key=_key(user_id))
+
+    def scan_page(
+        self, cursor: str | None, limit: int, *, segment: int = 0, segments: int = 1
+    ) -> CustomerPage:
+        request: ScanInputTypeDef = {"TableName": self._table, "Limit": limit}
+        if segments > 1:
+            request = {**request, "Segment": segment, "TotalSegments": segments}
+        if cursor is not None:
+            request = {**request, "ExclusiveStartKey": _key(cursor)}
+        answer = self._client.scan(**request)
+        customers = [
+            StoredCustomer(item["user_id"]["S"], _record(item), int(item["version"]["N"]))
+            for item in answer.get("Items", [])
+        ]
+        last = answer.get("LastEvaluatedKey")
+        return CustomerPage(customers, None if not last else last["user_id"]["S"])
+
+    def _attributes(self, record: CustomerRecord) -> dict[str, AttributeValueTypeDef]:
+        attributes: dict[str, AttributeValueTypeDef] = {
+            "state": {"B": record.state},
+            "armed": {"BOOL": record.armed},
+        }
+        numbers = {
+            "last_event_s": record.last_event_s,
+            "risk": record.risk,
+            "scored_at_s": record.scored_at_s,
+            "last_warning_s": record.last_warning_s,
+        }
+        attributes |= {
+            k: {"N": repr(float(v))} for k, v in numbers.items() if v is not None and math.isfinite(v)
+        }
+        if math.isfinite(record.last_event_s):
+            attributes["ttl"] = {"N": str(math.ceil(record.last_event_s + self._retention_s))}
+        texts = {"risk_tier": record.risk_tier, "model_version": record.model_version}
+        attributes |= {k: {"S": v} for k, v in texts.items() if v is not None}
+        if record.outbox:
+            attributes["outbox"] = {"L": [{"S": message} for message in record.outbox]}
+        return attributes
+
+
+def _key(user_id: str) -> dict[str, AttributeValueTypeDef]:
+    return {"user_id": {"S": user_id}}
+
+
+def _record(item: Mapping[str, Any]) -> CustomerRecord:
+    def number(name: str) -> float | None:
+        return float(item[name]["N"]) if name in item else None
+
+    last_event = number("last_event_s")
+    return CustomerRecord(
+        state=bytes(item["state"]["B"]),
+        last_event_s=-math.inf if last_event is None else last_event,
+        risk=number("risk"),
+        risk_tier=item["risk_tier"]["S"] if "risk_tier" in item else None,
+        model_version=item["model_version"]["S"] if "model_version" in item else None,
+        scored_at_s=number("scored_at_s"),
+        armed=bool(item.get("armed", {"BOOL": True})["BOOL"]),
+        last_warning_s=number("last_warning_s"),
+        outbox=tuple(m["S"] for m in item.get("outbox", {"L": []})["L"]),
+    )

@@ -148,3 +148,63 @@ class WorkflowStarter(Protocol):
         """False when a run of that name already existed; True otherwise (started now, or — AWS's
         own idempotent answer — the same name and input still running)."""
         ...
+
+
+@dataclass(frozen=True)
+class CustomerRecord:
+    """One customer's stored real-time record (``churnguard.realtime``): the behaviour state and,
+    next to it, the last score and the warning state, so one conditional write keeps them together."""
+
+    state: bytes  # ``CustomerState.to_bytes()``
+    last_event_s: float  # the state's latest event, seconds since the epoch (UTC)
+    risk: float | None = None  # the last stored score, made at ``scored_at_s``
+    risk_tier: str | None = None
+    model_version: str | None = None
+    scored_at_s: float | None = None
+    armed: bool = True  # a warning may fire (see ``churnguard.realtime``)
+    last_warning_s: float | None = None  # the instant of the last warning fired
+    outbox: tuple[str, ...] = ()  # warnings (JSON messages) stored but not yet confirmed sent
+
+
+@dataclass(frozen=True)
+class StoredCustomer:
+    user_id: str  # data: never log it
+    record: CustomerRecord
+    version: int
+
+
+@dataclass(frozen=True)
+class CustomerPage:
+    customers: list[StoredCustomer]
+    cursor: str | None  # where the next page starts (None: the scan is complete); data, never log it
+
+
+class StateConflictError(Exception):
+    """A conditional write found another version than the one read: someone wrote in between."""
+
+
+class CustomerStateStore(Protocol):
+    """Per-customer records with a version for optimistic concurrency (DynamoDB, one item each).
+
+    Version 0 means "no record": ``put`` with ``expected_version`` 0 creates, and refuses
+    (``StateConflictError``) when a record exists; with ``expected_version`` v > 0 it replaces
+    version v only (a record deleted meanwhile is a conflict too). AWS errors pass through unchanged."""
+
+    def get(self, user_id: str) -> tuple[CustomerRecord | None, int]:
+        """The record and its version (``(None, 0)``: none), read consistently."""
+        ...
+
+    def put(self, user_id: str, record: CustomerRecord, expected_version: int) -> int:
+        """Write ``record`` if the stored version is ``expected_version``; the new version."""
+        ...
+
+    def delete(self, user_id: str) -> None:
+        """Remove the record; a record already gone is no error."""
+        ...
+
+    def scan_page(
+        self, cursor: str | None, limit: int, *, segment: int = 0, segments: int = 1
+    ) -> CustomerPage:
+        """Up to ``limit`` records from ``cursor`` (None: the start) of one of ``segments`` disjoint
+        segments (a parallel scan)."""
+        ...

@@ -15,7 +15,7 @@ from enum import StrEnum
 import numpy as np
 
 from churnguard.bundle import ModelBundle
-from churnguard.features import EventArrays, build_raw_features
+from churnguard.features import EventArrays, RawFeatures, build_raw_features
 from churnguard.reasons import Reason
 
 
@@ -56,7 +56,21 @@ def score_customers(
     raw = build_raw_features(
         events, as_of_s, event_types=spec.event_types, config=spec.config, profile=profile
     )
-    sequence, static = spec.transform(raw)
+    return score_raw_features(bundle, user_ids, raw, reasons_for=reasons_for, top_k=top_k)
+
+
+def score_raw_features(
+    bundle: ModelBundle,
+    user_ids: Sequence[str] | np.ndarray,
+    raw: RawFeatures,
+    *,
+    reasons_for: ReasonsFor = ReasonsFor.ALL,
+    top_k: int = 3,
+) -> ScoredBatch:
+    """``score_customers`` from features already built (by ``build_raw_features`` or, for stored
+    customer states, ``customer_state.raw_features_from_states``)."""
+    n = len(user_ids)
+    sequence, static = bundle.spec.transform(raw)
     explainer = bundle.explainer
     reasons: list[list[Reason]] = [[] for _ in range(n)]
     if reasons_for is ReasonsFor.ALL and n:

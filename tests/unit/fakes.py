@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from churnguard.ports import (
+    CustomerPage,
+    CustomerRecord,
     ListedObject,
     ObjectInfo,
     ParameterVersion,
@@ -25,6 +28,8 @@ from churnguard.ports import (
     ReadableStream,
     SendBatchResult,
     SendFailure,
+    StateConflictError,
+    StoredCustomer,
 )
 from churnguard.promotions import PublishResult
 
@@ -227,3 +232,59 @@ class MemoryWorkflowStarter:
             return False
         self.runs[name] = dict(input)
         return True
+
+
+class MemoryCustomerStateStore:
+    """``CustomerStateStore`` in a dict, with DynamoDB's conditional-write semantics.
+
+    ``before_put(user_id)`` runs inside each ``put`` before its condition is checked (a concurrent
+    writer getting there first); ``faults[(operation, user_id)]`` raises from that call (once)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[CustomerRecord, int]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.faults: dict[tuple[str, str], BaseException] = {}
+        self.before_put: Callable[[str], None] | None = None
+        self._in_hook = False
+
+    def _call(self, operation: str, user_id: str) -> None:
+        self.calls.append((operation, user_id))
+        fault = self.faults.pop((operation, user_id), None)
+        if fault is not None:
+            raise fault
+
+    def get(self, user_id: str) -> tuple[CustomerRecord | None, int]:
+        self._call("get", user_id)
+        record, version = self.items.get(user_id, (None, 0))
+        return record, version
+
+    def put(self, user_id: str, record: CustomerRecord, expected_version: int) -> int:
+        self._call("put", user_id)
+        if self.before_put is not None and not self._in_hook:
+            self._in_hook = True  # the hook's own writes run without it
+            try:
+                self.before_put(user_id)
+            finally:
+                self._in_hook = False
+        _, version = self.items.get(user_id, (None, 0))
+        if version != expected_version:
+            raise StateConflictError(f"at version {version}, not {expected_version}")
+        self.items[user_id] = (record, version + 1)
+        return version + 1
+
+    def delete(self, user_id: str) -> None:
+        self._call("delete", user_id)
+        self.items.pop(user_id, None)
+
+    def scan_page(
+        self, cursor: str | None, limit: int, *, segment: int = 0, segments: int = 1
+    ) -> CustomerPage:
+        self._call("scan", cursor or "")
+        keys = sorted(
+            k
+            for k in self.items
+            if zlib.crc32(k.encode()) % segments == segment and (cursor is None or k > cursor)
+        )
+        page = keys[:limit]
+        customers = [StoredCustomer(k, *self.items[k]) for k in page]
+        return CustomerPage(customers, page[-1] if len(keys) > limit else None)
