@@ -159,6 +159,26 @@ def prepare_wheels(context: Path = CONTEXT) -> Path:
     return context
 
 
+# Debian packages the image needs beyond Python wheels: LightGBM's wheel (the baselines of the
+# training report) links the system OpenMP runtime, which the slim base image lacks.
+SYSTEM_PACKAGES = ("libgomp1",)
+
+
+def prepare_system_packages(context: Path = CONTEXT) -> Path:
+    """The ``.deb`` files of ``SYSTEM_PACKAGES`` in ``context/debs`` (``apt-get download`` on the
+    Debian host; the build has no network). On a host without apt-get the folder stays empty and the
+    Containerfile installs them with apt-get instead (a build with network, e.g. Docker elsewhere)."""
+    debs = context / "debs"
+    shutil.rmtree(debs, ignore_errors=True)
+    debs.mkdir(parents=True)
+    (debs / ".keep").write_text("")  # COPY needs the folder to exist
+    if shutil.which("apt-get"):
+        subprocess.run(
+            ["apt-get", "download", *SYSTEM_PACKAGES], cwd=debs, check=True, timeout=300, capture_output=True
+        )
+    return debs
+
+
 def build_training_image(engine: Engine) -> str:
     """The training image's tag, built (base images, wheels, image) unless it exists already."""
     version = code_version()
@@ -168,7 +188,8 @@ def build_training_image(engine: Engine) -> str:
     ensure_base_images(engine)
     started = time.time()
     prepare_wheels(CONTEXT)
-    _log(f"wheels prepared in {time.time() - started:.0f} s")
+    prepare_system_packages(CONTEXT)
+    _log(f"wheels and system packages prepared in {time.time() - started:.0f} s")
     started = time.time()
     engine.build(tag, CONTAINERFILE, CONTEXT, {"BASE_IMAGE": PYTHON_BASE, "CODE_VERSION": version})
     _log(f"{tag} built in {time.time() - started:.0f} s")
