@@ -173,9 +173,11 @@ def prepare_system_packages(context: Path = CONTEXT) -> Path:
     debs.mkdir(parents=True)
     (debs / ".keep").write_text("")  # COPY needs the folder to exist
     if shutil.which("apt-get"):
-        subprocess.run(
-            ["apt-get", "download", *SYSTEM_PACKAGES], cwd=debs, check=True, timeout=300, capture_output=True
-        )
+        download = ["apt-get", "download", *SYSTEM_PACKAGES]
+        if subprocess.run(download, cwd=debs, timeout=300, capture_output=True).returncode != 0:
+            # a fresh machine may have no package lists yet (as after infra.containers' install)
+            subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=600, capture_output=True)
+            subprocess.run(download, cwd=debs, check=True, timeout=300, capture_output=True)
     return debs
 
 
