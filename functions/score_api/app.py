@@ -1,9 +1,13 @@
-"""HTTP scoring Lambda (API Gateway REST, proxy integration): POST /v1/scores, GET /v1/model, GET /v1/health.
+"""HTTP scoring Lambda (API Gateway REST, proxy integration): POST /v1/scores, GET /v1/model,
+GET /v1/health, and the real-time routes POST /v1/events, GET and DELETE /v1/customers/{user_id}.
 
-Thin: Powertools parses and validates, ``churnguard.api.score_request`` does the work, this module
-shapes HTTP. Status codes: invalid JSON 400; schema violations 422 naming the field path; too many
-customers or too large a body 413 naming the limit; unknown route 404; no loadable model 503; any
-other fault 500 with the correlation id (also in the log).
+Thin: Powertools parses and validates, ``churnguard.api`` and ``churnguard.realtime`` do the work,
+this module shapes HTTP. Status codes: invalid JSON 400; schema violations (and events too far in the
+future) 422 naming the field path; too many customers or events, or too large a body, 413 naming the
+limit; unknown route 404; real-time routes without a state table 404 saying so; no loadable model 503;
+a transient AWS error of the state store 503 with Retry-After (per customer in POST /v1/events: 202
+listing them in ``retry``, 503 only when every customer failed so); any other fault 500 with the
+correlation id (also in the log).
 """
 
 from __future__ import annotations
@@ -13,28 +17,50 @@ import binascii
 import datetime as dt
 import functools
 import json
+import re
 import time
 from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
-from aws_lambda_powertools.event_handler.exceptions import ServiceError
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from churnguard.api import DuplicateCustomerError, ScoreRequest, ScoreResponse, model_summary, score_request
+from churnguard.api import (
+    CustomerOut,
+    DuplicateCustomerError,
+    EventsRequest,
+    EventsResponse,
+    ScoreRequest,
+    ScoreResponse,
+    TooManyCustomersError,
+    customer_out,
+    events_response,
+    model_summary,
+    path_user_id,
+    score_request,
+    state_events,
+)
+from churnguard.aws import TransientAwsError
 from churnguard.model_provider import ModelUnavailableError
 from churnguard.promotions import SqsPromotionsPublisher  # noqa: F401 (tests patch its publish method)
-from churnguard.wiring import ApiRuntime, api_runtime
+from churnguard.realtime import FutureEventError, customer_view, erase, ingest
+from churnguard.wiring import ApiRuntime, RealtimeRuntime, api_runtime
 
 SERVICE = "churnguard-score-api"
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 # Scoring as its own trace segment (features, model, reasons, promotions); domain code has no Powertools.
 _score_request = tracer.capture_method(capture_response=False)(score_request)
+_ingest = tracer.capture_method(capture_response=False)(ingest)
+_customer_view = tracer.capture_method(capture_response=False)(customer_view)
+_erase = tracer.capture_method(capture_response=False)(erase)
+RETRY_AFTER_S = 2  # a transient state-store error: throttling or a blip, worth another try soon
+NOT_CONFIGURED = "real-time mode is not configured (no state table: CHURNGUARD_STATE_TABLE is unset)"
 metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
 app = APIGatewayRestResolver(enable_validation=True)
 
@@ -83,6 +109,17 @@ def _no_model(error: ModelUnavailableError) -> Response[str]:
         HTTPStatus.SERVICE_UNAVAILABLE,
         {"message": "no model is available; retry later", "correlation_id": logger.get_correlation_id()},
     )
+
+
+@app.exception_handler(TransientAwsError)
+def _store_unavailable(error: TransientAwsError) -> Response[str]:
+    logger.warning("state store unavailable", extra={"error": str(error)})  # operation and code only
+    metrics.add_metric(name="StateStoreUnavailable", unit=MetricUnit.Count, value=1)
+    response = _json(
+        HTTPStatus.SERVICE_UNAVAILABLE, {"message": "the customer state store is busy; retry later"}
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 @app.exception_handler(Exception)
@@ -178,6 +215,149 @@ def get_health():  # type: ignore[no-untyped-def]  # see ROUTES_UNANNOTATED
     return _json(HTTPStatus.OK, {"status": "ok", "model_version": version})
 
 
+def _realtime(rt: ApiRuntime) -> RealtimeRuntime:
+    if rt.realtime is None:
+        raise NotFoundError(NOT_CONFIGURED)
+    return rt.realtime
+
+
+def _too_large(message: str, limit: int) -> Response[str]:
+    return _json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"message": message, "limit": limit})
+
+
+@app.post(
+    "/v1/events",
+    summary="Apply events to the customers' stored states; re-score them and fire warnings",
+    responses={
+        202: {"description": "per customer", "content": {"application/json": {"model": EventsResponse}}},
+        400: {"description": "body is not valid JSON"},
+        404: {"description": "real-time mode is not configured"},
+        413: {"description": "too many events or customers, or body too large"},
+        422: {"description": "schema violation or an event too far in the future; names the field"},
+        503: {"description": "every customer failed for a transient reason (Retry-After), or no model"},
+    },
+)
+def post_events(request: EventsRequest):  # type: ignore[no-untyped-def]  # see ROUTES_UNANNOTATED
+    rt = runtime()
+    realtime = _realtime(rt)
+    limit = rt.settings.max_events_per_request
+    if len(request.events) > limit:
+        return _too_large(f"at most {limit} events per request (got {len(request.events)})", limit)
+    try:
+        pairs = state_events(request, rt.settings.max_customers_per_request)
+    except TooManyCustomersError as exc:
+        return _too_large(str(exc), exc.limit)
+    bundle = rt.models.current()
+    started = time.perf_counter()
+    try:
+        result = _ingest(
+            pairs,
+            store=realtime.store,
+            bundle=bundle,
+            policy=rt.policy,
+            publisher=realtime.publisher,
+            now=realtime.clock(),
+            rules=realtime.rules,
+        )
+    except FutureEventError as exc:
+        return _json(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            {"message": f"invalid request: {exc}", "errors": [{"field": exc.field, "message": str(exc)}]},
+        )
+    response = events_response(result, queue_configured=realtime.queue_configured)
+    _events_metrics(response, len(pairs), (time.perf_counter() - started) * 1000)
+    if len(response.retry) == len(response.customers):  # nothing applied, all worth retrying
+        unavailable = _json(HTTPStatus.SERVICE_UNAVAILABLE, response.model_dump())
+        unavailable.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return unavailable
+    return _json(HTTPStatus.ACCEPTED, response.model_dump())
+
+
+def _events_metrics(response: EventsResponse, events: int, elapsed_ms: float) -> None:
+    """Counts only: never a user id."""
+    customers = response.customers
+    counts = {
+        "EventsReceived": events,
+        "EventsApplied": sum(c.events_applied for c in customers),
+        "DuplicateEvents": sum(c.duplicates for c in customers),
+        "CustomersUpdated": sum(c.applied for c in customers),
+        "CustomersNotApplied": sum(not c.applied for c in customers),
+        "WarningsFired": sum(c.warning.fired for c in customers),
+        "WarningsQueued": sum(c.warning.queued for c in customers),
+    }
+    for name, value in counts.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    metrics.add_metric(name="IngestLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+    if response.promotion_failures:
+        metrics.add_metric(name="PromotionFailures", unit=MetricUnit.Count, value=response.promotion_failures)
+        logger.error("warnings not sent", extra={"failed": response.promotion_failures})
+    refused = sum(c.error is not None and c.error.kind == "refused" for c in customers)
+    logger.info(
+        "events applied",
+        extra={
+            **{k: v for k, v in counts.items() if k != "EventsReceived"},
+            "events": events,
+            "customers": len(customers),
+            "retry": len(response.retry),
+            "refused": refused,
+            "model_version": response.model_version,
+            "ms": round(elapsed_ms, 2),
+        },
+    )
+
+
+def _user_id_or_422(raw: str) -> str | Response[str]:
+    try:
+        return path_user_id(raw)
+    except ValueError as exc:
+        message = f"invalid request: user_id: {exc}"
+        return _json(HTTPStatus.UNPROCESSABLE_ENTITY, {"message": message, "errors": [{"field": "user_id"}]})
+
+
+@app.get(
+    "/v1/customers/<user_id>",
+    summary="A customer's current risk, scored now from the stored state",
+    responses={
+        200: {"description": "the customer", "content": {"application/json": {"model": CustomerOut}}},
+        404: {"description": "no such customer, or real-time mode is not configured"},
+        422: {"description": "user_id is blank or too long"},
+        503: {"description": "the state store is busy (Retry-After), or no model"},
+    },
+)
+def get_customer(user_id: str):  # type: ignore[no-untyped-def]  # see ROUTES_UNANNOTATED
+    rt = runtime()
+    realtime = _realtime(rt)
+    key = _user_id_or_422(user_id)
+    if isinstance(key, Response):
+        return key
+    view = _customer_view(
+        realtime.store, rt.models.current(), key, realtime.clock(), top_k=rt.settings.reasons_top_k
+    )
+    if view is None:
+        return _json(HTTPStatus.NOT_FOUND, {"message": "no such customer"})
+    return _json(HTTPStatus.OK, customer_out(view).model_dump())
+
+
+@app.delete(
+    "/v1/customers/<user_id>",
+    summary="Erase a customer's stored state (right to erasure); idempotent",
+    responses={
+        204: {"description": "erased (or there was nothing to erase); no body", "content": {}},
+        404: {"description": "real-time mode is not configured"},
+        422: {"description": "user_id is blank or too long"},
+        503: {"description": "the state store is busy (Retry-After)"},
+    },
+)
+def delete_customer(user_id: str):  # type: ignore[no-untyped-def]  # see ROUTES_UNANNOTATED
+    realtime = _realtime(runtime())
+    key = _user_id_or_422(user_id)
+    if isinstance(key, Response):
+        return key
+    _erase(realtime.store, key)
+    metrics.add_metric(name="CustomersErased", unit=MetricUnit.Count, value=1)
+    return Response(status_code=HTTPStatus.NO_CONTENT, content_type=None, body=None)
+
+
 def _raw_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
     """A proxy response for requests refused before routing (the resolver never sees them)."""
     return {
@@ -196,9 +376,18 @@ def _header(event: dict[str, Any], name: str) -> str | None:
 
 
 @functools.cache
-def _allowed_methods() -> dict[str, set[str]]:
-    """Route path -> its methods, from the routes themselves (the OpenAPI document they generate)."""
-    return {path: {m.upper() for m in ops} for path, ops in openapi_document()["paths"].items()}
+def _route_methods() -> list[tuple[re.Pattern[str], set[str]]]:
+    """Route path pattern -> its methods, from the routes themselves (the OpenAPI document they
+    generate); a ``{parameter}`` matches one path segment."""
+    routes = []
+    for path, ops in openapi_document()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(path))
+        routes.append((re.compile(f"^{pattern}$"), {m.upper() for m in ops}))
+    return routes
+
+
+def _allowed_methods(path: str) -> set[str] | None:
+    return next((methods for pattern, methods in _route_methods() if pattern.match(path)), None)
 
 
 def _precheck(event: dict[str, Any], limit: int) -> dict[str, Any] | None:
@@ -207,7 +396,7 @@ def _precheck(event: dict[str, Any], limit: int) -> dict[str, Any] | None:
         return _raw_response(
             HTTPStatus.BAD_REQUEST, {"message": "unsupported event: expected an API Gateway REST proxy event"}
         )
-    allowed = _allowed_methods().get(event.get("path") or "")
+    allowed = _allowed_methods(event.get("path") or "")
     if allowed and event["httpMethod"].upper() not in allowed:
         response = _raw_response(
             HTTPStatus.METHOD_NOT_ALLOWED, {"message": f"use {', '.join(sorted(allowed))}"}

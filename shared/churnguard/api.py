@@ -1,7 +1,10 @@
-"""The HTTP scoring contract (pydantic) and the domain function behind ``POST /v1/scores``.
+"""The HTTP scoring contract (pydantic) and the domain function behind ``POST /v1/scores``; the
+real-time routes' contract (``POST /v1/events``, ``GET /v1/customers/{user_id}``) and its mapping
+to and from ``churnguard.realtime``.
 
 Events use the canonical schema (see README). Timestamps are ISO-8601 (offsets converted to UTC,
 naive taken as UTC); ``as_of`` defaults to the request time, and events at or after it are ignored.
+The real-time routes score at ``max(now, just after the customer's last event)`` (``realtime``).
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ import datetime as dt
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from churnguard.bundle import ModelBundle
+from churnguard.customer_state import StateEvent
 from churnguard.event_types import EVENT_TYPES
 from churnguard.features import (
     ID_BLANKS,
@@ -24,6 +29,7 @@ from churnguard.features import (
     EventArrays,
 )
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
+from churnguard.realtime import CustomerView, IngestResult
 from churnguard.scoring import ReasonsFor, score_customers
 
 
@@ -62,6 +68,12 @@ def _utc(value: dt.datetime) -> dt.datetime:
     except (OverflowError, ValueError) as exc:  # unreachable for the years admitted; kept as a guard
         raise ValueError("must be an ISO-8601 date-time with a year from 1900 to 2199") from exc
 
+
+# POST /v1/events: the schema's bound on events per request (the configured limit, CHURNGUARD_MAX_EVENTS,
+# is at most this and answers 413), an event id's and a profile's size.
+MAX_EVENTS_SCHEMA = 10_000
+MAX_EVENT_ID_LENGTH = 256
+MAX_PROFILE_FIELDS = 64
 
 UtcDatetime = Annotated[dt.datetime, BeforeValidator(_iso_text), AfterValidator(_utc)]
 
@@ -262,3 +274,165 @@ def reasons_summary(bundle: ModelBundle) -> dict[str, Any]:
         },
         "adds_up": True,  # contributions sum to churn_probability - reference.probability
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# real-time mode (issue 13): POST /v1/events, GET / DELETE /v1/customers/{user_id}
+# ---------------------------------------------------------------------------------------------
+
+
+class StreamEventIn(EventIn):
+    """One event of ``POST /v1/events``: the canonical schema, with its customer and optional id."""
+
+    user_id: Annotated[str, BeforeValidator(_strip)] = Field(
+        min_length=1, max_length=MAX_USER_ID_LENGTH, json_schema_extra={"pattern": r"\S"}
+    )
+    event_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_EVENT_ID_LENGTH,
+        description="an event sent again with the same id is applied once; without an id, every event is new",
+    )
+    profile: dict[str, ProfileValue] | None = Field(
+        None, max_length=MAX_PROFILE_FIELDS, description="profile fields; the latest non-null value counts"
+    )
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[StreamEventIn] = Field(min_length=1, max_length=MAX_EVENTS_SCHEMA)
+
+
+class WarningOut(BaseModel):
+    fired: bool  # the risk crossed the promotion threshold upwards now (once per crossing)
+    trigger: Literal["event"] | None  # what fired it (the sweep's warnings say "inactivity")
+    queued: bool  # the promotions queue accepted it
+
+
+class CustomerError(BaseModel):
+    kind: Literal["transient", "refused"]  # transient: send this customer's events again later
+    message: str
+
+
+class IngestedCustomer(BaseModel):
+    user_id: str
+    applied: bool  # this customer's events were stored (False: see ``error``)
+    churn_probability: float | None
+    risk_tier: Literal["low", "medium", "high"] | None
+    reasons: list[ReasonOut]
+    warning: WarningOut
+    events_applied: int  # events new to the state
+    duplicates: int  # events whose event_id was applied before
+    error: CustomerError | None = None
+
+
+class EventsResponse(BaseModel):
+    model_version: str
+    scored_at: str
+    customers: list[IngestedCustomer]
+    retry: list[str]  # customers whose events were not applied for a transient reason: send them again
+    promotion_failures: int = 0  # warnings stored but not yet sent (sent again on the customer's next write)
+
+
+class CustomerOut(BaseModel):
+    user_id: str
+    churn_probability: float
+    risk_tier: Literal["low", "medium", "high"]
+    reasons: list[ReasonOut]
+    as_of: str  # the instant scored: max(now, just after the last event)
+    last_event_at: str | None  # None: only events without a usable time (never for a stored customer)
+    events_applied: int
+    model_version: str
+    last_warning_at: str | None
+    armed: bool  # a warning fires at the next upward crossing
+
+
+class TooManyCustomersError(ValueError):
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"at most {limit} customers per request (got {count})")
+        self.limit = limit
+
+
+def _iso_or_none(seconds: float | None) -> str | None:
+    if seconds is None or not np.isfinite(seconds):
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
+
+
+def state_events(request: EventsRequest, max_customers: int) -> list[tuple[str, StateEvent]]:
+    """The request's ``(user_id, event)`` pairs in request order; ``TooManyCustomersError`` beyond
+    ``max_customers`` distinct customers."""
+    customers = {e.user_id for e in request.events}
+    if len(customers) > max_customers:
+        raise TooManyCustomersError(len(customers), max_customers)
+    return [
+        (
+            e.user_id,
+            StateEvent(
+                timestamp_s=_epoch(e.timestamp),
+                event_type=e.event_type,
+                amount=0.0 if e.amount is None else e.amount,
+                quantity=1.0 if e.quantity is None else e.quantity,
+                event_id=e.event_id,
+                profile=dict(e.profile or {}),
+            ),
+        )
+        for e in request.events
+    ]
+
+
+def events_response(result: IngestResult, *, queue_configured: bool = True) -> EventsResponse:
+    """``realtime.ingest``'s result as the HTTP contract."""
+    customers = []
+    for c in result.customers:
+        error = None if c.error is None else CustomerError(kind=c.error.kind, message=c.error.message)
+        customers.append(
+            IngestedCustomer(
+                user_id=c.user_id,
+                applied=c.error is None,
+                churn_probability=c.churn_probability,
+                risk_tier=c.risk_tier,  # type: ignore[arg-type]  # the model's tiers: low/medium/high
+                reasons=[ReasonOut(**r.to_dict()) for r in c.reasons],
+                warning=WarningOut(
+                    fired=c.warning,
+                    trigger="event" if c.warning else None,
+                    queued=c.queued and queue_configured,
+                ),
+                events_applied=c.applied,
+                duplicates=c.duplicates,
+                error=error,
+            )
+        )
+    return EventsResponse(
+        model_version=result.model_version,
+        scored_at=result.scored_at,
+        customers=customers,
+        retry=[c.user_id for c in result.customers if c.error is not None and c.error.kind == "transient"],
+        promotion_failures=result.promotion_failures if queue_configured else 0,
+    )
+
+
+def customer_out(view: CustomerView) -> CustomerOut:
+    """``realtime.customer_view``'s answer as the HTTP contract."""
+    return CustomerOut(
+        user_id=view.user_id,
+        churn_probability=view.churn_probability,
+        risk_tier=view.risk_tier,  # type: ignore[arg-type]  # the model's tiers: low/medium/high
+        reasons=[ReasonOut(**r.to_dict()) for r in view.reasons],
+        as_of=_iso_or_none(view.as_of_s) or "",
+        last_event_at=_iso_or_none(view.last_event_s),
+        events_applied=view.events_applied,
+        model_version=view.model_version,
+        last_warning_at=_iso_or_none(view.last_warning_s),
+        armed=view.armed,
+    )
+
+
+def path_user_id(raw: str) -> str:
+    """The ``{user_id}`` of ``/v1/customers/{user_id}``: percent-decoded, stripped like everywhere;
+    ``ValueError`` when blank or too long."""
+    user_id = unquote(raw).strip(ID_BLANKS)
+    if not user_id or len(user_id) > MAX_USER_ID_LENGTH:
+        raise ValueError(f"user_id must be 1 to {MAX_USER_ID_LENGTH} characters, not blank")
+    return user_id

@@ -80,6 +80,18 @@ class ServingSettings(EnvSettings):
     )
     dataset_max_concurrency: int = Field(100, alias="CHURNGUARD_DATASET_MAX_CONCURRENCY", ge=1, le=10_000)
 
+    # Real-time mode (churnguard.realtime, issue 13): the DynamoDB table of per-customer states. Unset:
+    # POST /v1/events and GET/DELETE /v1/customers/{user_id} answer 404 "real-time mode is not
+    # configured" (the stateless routes work as before).
+    state_table: str | None = Field(None, alias="CHURNGUARD_STATE_TABLE", min_length=3, max_length=255)
+    # A customer silent for this long is removed by the table's TTL (last event + retention).
+    state_retention_days: float = Field(730.0, alias="CHURNGUARD_STATE_RETENTION_DAYS", gt=0, le=36_500)
+    # Warnings: no second warning within the cool-down; re-armed below threshold - margin (hysteresis).
+    warning_cooldown_days: float = Field(14.0, alias="CHURNGUARD_WARNING_COOLDOWN_DAYS", ge=0, le=3_650)
+    warning_margin: float = Field(0.05, alias="CHURNGUARD_WARNING_MARGIN", ge=0, lt=1)
+    # POST /v1/events: at most this many events per request (and max_customers_per_request customers).
+    max_events_per_request: int = Field(1_000, alias="CHURNGUARD_MAX_EVENTS", ge=1, le=10_000)
+
     # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
     value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)
     min_customer_value: float = Field(10.0, alias="CHURNGUARD_MIN_CUSTOMER_VALUE", ge=0)

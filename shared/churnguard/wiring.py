@@ -8,20 +8,46 @@ with its own client budget (``churnguard.aws``). The handlers call their builder
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from churnguard import aws
-from churnguard.adapters import S3ObjectStore, StepFunctionsWorkflowStarter
+from churnguard.adapters import DynamoDbCustomerStateStore, S3ObjectStore, StepFunctionsWorkflowStarter
 from churnguard.admission import MemoryModel
 from churnguard.model_provider import ModelEventSink, ModelProvider, provider_from_settings
-from churnguard.ports import ObjectStore, WorkflowStarter
-from churnguard.promotions import PromotionPolicy, PromotionsPublisher, SqsPromotionsPublisher
+from churnguard.ports import CustomerStateStore, ObjectStore, WorkflowStarter
+from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult, SqsPromotionsPublisher
+from churnguard.realtime import RealtimeRules
 from churnguard.settings import ServingSettings, SettingsError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer, IdempotencyConfig
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class NoQueuePublisher:
+    """Where real-time warnings go when no promotions queue is configured: nowhere. The warning is
+    still decided and stored (``warning.fired``), reported as not queued; nothing waits in an outbox."""
+
+    def publish(self, messages: Sequence[dict[str, Any]]) -> PublishResult:
+        return PublishResult(sent=0)
+
+
+@dataclass(frozen=True)
+class RealtimeRuntime:
+    """The real-time routes' wiring (``churnguard.realtime``): the per-customer state store, the
+    warning rules, where warnings go, and the clock."""
+
+    store: CustomerStateStore
+    rules: RealtimeRules
+    publisher: PromotionsPublisher  # the API's (ledgered) publisher, or ``NoQueuePublisher``
+    queue_configured: bool  # False: warnings are reported, never queued
+    clock: Callable[[], dt.datetime] = utc_now
 
 
 @dataclass(frozen=True)
@@ -31,6 +57,7 @@ class ApiRuntime:
     publisher: PromotionsPublisher | None  # idempotent and ledgered when a table is configured
     policy: PromotionPolicy
     idempotency: IdempotencyConfig | None = None  # the handler registers the Lambda context on it
+    realtime: RealtimeRuntime | None = None  # None: no state table (CHURNGUARD_STATE_TABLE unset)
 
 
 # (bucket, key, eTag) -> the loggable summary of processing that object version
@@ -76,7 +103,24 @@ def api_runtime(on_model_event: ModelEventSink) -> ApiRuntime:
         idempotency = idempotency_config("@")  # the sorted list of message idempotency keys
         persistence = persistence_layer(settings.idempotency_table, aws.API)
         publisher = IdempotentPublisher(publisher, persistence, idempotency)
-    return ApiRuntime(settings, models, publisher, settings.promotion_policy(), idempotency)
+    realtime = realtime_runtime(settings, publisher, aws.API)
+    return ApiRuntime(settings, models, publisher, settings.promotion_policy(), idempotency, realtime)
+
+
+def realtime_runtime(
+    settings: ServingSettings, publisher: PromotionsPublisher | None, budget: aws.ClientBudget
+) -> RealtimeRuntime | None:
+    """The state store (DynamoDB, ``budget``) and warning rules of the settings; None without a
+    state table (real-time mode off)."""
+    if not settings.state_table:
+        return None
+    store = DynamoDbCustomerStateStore(
+        aws.client("dynamodb", budget), settings.state_table, retention_days=settings.state_retention_days
+    )
+    rules = RealtimeRules(margin=settings.warning_margin, cooldown_days=settings.warning_cooldown_days)
+    if publisher is None:
+        return RealtimeRuntime(store, rules, NoQueuePublisher(), queue_configured=False)
+    return RealtimeRuntime(store, rules, publisher, queue_configured=True)
 
 
 def batch_runtime(

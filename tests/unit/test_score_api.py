@@ -275,8 +275,10 @@ def test_openapi_file_matches_the_real_routes(api):
         "'import json, app; print(json.dumps(app.openapi_document(), indent=2))' "
         "> functions/score_api/openapi.json"
     )
-    assert set(committed["paths"]) == {"/v1/scores", "/v1/model", "/v1/health"}
-    assert "post" in committed["paths"]["/v1/scores"]
+    paths = {"/v1/scores", "/v1/model", "/v1/health", "/v1/events", "/v1/customers/{user_id}"}
+    assert set(committed["paths"]) == paths
+    assert "post" in committed["paths"]["/v1/scores"] and "post" in committed["paths"]["/v1/events"]
+    assert set(committed["paths"]["/v1/customers/{user_id}"]) == {"get", "delete"}
 
 
 def test_the_function_package_imports_without_tensorflow_or_pandas():

@@ -222,14 +222,17 @@ def test_the_scoring_functions_may_send_to_the_promotions_queue_and_read_their_o
         policies = resources[name]["Properties"]["Policies"]
         send = [p["SQSSendMessagePolicy"] for p in policies if "SQSSendMessagePolicy" in p]
         assert send == [{"QueueName": _get_att("PromotionsQueue", "QueueName")}], name
-        grants = {
-            action: statement["Resource"]
-            for policy in policies
-            for statement in policy.get("Statement", [])
-            for action in statement["Action"]
-        }
-        assert grants["ssm:GetParameter"] == pointer_arn, name
-        assert grants["dynamodb:PutItem"] == _get_att("IdempotencyTable", "Arn"), name
+        grants: dict[str, list] = {}
+        for policy in policies:
+            for statement in policy.get("Statement", []):
+                for action in statement["Action"]:
+                    grants.setdefault(action, []).append(statement["Resource"])
+        assert grants["ssm:GetParameter"] == [pointer_arn], name
+        # the idempotency records everywhere; the customers' real-time state only for the API
+        state_table = [_get_att("CustomerStateTable", "Arn")] if name == "ScoreApiFunction" else []
+        assert grants["dynamodb:PutItem"] == [_get_att("IdempotencyTable", "Arn"), *state_table], name
+        assert grants["dynamodb:DeleteItem"] == [_get_att("IdempotencyTable", "Arn"), *state_table], name
+        assert "dynamodb:Scan" not in grants, name
     promote = {
         action: statement["Resource"]
         for policy in resources["PromoteFunction"]["Properties"]["Policies"]
@@ -478,8 +481,8 @@ def test_the_invoke_policy_exists_only_with_iam_and_allows_exactly_the_iam_route
         assert (statement["Effect"], statement["Action"]) == ("Allow", "execute-api:Invoke")
         prefix = "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${ScoringApi}/"
         granted = {r["Sub"].removeprefix(prefix) for r in statement["Resource"]}
-        iam_routes = {
-            f"{stage}/{method.upper()}{path}"
+        iam_routes = {  # a path parameter is a wildcard in an execute-api ARN
+            f"{stage}/{method.upper()}{re.sub(r'{[^}]+}', '*', path)}"
             for (path, method), (kind, _) in route_auth(
                 resources["ScoringApi"]["Properties"]["DefinitionBody"]
             ).items()
