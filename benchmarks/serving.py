@@ -1,4 +1,4 @@
-"""Serving benchmark: warm/cold HTTP scoring, batch throughput, an 850k-customer file, Keras peer, sizes.
+"""Serving benchmark: warm/cold HTTP scoring, batch throughput, a 700k-customer file, Keras peer, sizes.
 
 Each measurement runs in its own child process (pinned to one core where the target says "one
 core") so imports, caches and peak RSS of one do not leak into another.
@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", default=str(ROOT / "artifacts" / "model"))
     # The largest single file one batch invocation (3008 MB) scores without splitting: since the
     # admission model was re-fitted (issue 12) a 1M-customer file (~29M rows, measured 2.84 GB peak)
-    # is predicted above the 85% headroom and split in production, so the in-memory step uses 850k.
-    parser.add_argument("--customers-1m", type=int, default=850_000)
+    # is predicted above the 85% headroom and split in production, so the in-memory step uses 700k.
+    parser.add_argument("--customers-1m", type=int, default=700_000)
     parser.add_argument("--child", choices=sorted(CHILDREN))
     parser.add_argument("args", nargs="*")
     args = parser.parse_args(argv)
