@@ -395,3 +395,25 @@ def test_hostile_requests_get_a_specific_4xx_never_a_500(api, name, expected):
     assert body["message"]
     if expected == 422:
         assert body["errors"][0]["field"] == "customers[0].as_of" and "1900" in body["message"]
+
+
+def test_debug_logging_of_the_event_handler_never_carries_the_request_content(api, caplog):
+    """Powertools' event handler logs the parsed route arguments at DEBUG on every request: the
+    request models' repr names sizes only, so not even DEBUG puts a user id into the log."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="aws_lambda_powertools"):
+        status, _ = post(api, _customer())
+        event = load_event("score_api/post_events.json")
+        event["body"] = json.dumps(
+            {
+                "events": [
+                    {"user_id": f"{PLANTED}-e", "timestamp": "1997-03-01T00:00:00Z", "event_type": "order"}
+                ]
+            }
+        )
+        api.lambda_handler(event, FakeLambdaContext())
+    route_lines = [r.getMessage() for r in caplog.records if "Calling API Route Handler" in r.getMessage()]
+    assert status == 200 and len(route_lines) == 2
+    assert "ScoreRequest(customers: 1 items)" in route_lines[0]
+    assert not [line for line in route_lines if PLANTED in line]
