@@ -17,6 +17,7 @@ import binascii
 import datetime as dt
 import functools
 import json
+import logging
 import re
 import time
 from http import HTTPStatus
@@ -46,6 +47,7 @@ from churnguard.api import (
     state_events,
 )
 from churnguard.aws import TransientAwsError
+from churnguard.customer_state import CustomerStateError
 from churnguard.model_provider import ModelUnavailableError
 from churnguard.promotions import SqsPromotionsPublisher  # noqa: F401 (tests patch its publish method)
 from churnguard.realtime import FutureEventError, customer_view, erase, ingest
@@ -63,6 +65,17 @@ RETRY_AFTER_S = 2  # a transient state-store error: throttling or a blip, worth 
 NOT_CONFIGURED = "real-time mode is not configured (no state table: CHURNGUARD_STATE_TABLE is unset)"
 metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
 app = APIGatewayRestResolver(enable_validation=True)
+
+
+def _without_route_arguments(record: logging.LogRecord) -> bool:
+    # Powertools logs "Calling API Route Handler: {route_args}" at DEBUG on every request; the
+    # arguments are data (the user id of /v1/customers/{user_id}; bodies repr only their sizes).
+    if isinstance(record.msg, str) and record.msg.startswith("Calling API Route Handler"):
+        record.msg, record.args = "Calling API Route Handler", ()
+    return True
+
+
+logging.getLogger("aws_lambda_powertools.event_handler.api_gateway").addFilter(_without_route_arguments)
 
 
 def _model_event(name: str, details: dict[str, Any]) -> None:
@@ -320,6 +333,7 @@ def _user_id_or_422(raw: str) -> str | Response[str]:
     responses={
         200: {"description": "the customer", "content": {"application/json": {"model": CustomerOut}}},
         404: {"description": "no such customer, or real-time mode is not configured"},
+        409: {"description": "the stored state cannot be scored by the serving model (the message says why)"},
         422: {"description": "user_id is blank or too long"},
         503: {"description": "the state store is busy (Retry-After), or no model"},
     },
@@ -330,9 +344,12 @@ def get_customer(user_id: str):  # type: ignore[no-untyped-def]  # see ROUTES_UN
     key = _user_id_or_422(user_id)
     if isinstance(key, Response):
         return key
-    view = _customer_view(
-        realtime.store, rt.models.current(), key, realtime.clock(), top_k=rt.settings.reasons_top_k
-    )
+    try:
+        view = _customer_view(
+            realtime.store, rt.models.current(), key, realtime.clock(), top_k=rt.settings.reasons_top_k
+        )
+    except CustomerStateError as exc:  # e.g. a model that looks back further than the stored window
+        return _json(HTTPStatus.CONFLICT, {"message": f"the stored state cannot be scored: {exc}"})
     if view is None:
         return _json(HTTPStatus.NOT_FOUND, {"message": "no such customer"})
     return _json(HTTPStatus.OK, customer_out(view).model_dump())
@@ -390,6 +407,9 @@ def _allowed_methods(path: str) -> set[str] | None:
     return next((methods for pattern, methods in _route_methods() if pattern.match(path)), None)
 
 
+_OVERLONG_NUMBER = re.compile(rb"[0-9]{4301}")  # sys.get_int_max_str_digits(): Python's default
+
+
 def _precheck(event: dict[str, Any], limit: int) -> dict[str, Any] | None:
     """What the resolver would turn into a 500 or parse as something else: refused here with a 4xx."""
     if not isinstance(event.get("httpMethod"), str):  # e.g. an HTTP API (payload v2) event
@@ -423,6 +443,10 @@ def _precheck(event: dict[str, Any], limit: int) -> dict[str, Any] | None:
         raw.decode("utf-8")
     except (binascii.Error, UnicodeError):
         return _raw_response(HTTPStatus.BAD_REQUEST, {"message": "request body is not UTF-8 encoded JSON"})
+    if _OVERLONG_NUMBER.search(raw):  # json.loads would raise ValueError (int limit) inside Powertools
+        return _raw_response(
+            HTTPStatus.BAD_REQUEST, {"message": "request body has a number of more than 4,300 digits"}
+        )
     return None
 
 

@@ -26,6 +26,7 @@ from churnguard.ports import (
     SendFailure,
     StateConflictError,
     StoredCustomer,
+    new_record_version,
 )
 
 if TYPE_CHECKING:
@@ -195,7 +196,8 @@ class DynamoDbCustomerStateStore:
         return (None, 0) if item is None else (_record(item), int(item["version"]["N"]))
 
     def put(self, user_id: str, record: CustomerRecord, expected_version: int) -> int:
-        item = {**_key(user_id), **self._attributes(record), "version": {"N": str(expected_version + 1)}}
+        version = new_record_version()
+        item = {**_key(user_id), **self._attributes(record), "version": {"N": str(version)}}
         condition = (
             {"ConditionExpression": "attribute_not_exists(user_id)"}
             if expected_version == 0
@@ -211,7 +213,7 @@ class DynamoDbCustomerStateStore:
             raise StateConflictError(
                 f"the customer record is no longer at version {expected_version}"
             ) from None  # botocore's message would not quote the key, but keep nothing of it
-        return expected_version + 1
+        return version
 
     def delete(self, user_id: str) -> None:
         self._client.delete_item(TableName=self._table, Key=_key(user_id))

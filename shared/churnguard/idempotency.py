@@ -30,6 +30,7 @@ from aws_lambda_powertools.utilities.idempotency import (
     idempotent_function,
 )
 
+from churnguard.ports import LedgerUnavailableError as LedgerUnavailableError  # raised here
 from churnguard.ports import PromotionLedger
 from churnguard.promotions import PromotionsPublisher, PublishResult, QueuePromotionsPublisher
 
@@ -108,10 +109,6 @@ class SentLedger:
                     break
             if request:
                 raise LedgerUnavailableError("the promotions ledger did not record every sent promotion")
-
-
-class LedgerUnavailableError(RuntimeError):
-    pass
 
 
 class LedgeredPublisher:

@@ -14,6 +14,7 @@ so a fake that simulates an AWS failure raises the same botocore exception.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,12 +184,27 @@ class StateConflictError(Exception):
     """A conditional write found another version than the one read: someone wrote in between."""
 
 
+class LedgerUnavailableError(RuntimeError):
+    """The promotions ledger could not be read or written (after its retries): nothing is known to be
+    sent, so callers keep what they would have published for a later attempt."""
+
+
+def new_record_version() -> int:
+    """A fresh version token for ``CustomerStateStore.put``: random, never 0, never reused in practice
+    (63 bits), so a version read before an erasure never matches a record written after it."""
+    return secrets.randbits(63) + 1
+
+
 class CustomerStateStore(Protocol):
     """Per-customer records with a version for optimistic concurrency (DynamoDB, one item each).
 
     Version 0 means "no record": ``put`` with ``expected_version`` 0 creates, and refuses
     (``StateConflictError``) when a record exists; with ``expected_version`` v > 0 it replaces
-    version v only (a record deleted meanwhile is a conflict too). AWS errors pass through unchanged."""
+    version v only (a record deleted meanwhile is a conflict too). AWS errors pass through unchanged.
+
+    A version is an opaque random token (``new_record_version``), not a counter: a counter restarts
+    after ``delete``, so a writer still holding the erased record's version could overwrite a record
+    created after the erasure with the erased customer's history (an ABA race)."""
 
     def get(self, user_id: str) -> tuple[CustomerRecord | None, int]:
         """The record and its version (``(None, 0)``: none), read consistently."""

@@ -67,7 +67,13 @@ from churnguard.customer_state import (
     raw_features_from_states,
 )
 from churnguard.features import SECONDS_PER_DAY
-from churnguard.ports import CustomerRecord, CustomerStateStore, StateConflictError, StoredCustomer
+from churnguard.ports import (
+    CustomerRecord,
+    CustomerStateStore,
+    LedgerUnavailableError,
+    StateConflictError,
+    StoredCustomer,
+)
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
 from churnguard.reasons import Reason
 from churnguard.scoring import ReasonsFor, ScoredBatch, score_raw_features
@@ -332,7 +338,8 @@ def _publish(
     try:
         result = publisher.publish(messages)
         failed_keys = {f["idempotency_key"] for f in result.failed}
-    except aws_errors():  # the queue or the ledger failed outright: nothing known sent, every outbox kept
+    except (LedgerUnavailableError, *aws_errors()):  # type: ignore[misc]  # a starred tuple
+        # the queue or the ledger failed outright: nothing known sent, every outbox kept
         failed_keys = {m["idempotency_key"] for m in messages}
     failed_users = {m["user_id"] for m in messages if m["idempotency_key"] in failed_keys}
     for done in (w for w in waiting if w.update.read.user_id not in failed_users):

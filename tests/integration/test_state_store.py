@@ -57,31 +57,42 @@ def test_a_record_round_trips_with_every_field(ddb):
         last_warning_s=T - 86_400.5,
         outbox=('{"user_id":"x","idempotency_key":"k"}', '{"b":2}'),
     )
-    assert store.put(USER, full, 0) == 1
-    assert store.get(USER) == (full, 1)
+    first = store.put(USER, full, 0)
+    assert first != 0 and store.get(USER) == (full, first)
     assert CustomerState.from_bytes(store.get(USER)[0].state).events_applied == 1
     bare = record()  # defaults: no score yet, armed, empty outbox
-    assert store.put(USER, bare, 1) == 2
-    assert store.get(USER) == (bare, 2)
+    second = store.put(USER, bare, first)
+    assert second not in (0, first) and store.get(USER) == (bare, second)
     item = ddb.get_item(TableName=TABLE, Key={"user_id": {"S": USER}})["Item"]
     assert "outbox" not in item and "risk" not in item  # nothing left of the previous version
 
 
 def test_a_write_conditional_on_a_stale_version_is_a_conflict_and_changes_nothing(ddb):
     store = DynamoDbCustomerStateStore(ddb, TABLE)
-    store.put(USER, record(risk=0.1), 0)
+    first = store.put(USER, record(risk=0.1), 0)
     with pytest.raises(StateConflictError) as created_twice:
         store.put(USER, record(risk=0.2), 0)
     assert USER not in str(created_twice.value)
-    assert store.put(USER, record(risk=0.3), 1) == 2
+    second = store.put(USER, record(risk=0.3), first)
     with pytest.raises(StateConflictError):
-        store.put(USER, record(risk=0.4), 1)
-    assert store.get(USER) == (record(risk=0.3), 2)
+        store.put(USER, record(risk=0.4), first)
+    assert store.get(USER) == (record(risk=0.3), second)
+
+
+def test_a_writer_that_read_before_an_erasure_cannot_overwrite_the_customer_created_after_it(ddb):
+    """ABA: read (version v), erase, re-create; a counter would hand the new record version v again."""
+    store = DynamoDbCustomerStateStore(ddb, TABLE)
+    stale = store.put(USER, record(risk=0.9), 0)  # what the slow writer read
+    store.delete(USER)
+    recreated = store.put(USER, record(risk=0.1), 0)
+    with pytest.raises(StateConflictError):
+        store.put(USER, record(risk=0.95), stale)
+    assert store.get(USER) == (record(risk=0.1), recreated)
 
 
 def test_delete_is_idempotent_and_leaves_no_item_and_no_way_back(ddb):
     store = DynamoDbCustomerStateStore(ddb, TABLE)
-    store.put(USER, record(outbox=('{"m":1}',)), 0)
+    erased = store.put(USER, record(outbox=('{"m":1}',)), 0)
     store.put("other", record(), 0)
     store.delete(USER)
     store.delete(USER)
@@ -89,20 +100,19 @@ def test_delete_is_idempotent_and_leaves_no_item_and_no_way_back(ddb):
     assert "Item" not in ddb.get_item(TableName=TABLE, Key={"user_id": {"S": USER}}, ConsistentRead=True)
     assert store.get(USER) == (None, 0)
     with pytest.raises(StateConflictError):  # a writer that read it before the erasure cannot restore it
-        store.put(USER, record(), 1)
+        store.put(USER, record(), erased)
     assert [i["user_id"]["S"] for i in ddb.scan(TableName=TABLE)["Items"]] == ["other"]
 
 
 def test_scan_pages_and_segments_return_every_customer_exactly_once(ddb):
     store = DynamoDbCustomerStateStore(ddb, TABLE)
     users = [f"u{i:02d}" for i in range(23)]
-    for user in users:
-        store.put(user, record(), 0)
+    versions = {user: store.put(user, record(), 0) for user in users}
     seen, cursor, pages = [], None, 0
     while True:
         page = store.scan_page(cursor, 10)
         seen += [c.user_id for c in page.customers]
-        assert all(c.version == 1 and c.record == record() for c in page.customers)
+        assert all(c.version == versions[c.user_id] and c.record == record() for c in page.customers)
         cursor, pages = page.cursor, pages + 1
         if cursor is None:
             break

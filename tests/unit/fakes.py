@@ -30,6 +30,7 @@ from churnguard.ports import (
     SendFailure,
     StateConflictError,
     StoredCustomer,
+    new_record_version,
 )
 from churnguard.promotions import PublishResult
 
@@ -269,8 +270,9 @@ class MemoryCustomerStateStore:
         _, version = self.items.get(user_id, (None, 0))
         if version != expected_version:
             raise StateConflictError(f"at version {version}, not {expected_version}")
-        self.items[user_id] = (record, version + 1)
-        return version + 1
+        new_version = new_record_version()
+        self.items[user_id] = (record, new_version)
+        return new_version
 
     def delete(self, user_id: str) -> None:
         self._call("delete", user_id)

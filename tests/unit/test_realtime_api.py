@@ -377,3 +377,48 @@ def test_realtime_settings_are_validated_and_reach_the_store_and_rules(monkeypat
     for variable, value in (("CHURNGUARD_WARNING_MARGIN", "1.5"), ("CHURNGUARD_STATE_RETENTION_DAYS", "0")):
         with pytest.raises(SettingsError, match=variable):
             ServingSettings.from_env({**base, variable: value})
+
+
+@pytest.mark.parametrize("stored", ["shorter_window", "corrupt"])
+def test_a_stored_state_the_serving_model_cannot_score_is_409_naming_why_not_500(rt, stored):
+    from churnguard.customer_state import StateEvent, apply_events
+    from churnguard.features import FeatureConfig
+    from churnguard.ports import CustomerRecord
+
+    event = StateEvent(week(0).timestamp(), "order", 40.0, event_id="o1")
+    state = (
+        apply_events(None, [event], config=FeatureConfig(weeks=26)).state.to_bytes()
+        if stored == "shorter_window"
+        else b"CGS?"
+    )
+    rt.store.put("c-1", CustomerRecord(state=state, last_event_s=week(0).timestamp()), 0)
+    status, body, _ = customer(rt.api, "GET", "c-1")
+    assert status == 409 and body["message"].startswith("the stored state cannot be scored")
+
+
+def test_debug_logging_of_get_and_delete_never_carries_the_user_id(rt, caplog):
+    """Powertools logs the route arguments at DEBUG; here they are the path's user id."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="aws_lambda_powertools"):
+        assert customer(rt.api, "GET", f"{PLANTED}-42")[0] == 404
+        assert customer(rt.api, "DELETE", f"{PLANTED}-42")[0] == 204
+    route_lines = [r.getMessage() for r in caplog.records if "Calling API Route Handler" in r.getMessage()]
+    assert len(route_lines) == 2 and not [line for line in route_lines if PLANTED in line]
+
+
+@pytest.mark.parametrize("route", ["/v1/events", "/v1/scores"])
+def test_a_number_of_more_digits_than_python_parses_is_400_not_500(rt, route):
+    huge = "9" * 5000
+    if route == "/v1/events":
+        raw = (
+            '{"events": [{"user_id": "c", "timestamp": "2024-01-01", "event_type": "order", "amount": '
+            + huge
+            + "}]}"
+        )
+        status, body, _ = post_events(rt.api, None, raw=raw)
+    else:
+        event = load_event("score_api/post_scores.json")
+        event["body"] = '{"customers": [{"user_id": "c", "events": [], "profile": {"n": ' + huge + "}}]}"
+        status, body, _ = call(rt.api, event)
+    assert status == 400 and "4,300 digits" in body["message"]
