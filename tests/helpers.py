@@ -3,7 +3,10 @@ and the local stack use them too) and are re-exported here under the names the t
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from infra.lambda_harness import EVENTS, load_event, load_handler
@@ -19,6 +22,7 @@ __all__ = [
     "FakeLambdaContext",
     "cached_venv",
     "check_scoring_api_over_http",
+    "counted_api_server",
     "http",
     "load_event",
     "load_handler",
@@ -30,6 +34,31 @@ ROOT = Path(__file__).resolve().parents[1]
 # Planted in test data (user ids of bad rows, hostile requests): tests/conftest.py fails the session if
 # any log record of any test carries it.
 PLANTED = "PLANTED-7f3a"
+
+
+@contextlib.contextmanager
+def counted_api_server(lambda_handler: Callable[[dict, object], dict], label: str) -> Iterator[str]:
+    """``lambda_handler`` behind the local stack's HTTP adapter on 127.0.0.1 (the URL is yielded), its
+    answers counted by status; on exit the counts are printed and no answer may have been a 5xx."""
+    import threading
+
+    from infra.local_stack import make_api_server
+
+    statuses: Counter[int] = Counter()
+
+    class Counted:  # what the HTTP adapter calls: the real handler, with its answers counted
+        @staticmethod
+        def lambda_handler(event: dict, context: object) -> dict:
+            response = lambda_handler(event, context)
+            statuses[int(response["statusCode"])] += 1
+            return response
+
+    server = make_api_server(Counted, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    print(f"\n{label}: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}")
+    assert not [code for code in statuses if code >= 500]
 
 
 def cached_venv(name: str, *requirements: str) -> Path:

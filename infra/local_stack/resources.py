@@ -18,11 +18,6 @@ from typing import Any
 from infra.local_aws import REGION
 from infra.template import resources_of_type
 
-# The real-time state table (issue 13) and the variable naming it, until template.yaml declares them:
-# then the template's table and variable are used, and this fallback does nothing.
-STATE_TABLE_VARIABLE = "CHURNGUARD_STATE_TABLE"
-STATE_TABLE_LOGICAL_ID = "CustomerStateTable"  # as template.yaml names it
-STATE_TABLE_FUNCTIONS = ("ScoreApiFunction",)
 # Locally, retries should show up in seconds (cloud: the template's timeouts).
 LOCAL_VISIBILITY_CAP_S = 10
 PSEUDO_PARAMETERS = {
@@ -122,7 +117,6 @@ def create_resources(
     if clients.get("events") is not None:
         _create_event_rules(template, clients["events"], clients["sqs"], prefix, res)
     _resolve_function_environments(template, res)
-    _ensure_state_table(clients["dynamodb"], prefix, res)
     if clients.get("stepfunctions") is not None:
         # Imported here: step_functions imports this module. It resolves the environments again, so
         # a function's !Ref to a state machine is the ARN moto gave it.
@@ -245,26 +239,3 @@ def _resolve_function_environments(template: dict[str, Any], res: LocalResources
         own = resource["Properties"].get("Environment", {}).get("Variables", {})
         resolved = {k: res.resolve(v) for k, v in {**globals_env, **own}.items()}
         res.function_env[logical] = {k: str(v) for k, v in resolved.items() if v is not None}
-
-
-def _ensure_state_table(ddb: Any, prefix: str, res: LocalResources) -> None:
-    """The per-customer state table (key ``user_id`` S, TTL on ``ttl``) for the functions that
-    serve real-time routes, when the template does not yet declare it and give them its name."""
-    functions = [f for f in STATE_TABLE_FUNCTIONS if f in res.function_env]
-    if not functions or all(STATE_TABLE_VARIABLE in res.function_env[f] for f in functions):
-        return
-    if STATE_TABLE_LOGICAL_ID not in res.names:
-        name = f"{prefix}-{STATE_TABLE_LOGICAL_ID}"
-        ddb.create_table(
-            TableName=name,
-            BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "user_id", "AttributeType": "S"}],
-        )
-        ddb.update_time_to_live(
-            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"}
-        )
-        res.refs[STATE_TABLE_LOGICAL_ID] = res.names[STATE_TABLE_LOGICAL_ID] = name
-        res.skipped.pop(STATE_TABLE_LOGICAL_ID, None)
-    for function in functions:
-        res.function_env[function].setdefault(STATE_TABLE_VARIABLE, res.names[STATE_TABLE_LOGICAL_ID])

@@ -7,8 +7,6 @@ the three operations); ``make fuzz`` runs more. Generation is derandomized, so a
 """
 
 import os
-import threading
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from churnguard.features import ID_BLANKS
-from infra.local_stack import make_api_server
-from tests.helpers import FIXTURE_MODEL, load_handler
+from tests.helpers import FIXTURE_MODEL, counted_api_server, load_handler
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("CHURNGUARD_FUZZ_EXAMPLES", "3400"))
@@ -38,22 +35,8 @@ def api_url():
     os.environ["CHURNGUARD_MODEL_DIR"] = str(FIXTURE_MODEL)
     os.environ.pop("CHURNGUARD_PROMOTIONS_QUEUE_URL", None)
     handler = load_handler("score_api")
-    statuses: Counter[int] = Counter()
-    serve = handler.lambda_handler
-
-    class Counted:  # what the HTTP adapter calls: the real handler, with its answers counted
-        @staticmethod
-        def lambda_handler(event, context):
-            response = serve(event, context)
-            statuses[int(response["statusCode"])] += 1
-            return response
-
-    server = make_api_server(Counted, 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    print(f"\nschemathesis: {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}")
-    assert not [code for code in statuses if code >= 500]
+    with counted_api_server(handler.lambda_handler, "schemathesis") as url:
+        yield url
     handler.runtime.cache_clear()
     for key, value in saved.items():
         if value is None:

@@ -9,8 +9,6 @@ import dataclasses
 import datetime as dt
 import functools
 import os
-import threading
-from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -23,8 +21,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from churnguard.features import ID_BLANKS, MAX_USER_ID_LENGTH
 from churnguard.realtime import RealtimeRules
 from churnguard.wiring import RealtimeRuntime
-from infra.local_stack import make_api_server
-from tests.helpers import FIXTURE_MODEL, load_handler
+from tests.helpers import FIXTURE_MODEL, counted_api_server, load_handler
 from tests.unit.fakes import MemoryCustomerStateStore, RecordingPublisher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,24 +52,8 @@ def api_url():
         clock=lambda: NOW,
     )
     handler.runtime = functools.cache(lambda: dataclasses.replace(base, realtime=realtime))
-    statuses: Counter[int] = Counter()
-    serve = handler.lambda_handler
-
-    class Counted:
-        @staticmethod
-        def lambda_handler(event, context):
-            response = serve(event, context)
-            statuses[int(response["statusCode"])] += 1
-            return response
-
-    server = make_api_server(Counted, 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    print(
-        f"\nschemathesis (real-time on): {sum(statuses.values())} requests, {dict(sorted(statuses.items()))}"
-    )
-    assert not [code for code in statuses if code >= 500]
+    with counted_api_server(handler.lambda_handler, "schemathesis (real-time on)") as url:
+        yield url
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
