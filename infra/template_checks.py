@@ -37,11 +37,15 @@ BIN = Path(sys.executable).parent
 TRANSLATED_IGNORES = ["W3005", "E2533"]
 SIZE_LIMITS_MB = {
     "ScoreApiFunction": 150,
+    "InactivitySweepFunction": 150,
     "BatchScoreFunction": 230,
     "PromoteFunction": 230,
     "DatasetScoreFunction": 230,
 }
-STATE_MACHINE_DEFINITIONS = {"DatasetStateMachine": ROOT / "statemachine/dataset.asl.json"}
+STATE_MACHINE_DEFINITIONS = {
+    "DatasetStateMachine": ROOT / "statemachine/dataset.asl.json",
+    "InactivitySweepStateMachine": ROOT / "statemachine/sweep.asl.json",
+}
 ASL_VALIDATOR = "asl-validator@4.0.0"  # npm; pinned: its schema is what "valid" means here
 NODE_PREFIX = ROOT / ".cache/node"
 LAMBDA_GLIBC_MINOR = 26  # python3.11 runs on Amazon Linux 2

@@ -158,8 +158,11 @@ def _start_functions(
     step_functions = None
     if "DatasetScoreFunction" in resources.function_env:
         dataset = load("dataset_score", "DatasetScoreFunction")
+        handlers = {"DatasetScoreFunction": dataset}
+        if "InactivitySweepFunction" in resources.function_env:
+            handlers["InactivitySweepFunction"] = load("realtime_sweep", "InactivitySweepFunction")
         functions = LocalFunctions(
-            {"DatasetScoreFunction": dataset},
+            handlers,
             function_timeouts(template),
             function_aliases(template, resources),
         )

@@ -234,6 +234,9 @@ class DynamoDbCustomerStateStore:
         last = answer.get("LastEvaluatedKey")
         return CustomerPage(customers, None if not last else last["user_id"]["S"])
 
+    def approximate_count(self) -> int:
+        return int(self._client.describe_table(TableName=self._table)["Table"].get("ItemCount", 0))
+
     def _attributes(self, record: CustomerRecord) -> dict[str, AttributeValueTypeDef]:
         attributes: dict[str, AttributeValueTypeDef] = {
             "state": {"B": record.state},

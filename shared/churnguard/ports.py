@@ -224,3 +224,8 @@ class CustomerStateStore(Protocol):
         """Up to ``limit`` records from ``cursor`` (None: the start) of one of ``segments`` disjoint
         segments (a parallel scan)."""
         ...
+
+    def approximate_count(self) -> int:
+        """How many customers are stored, roughly (DynamoDB refreshes its count every ~6 hours):
+        enough to size the sweep's segments."""
+        ...

@@ -473,7 +473,9 @@ def rescore_inactive(
             page = store.scan_page(cursor, page_size, segment=segment, segments=segments)
         except aws_errors() as exc:
             raise classify_aws_error(exc) from exc
-        totals = _add(totals, _sweep_page(store, bundle, page.customers, policy, publisher, now_s, rules))
+        totals = add_sweep_results(
+            totals, _sweep_page(store, bundle, page.customers, policy, publisher, now_s, rules)
+        )
         cursor, pages = page.cursor, pages + 1
         if cursor is None:
             break
@@ -518,7 +520,8 @@ def _sweep_page(
     )
 
 
-def _add(a: SweepResult, b: SweepResult) -> SweepResult:
+def add_sweep_results(a: SweepResult, b: SweepResult) -> SweepResult:
+    """The counts of two sweeps (or pages) added; the cursor is ``a``'s."""
     counts = [f.name for f in dataclasses.fields(SweepResult) if f.name != "cursor"]
     return dataclasses.replace(a, **{name: getattr(a, name) + getattr(b, name) for name in counts})
 

@@ -91,6 +91,13 @@ class ServingSettings(EnvSettings):
     warning_margin: float = Field(0.05, alias="CHURNGUARD_WARNING_MARGIN", ge=0, lt=1)
     # POST /v1/events: at most this many events per request (and max_customers_per_request customers).
     max_events_per_request: int = Field(1_000, alias="CHURNGUARD_MAX_EVENTS", ge=1, le=10_000)
+    # The inactivity sweep (churnguard.sweep): a parallel-scan segment per this many stored customers
+    # (at least sweep_min_segments), each scanned in pages of sweep_page_size items.
+    sweep_customers_per_segment: int = Field(
+        500_000, alias="CHURNGUARD_SWEEP_CUSTOMERS_PER_SEGMENT", ge=1_000, le=100_000_000
+    )
+    sweep_min_segments: int = Field(1, alias="CHURNGUARD_SWEEP_MIN_SEGMENTS", ge=1, le=1_000)
+    sweep_page_size: int = Field(1_000, alias="CHURNGUARD_SWEEP_PAGE_SIZE", ge=1, le=10_000)
 
     # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
     value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)

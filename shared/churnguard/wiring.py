@@ -123,6 +123,29 @@ def realtime_runtime(
     return RealtimeRuntime(store, rules, publisher, queue_configured=True)
 
 
+@dataclass(frozen=True)
+class SweepRuntime:
+    """The inactivity sweep's wiring (``churnguard.sweep``): the model, the state store and rules,
+    the policy and where warnings go (ledgered, so a re-run sends nothing twice)."""
+
+    settings: ServingSettings
+    models: ModelProvider
+    realtime: RealtimeRuntime
+    policy: PromotionPolicy
+
+
+def sweep_runtime(on_model_event: ModelEventSink) -> SweepRuntime:
+    """The sweep function's wiring (``aws.BATCH`` budget: long scans, no caller waiting); a state
+    table is required (the function has nothing to sweep without one)."""
+    settings = ServingSettings.from_env()
+    publisher = promotions_publisher(settings, aws.BATCH)
+    realtime = realtime_runtime(settings, publisher, aws.BATCH)
+    if realtime is None:
+        raise SettingsError("the sweep needs CHURNGUARD_STATE_TABLE (the customers' state table)")
+    models = provider_from_settings(settings, on_event=on_model_event, budget=aws.BATCH)
+    return SweepRuntime(settings, models, realtime, settings.promotion_policy())
+
+
 def batch_runtime(
     score_object: Callable[[BatchRuntime, str, str], dict[str, Any]], on_model_event: ModelEventSink
 ) -> BatchRuntime:

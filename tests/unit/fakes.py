@@ -290,3 +290,6 @@ class MemoryCustomerStateStore:
         page = keys[:limit]
         customers = [StoredCustomer(k, *self.items[k]) for k in page]
         return CustomerPage(customers, page[-1] if len(keys) > limit else None)
+
+    def approximate_count(self) -> int:
+        return len(self.items)

@@ -1,0 +1,221 @@
+"""The inactivity sweep's steps, as its state machine calls them (issue 13 §2).
+
+Silence is the strongest churn signal, and a silent customer sends nothing that would re-score
+them. Once a day (EventBridge Scheduler) a state machine re-scores every stored customer from
+their state at the tick's time (``churnguard.realtime.rescore_inactive``) and fires the same
+warnings as events do, with ``trigger: "inactivity"``:
+
+* ``plan``: fixes the scoring instant (the tick's scheduled time, so a redelivered or retried tick
+  scores at the same instant and fires nothing twice) and splits the table into parallel-scan
+  segments, enough that each fits one invocation (``customers_per_segment``, from the table's
+  approximate item count);
+* ``segment``: one Lambda scans and re-scores one segment, page by page, until it is done or its
+  time is nearly up; then it returns a cursor and the state machine calls it again from there;
+* ``finish``: the segments' counts summed (metrics, the execution's output).
+
+Why a parallel scan of the state table, not a table export scored by the dataset path: the sweep
+scores *states* (the dataset path scores raw events, which the table does not keep), needs each
+record's warning state and version for its conditional write (an export is a stale copy: a write
+based on it would be refused or, worse, overwrite newer events), and a parallel scan scales the
+same way (segments in parallel, each a bounded Lambda) without an export's minutes of latency and
+per-GB cost.
+
+Payloads carry the instant, segment numbers, counts and at most a cursor (the scan's last key: a
+customer id, so it is data; it appears only when a segment outgrows one invocation, and it is not
+logged). Errors of AWS raise as ``TransientAwsError`` / ``RefusedAwsError`` for the state
+machine's Retry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from churnguard.aws import aws_errors, classify_aws_error
+from churnguard.bundle import ModelBundle
+from churnguard.ports import CustomerStateStore
+from churnguard.promotions import PromotionPolicy, PromotionsPublisher
+from churnguard.realtime import RealtimeRules, SweepResult, add_sweep_results, rescore_inactive
+
+MAX_SEGMENTS = 1_000  # DynamoDB takes up to 1,000,000; the state machine's Map item list stays small
+COUNTS = tuple(f.name for f in dataclasses.fields(SweepResult) if f.name != "cursor")
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SweepRequest(_Step):
+    """The state machine's input: what the schedule (or an operator) asks for."""
+
+    # The Scheduler's <aws.scheduler.scheduled-time>; absent (a manual run): the current time.
+    scheduled_time: AwareDatetime | None = None
+    segments: int | None = Field(None, ge=1, le=MAX_SEGMENTS)  # an operator's override
+
+
+class PlanStep(_Step):
+    step: Literal["plan"]
+    request: SweepRequest = Field(default_factory=lambda: SweepRequest.model_validate({}))
+
+
+class SegmentStep(_Step):
+    step: Literal["segment"]
+    now: AwareDatetime
+    segment: int = Field(ge=0)
+    segments: int = Field(ge=1, le=MAX_SEGMENTS)
+    cursor: str | None = Field(None, min_length=1)
+    totals: dict[str, int] = Field(default_factory=dict)
+    invocations: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _segment_in_range(self) -> SegmentStep:
+        if self.segment >= self.segments:
+            raise ValueError("segment must be less than segments")
+        unknown = set(self.totals) - set(COUNTS)
+        if unknown:
+            raise ValueError(f"totals has unknown counts: {sorted(unknown)}")
+        return self
+
+
+class FinishStep(_Step):
+    step: Literal["finish"]
+    now: AwareDatetime
+    segments: list[dict[str, Any]]  # the segment steps' last answers
+
+
+SweepStep = Annotated[PlanStep | SegmentStep | FinishStep, Field(discriminator="step")]
+
+
+class _SweepStepModel(BaseModel):
+    payload: SweepStep
+
+
+class SweepPayloadError(ValueError):
+    """A payload the sweep's steps do not take; the message names the fields, never their values
+    (a cursor is a customer id)."""
+
+
+def parse_sweep_step(event: dict[str, Any]) -> PlanStep | SegmentStep | FinishStep:
+    """The step of a state machine payload; ``SweepPayloadError`` names the bad fields."""
+    try:
+        return _SweepStepModel.model_validate({"payload": event}).payload
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'payload'}: {e['msg']}" for e in exc.errors()
+        )
+        raise SweepPayloadError(f"invalid sweep payload: {problems}") from None
+
+
+def _iso(instant: dt.datetime) -> str:
+    return instant.astimezone(dt.UTC).isoformat()
+
+
+def plan_sweep(
+    step: PlanStep,
+    store: CustomerStateStore,
+    *,
+    now: dt.datetime,
+    customers_per_segment: int,
+    min_segments: int = 1,
+) -> dict[str, Any]:
+    """The scoring instant and the segments (``items``: one per segment, for the Map)."""
+    instant = step.request.scheduled_time or now
+    if step.request.segments is not None:
+        segments, estimate = step.request.segments, None
+    else:
+        try:
+            estimate = store.approximate_count()
+        except aws_errors() as exc:
+            raise classify_aws_error(exc) from exc
+        needed = math.ceil(estimate / customers_per_segment)
+        segments = min(MAX_SEGMENTS, max(min_segments, needed, 1))
+    return {
+        "now": _iso(instant),
+        "segments": segments,
+        "customers_estimate": estimate,
+        "items": [{"segment": i} for i in range(segments)],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentWork:
+    """What a segment step scores with and where its warnings go."""
+
+    store: CustomerStateStore
+    bundle: ModelBundle
+    policy: PromotionPolicy
+    publisher: PromotionsPublisher
+    rules: RealtimeRules
+    page_size: int = 1_000
+
+
+def run_segment(step: SegmentStep, work: SegmentWork, remaining_s: Callable[[], float]) -> dict[str, Any]:
+    """Pages of the segment re-scored until it is done or ``remaining_s()`` leaves less than twice
+    the slowest page so far (plus 10 s): then the answer's ``cursor`` says where to resume."""
+    totals = _totals(step.totals)
+    cursor, slowest = step.cursor, 0.0
+    while True:
+        started = time.monotonic()
+        page = rescore_inactive(
+            work.store,
+            work.bundle,
+            policy=work.policy,
+            publisher=work.publisher,
+            now=step.now,
+            rules=work.rules,
+            cursor=cursor,
+            page_size=work.page_size,
+            max_pages=1,
+            segment=step.segment,
+            segments=step.segments,
+        )
+        totals = add_sweep_results(totals, page)
+        cursor, slowest = page.cursor, max(slowest, time.monotonic() - started)
+        if cursor is None or remaining_s() < 2 * slowest + 10.0:
+            break
+    return {
+        "now": _iso(step.now),
+        "segment": step.segment,
+        "segments": step.segments,
+        "cursor": cursor,
+        "done": cursor is None,
+        "totals": {name: getattr(totals, name) for name in COUNTS},
+        "invocations": step.invocations + 1,
+        "model_version": work.bundle.version,
+    }
+
+
+def finish_sweep(step: FinishStep) -> dict[str, Any]:
+    """The segments' counts summed; ``complete`` is False if a segment did not finish its scan."""
+    totals = dict.fromkeys(COUNTS, 0)
+    for answer in step.segments:
+        for name in COUNTS:
+            totals[name] += int(answer.get("totals", {}).get(name, 0))
+    return {
+        "now": _iso(step.now),
+        "segments": len(step.segments),
+        "complete": all(answer.get("done") for answer in step.segments),
+        "invocations": sum(int(answer.get("invocations", 0)) for answer in step.segments),
+        "model_versions": sorted({str(a["model_version"]) for a in step.segments if a.get("model_version")}),
+        "totals": totals,
+    }
+
+
+def _totals(counts: dict[str, int]) -> SweepResult:
+    get = counts.get
+    return SweepResult(
+        scanned=get("scanned", 0),
+        scored=get("scored", 0),
+        skipped_recent=get("skipped_recent", 0),
+        warnings=get("warnings", 0),
+        queued=get("queued", 0),
+        conflicts=get("conflicts", 0),
+        failed=get("failed", 0),
+        promotion_failures=get("promotion_failures", 0),
+    )
