@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -201,6 +202,21 @@ def _podman_service(conf: Path) -> str:
             )
         time.sleep(0.3)
     return host
+
+
+def stop_podman_service() -> bool:
+    """Stop the podman API service this checkout started (``_podman_service``), if it runs; True if
+    one was stopped. It outlives a run on purpose (the next make target reuses it), so a throwaway
+    checkout (CI) stops it when its tests end, rather than leave a service per clone behind."""
+    pid_file = CACHE / "podman-service.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text())
+    pid_file.unlink(missing_ok=True)
+    if not _alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    return True
 
 
 def ensure_engine() -> Engine:

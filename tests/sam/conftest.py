@@ -33,3 +33,7 @@ def sam_stack(engine, tmp_path_factory):
     stack = start_sam_stack(FIXTURE_MODEL, tmp_path_factory.mktemp("sam"), engine)
     yield stack
     stack.stop()
+    if os.environ.get("CI") == "true" and engine.kind == "podman":
+        from infra.containers import stop_podman_service
+
+        stop_podman_service()  # a CI checkout is thrown away: leave no service behind

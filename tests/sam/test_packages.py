@@ -244,6 +244,65 @@ def test_dataset_package_runs_every_step_of_the_state_machine_and_scores_each_cu
     assert _queue_depth(sam_stack, "PromotionsQueue") == before + summary["customers_queued"]
 
 
+def test_realtime_routes_and_the_inactivity_sweep_run_from_their_packages(sam_stack):
+    """Real-time mode as deployed: POST /v1/events, GET and DELETE /v1/customers/{user_id} in the
+    ScoreApiFunction package against the template's state table, and the sweep's own ASL (local
+    runner) with every step in the InactivitySweepFunction package under `sam local start-lambda`."""
+    import datetime as dt
+
+    from infra.local_aws import free_port
+    from infra.local_stack.step_functions import StateMachine, state_machine_definitions
+    from infra.sam_local import stop_process
+    from infra.template import load_template
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    user = "sam-realtime-1"
+    events = [
+        {"user_id": user, "timestamp": (now - dt.timedelta(weeks=11 - w, hours=1)).isoformat(),
+         "event_type": "order", "amount": 40.0, "event_id": f"order-{w}"}
+        for w in range(12)
+    ]  # fmt: skip
+    post = load_event("score_api/post_events.json")
+    post["body"] = json.dumps({"events": events})
+    posted = sam_stack.invoke("ScoreApiFunction", post)
+    assert posted.response["statusCode"] == 202, posted.logs[-3000:]
+    (customer,) = json.loads(posted.response["body"])["customers"]
+    assert customer["events_applied"] == 12
+    get = load_event("score_api/get_customer.json")
+    get["path"], get["pathParameters"] = f"/v1/customers/{user}", {"user_id": user}
+    viewed = sam_stack.invoke("ScoreApiFunction", get)
+    assert viewed.response["statusCode"] == 200, viewed.logs[-3000:]
+    assert json.loads(viewed.response["body"])["churn_probability"] == pytest.approx(
+        customer["churn_probability"], abs=1e-6
+    )
+
+    definition = state_machine_definitions(load_template(), sam_stack.resources)[
+        "InactivitySweepStateMachine"
+    ]
+    before = _queue_depth(sam_stack, "PromotionsQueue")
+    port = free_port()
+    process = sam_stack.start_lambda(port)
+    try:
+        started = time.time()
+        tick = {"scheduled_time": (now + dt.timedelta(days=300)).isoformat()}
+        outcome = StateMachine(definition, _lambda_invoker(port), map_workers=1).execute(tick)
+        print(f"\nInactivitySweepStateMachine over start-lambda: {time.time() - started:.1f} s")
+    finally:
+        stop_process(process)
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.cause)
+    assert outcome.output["complete"] and outcome.output["totals"]["scored"] >= 1, outcome.output
+    assert outcome.output["totals"]["warnings"] >= 1  # ten months of silence
+    assert _queue_depth(sam_stack, "PromotionsQueue") == before + outcome.output["totals"]["queued"]
+
+    delete = load_event("score_api/delete_customer.json")
+    delete["path"], delete["pathParameters"] = f"/v1/customers/{user}", {"user_id": user}
+    deleted = sam_stack.invoke("ScoreApiFunction", delete)
+    assert deleted.response["statusCode"] == 204, deleted.logs[-3000:]
+    table = sam_stack.resources.refs["CustomerStateTable"]
+    item = sam_stack.clients["dynamodb"].get_item(TableName=table, Key={"user_id": {"S": user}})
+    assert "Item" not in item
+
+
 def test_retrain_package_creates_the_training_job_and_promote_package_gates_it(sam_stack, tmp_path):
     sam_stack.env_overrides["RetrainFunction"] = {
         "CHURNGUARD_TRAINING_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/churnguard-training:abc123"
