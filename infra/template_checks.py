@@ -38,6 +38,7 @@ TRANSLATED_IGNORES = ["W3005", "E2533"]
 SIZE_LIMITS_MB = {
     "ScoreApiFunction": 150,
     "InactivitySweepFunction": 150,
+    "RealtimeEventsFunction": 150,
     "BatchScoreFunction": 230,
     "PromoteFunction": 230,
     "DatasetScoreFunction": 230,

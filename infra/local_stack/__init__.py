@@ -29,7 +29,7 @@ run in this process instead of separate containers (see ``step_functions`` for t
 
 from infra.local_aws import REGION, MotoServer, aws_environment, free_port
 from infra.local_stack.api import api_gateway_event, make_api_server
-from infra.local_stack.deliveries import EventRuleDelivery, ScoringJobsDelivery
+from infra.local_stack.deliveries import EventRuleDelivery, SqsEventSourceDelivery
 from infra.local_stack.model import (
     MODEL_DIR,
     cdnow_holdout,
@@ -48,7 +48,7 @@ __all__ = [
     "EventRuleDelivery",
     "LocalResources",
     "MotoServer",
-    "ScoringJobsDelivery",
+    "SqsEventSourceDelivery",
     "Stack",
     "api_gateway_event",
     "aws_environment",

@@ -19,16 +19,22 @@ EVENT_RULE_TIMEOUT_S = 300  # PromoteFunction's Timeout in template.yaml
 class QueuePoller(threading.Thread):
     """A daemon thread that long-polls one queue until stopped and hands each batch to ``deliver``."""
 
-    def __init__(self, sqs: Any, queue_url: str, name: str, **receive_args: Any) -> None:
+    def __init__(
+        self, sqs: Any, queue_url: str, name: str, max_messages: int = 1, **receive_args: Any
+    ) -> None:
         super().__init__(daemon=True, name=name)
         self._sqs, self._queue_url, self._receive_args = sqs, queue_url, receive_args
+        self._max_messages = max_messages
         self._stopping = threading.Event()
 
     def run(self) -> None:
         while not self._stopping.is_set():
             try:
                 got = self._sqs.receive_message(
-                    QueueUrl=self._queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1, **self._receive_args
+                    QueueUrl=self._queue_url,
+                    MaxNumberOfMessages=self._max_messages,
+                    WaitTimeSeconds=1,
+                    **self._receive_args,
                 )
             except Exception:  # the server is going away
                 if self._stopping.is_set():
@@ -49,23 +55,35 @@ class QueuePoller(threading.Thread):
         self._stopping.set()
 
 
-class ScoringJobsDelivery(QueuePoller):
-    """Lambda's SQS event source mapping: poll, invoke with an SQS event, delete what succeeded."""
+class SqsEventSourceDelivery(QueuePoller):
+    """Lambda's SQS event source mapping: poll, invoke with an SQS event, delete what succeeded.
+    By default the scoring-jobs queue -> ``BatchScoreFunction`` (one message per invocation)."""
 
-    def __init__(self, sqs: Any, queue_url: str, queue_arn: str, handler_module: Any) -> None:
-        super().__init__(sqs, queue_url, "scoring-jobs", AttributeNames=["All"])
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        queue_arn: str,
+        handler_module: Any,
+        *,
+        function: str = "BatchScoreFunction",
+        timeout_s: float = BATCH_TIMEOUT_S,
+        batch_size: int = 1,
+    ) -> None:
+        super().__init__(sqs, queue_url, f"sqs-{function}", max_messages=batch_size, AttributeNames=["All"])
         self._queue_arn = queue_arn
         self._handler = handler_module
+        self._function, self._timeout_s = function, timeout_s
         self.invocations = 0
 
     def deliver(self, messages: list[dict[str, Any]]) -> None:
         self.invocations += 1
         try:
             result = self._handler.lambda_handler(
-                self.sqs_event(messages), LambdaContext("BatchScoreFunction", timeout_s=BATCH_TIMEOUT_S)
+                self.sqs_event(messages), LambdaContext(self._function, timeout_s=self._timeout_s)
             )
         except Exception as exc:  # like Lambda: a failed invocation leaves the whole batch on the queue
-            print(f"BatchScoreFunction invocation failed: {type(exc).__name__}", file=sys.stderr, flush=True)
+            print(f"{self._function} invocation failed: {type(exc).__name__}", file=sys.stderr, flush=True)
             return
         failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
         for m in messages:

@@ -13,7 +13,7 @@ from typing import Any
 from infra.lambda_harness import load_handler
 from infra.local_aws import MotoServer, aws_environment
 from infra.local_stack.api import make_api_server
-from infra.local_stack.deliveries import EventRuleDelivery, ScoringJobsDelivery
+from infra.local_stack.deliveries import EventRuleDelivery, SqsEventSourceDelivery
 from infra.local_stack.model import ensure_model, write_holdout
 from infra.local_stack.resources import LocalResources, create_resources
 from infra.local_stack.step_functions import (
@@ -38,17 +38,21 @@ class Stack:
     clients: dict[str, Any]
     api_url: str
     server: ThreadingHTTPServer
-    delivery: ScoringJobsDelivery
+    delivery: SqsEventSourceDelivery
     promote_delivery: EventRuleDelivery | None
     model_version: str
     model_dir: Path
     trained: bool
     # Runs the executions moto records (None: the template has no dataset function).
     step_functions: ExecutionPoller | None = None
+    # The real-time events queue -> RealtimeEventsFunction (None: not in the template).
+    events_delivery: SqsEventSourceDelivery | None = None
 
     def stop(self) -> None:
         if self.step_functions:
             self.step_functions.stop()
+        if self.events_delivery:
+            self.events_delivery.stop()
         self.delivery.stop()
         if self.promote_delivery:
             self.promote_delivery.stop()
@@ -60,9 +64,10 @@ class Stack:
 @dataclass
 class _Functions:
     server: ThreadingHTTPServer
-    delivery: ScoringJobsDelivery
+    delivery: SqsEventSourceDelivery
     promote_delivery: EventRuleDelivery | None
     step_functions: ExecutionPoller | None
+    events_delivery: SqsEventSourceDelivery | None
 
 
 def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = False) -> Stack:
@@ -102,6 +107,7 @@ def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = Fals
         Path(model_dir),
         trained,
         functions.step_functions,
+        functions.events_delivery,
     )
 
 
@@ -151,7 +157,7 @@ def _start_functions(
     batch = load("batch_score", "BatchScoreFunction")
     server = make_api_server(score_api, port)
     threading.Thread(target=server.serve_forever, daemon=True, name="api").start()
-    delivery = ScoringJobsDelivery(
+    delivery = SqsEventSourceDelivery(
         clients["sqs"], resources.refs["ScoringJobsQueue"], resources.arns["ScoringJobsQueue"], batch
     )
     delivery.start()
@@ -177,4 +183,16 @@ def _start_functions(
             clients["sqs"], resources.event_queues["PromoteFunction"][0], promote, "PromoteFunction"
         )
         promote_delivery.start()
-    return _Functions(server, delivery, promote_delivery, step_functions)
+    events_delivery = None
+    if "RealtimeEventsFunction" in resources.function_env:
+        events_delivery = SqsEventSourceDelivery(
+            clients["sqs"],
+            resources.refs["RealtimeEventsQueue"],
+            resources.arns["RealtimeEventsQueue"],
+            load("realtime_events", "RealtimeEventsFunction"),
+            function="RealtimeEventsFunction",
+            timeout_s=function_timeouts(template)["RealtimeEventsFunction"],
+            batch_size=10,
+        )
+        events_delivery.start()
+    return _Functions(server, delivery, promote_delivery, step_functions, events_delivery)

@@ -162,6 +162,24 @@ class SqsMessageQueue:
         )
 
 
+class SqsDeadLetters:
+    """``DeadLetters`` on an SQS queue: the message's body as it came, the reason and the original
+    message id as message attributes."""
+
+    def __init__(self, client: SQSClient, queue_url: str) -> None:
+        self._client, self._queue_url = client, queue_url
+
+    def park(self, body: str, *, reason: str, message_id: str) -> None:
+        self._client.send_message(
+            QueueUrl=self._queue_url,
+            MessageBody=body,
+            MessageAttributes={
+                "reason": {"DataType": "String", "StringValue": reason[:1000]},
+                "original_message_id": {"DataType": "String", "StringValue": message_id},
+            },
+        )
+
+
 class StepFunctionsWorkflowStarter:
     """``WorkflowStarter`` on one Step Functions state machine: ``StartExecution`` with a name."""
 

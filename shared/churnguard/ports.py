@@ -229,3 +229,10 @@ class CustomerStateStore(Protocol):
         """How many customers are stored, roughly (DynamoDB refreshes its count every ~6 hours):
         enough to size the sweep's segments."""
         ...
+
+
+class DeadLetters(Protocol):
+    """Where a message that can never be applied goes at once (a dead-letter queue), with the reason
+    (field names and rules, never a value) and the id of the message it was."""
+
+    def park(self, body: str, *, reason: str, message_id: str) -> None: ...

@@ -95,6 +95,7 @@ class RealtimeRules:
 class Failure:
     kind: Literal["transient", "refused"]  # transient: the same call may succeed later
     message: str  # never quotes a user id
+    aws: bool = False  # an AWS call failed (refused: permissions, a missing table), not the customer's data
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,7 @@ class _Update:
 
 def _failure(exc: BaseException) -> Failure:
     if isinstance(exc, AwsCallError):
-        return Failure("transient" if isinstance(exc, TransientAwsError) else "refused", str(exc))
+        return Failure("transient" if isinstance(exc, TransientAwsError) else "refused", str(exc), aws=True)
     if isinstance(exc, CustomerStateError):
         return Failure("refused", str(exc))
     return _failure(classify_aws_error(exc))

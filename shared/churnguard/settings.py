@@ -91,6 +91,9 @@ class ServingSettings(EnvSettings):
     warning_margin: float = Field(0.05, alias="CHURNGUARD_WARNING_MARGIN", ge=0, lt=1)
     # POST /v1/events: at most this many events per request (and max_customers_per_request customers).
     max_events_per_request: int = Field(1_000, alias="CHURNGUARD_MAX_EVENTS", ge=1, le=10_000)
+    # Events through the queue (churnguard.event_messages): where a message that can never be applied
+    # goes at once (unset: it is retried until the queue's redrive policy parks it).
+    events_dead_letter_queue_url: str | None = Field(None, alias="CHURNGUARD_EVENTS_DLQ_URL", min_length=1)
     # The inactivity sweep (churnguard.sweep): a parallel-scan segment per this many stored customers
     # (at least sweep_min_segments), each scanned in pages of sweep_page_size items.
     sweep_customers_per_segment: int = Field(

@@ -14,10 +14,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from churnguard import aws
-from churnguard.adapters import DynamoDbCustomerStateStore, S3ObjectStore, StepFunctionsWorkflowStarter
+from churnguard.adapters import (
+    DynamoDbCustomerStateStore,
+    S3ObjectStore,
+    SqsDeadLetters,
+    StepFunctionsWorkflowStarter,
+)
 from churnguard.admission import MemoryModel
 from churnguard.model_provider import ModelEventSink, ModelProvider, provider_from_settings
-from churnguard.ports import CustomerStateStore, ObjectStore, WorkflowStarter
+from churnguard.ports import CustomerStateStore, DeadLetters, ObjectStore, WorkflowStarter
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult, SqsPromotionsPublisher
 from churnguard.realtime import RealtimeRules
 from churnguard.settings import ServingSettings, SettingsError
@@ -121,6 +126,33 @@ def realtime_runtime(
     if publisher is None:
         return RealtimeRuntime(store, rules, NoQueuePublisher(), queue_configured=False)
     return RealtimeRuntime(store, rules, publisher, queue_configured=True)
+
+
+@dataclass(frozen=True)
+class EventsQueueRuntime:
+    """The events-queue function's wiring (``churnguard.event_messages``): the API's real-time
+    objects, and where refused messages go."""
+
+    settings: ServingSettings
+    models: ModelProvider
+    realtime: RealtimeRuntime
+    policy: PromotionPolicy
+    dead_letters: DeadLetters | None  # None: a refused message is retried until the redrive parks it
+
+
+def events_queue_runtime(on_model_event: ModelEventSink) -> EventsQueueRuntime:
+    """The events-queue function's wiring (``aws.API`` budget: a message is small, and a slow call
+    is better retried by SQS than waited for); a state table is required."""
+    settings = ServingSettings.from_env()
+    publisher = promotions_publisher(settings, aws.API)
+    realtime = realtime_runtime(settings, publisher, aws.API)
+    if realtime is None:
+        raise SettingsError("the events queue needs CHURNGUARD_STATE_TABLE (the customers' state table)")
+    models = provider_from_settings(settings, on_event=on_model_event, budget=aws.API)
+    dead_letters = None
+    if settings.events_dead_letter_queue_url:
+        dead_letters = SqsDeadLetters(aws.client("sqs", aws.API), settings.events_dead_letter_queue_url)
+    return EventsQueueRuntime(settings, models, realtime, settings.promotion_policy(), dead_letters)
 
 
 @dataclass(frozen=True)

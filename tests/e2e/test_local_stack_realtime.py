@@ -138,3 +138,23 @@ def test_risk_follows_events_and_the_sweep_warns_a_lapsed_customer_once_then_del
     (table,) = [t for t in ddb.list_tables()["TableNames"] if t.endswith("CustomerStateTable")]
     assert "Item" not in ddb.get_item(TableName=table, Key={"user_id": {"S": user}})
     assert http("GET", url)[0] == 404
+
+
+def test_events_sent_to_the_queue_reach_the_customers_state(stack):
+    sqs = _client(stack, "sqs")
+    (queue,) = [u for u in sqs.list_queues()["QueueUrls"] if "RealtimeEventsQueue" in u]
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    user = "e2e queued customer"
+    events = [
+        {"user_id": user, "timestamp": (now - dt.timedelta(days=d)).isoformat(), "event_type": "order",
+         "amount": 30.0}
+        for d in (14, 7)
+    ]  # fmt: skip
+    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"events": events}))
+    url = f"{stack['api']}/v1/customers/{quote(user, safe='')}"
+    deadline = time.monotonic() + 60
+    while (answer := http("GET", url))[0] == 404:
+        assert time.monotonic() < deadline, "the queued events were not applied within 60 s"
+        time.sleep(0.2)
+    status, view = answer
+    assert status == 200 and view["events_applied"] == 2, view

@@ -2,7 +2,7 @@
 
 import time
 
-from infra.local_stack import ScoringJobsDelivery
+from infra.local_stack import SqsEventSourceDelivery
 
 
 class FakeSqs:
@@ -33,7 +33,7 @@ class RaisesOnFirstFile:
 
 def test_a_handler_that_raises_leaves_its_message_and_later_drops_still_flow():
     sqs, handler = FakeSqs(["first", "second"]), RaisesOnFirstFile()
-    delivery = ScoringJobsDelivery(sqs, "q", "arn:aws:sqs:eu-west-1:0:q", handler)
+    delivery = SqsEventSourceDelivery(sqs, "q", "arn:aws:sqs:eu-west-1:0:q", handler)
     delivery.start()
     deadline = time.time() + 10
     while handler.calls < 2 and time.time() < deadline:

@@ -1,0 +1,118 @@
+"""Real-time events by queue (``churnguard.event_messages``): a message is a ``POST /v1/events``
+body; a redelivered message applies nothing twice (ids named after the message), a transient
+failure asks for a retry, and a message that can never be applied is refused with a reason that
+names fields and rules, never a value."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from churnguard.bundle import ModelBundle
+from churnguard.event_messages import apply_message, parse_message
+from churnguard.promotions import PromotionPolicy
+from churnguard.realtime import ingest
+from tests.helpers import FIXTURE_MODEL
+from tests.unit.fakes import MemoryCustomerStateStore, RecordingPublisher, client_error
+
+NOW = dt.datetime(2024, 10, 1, tzinfo=dt.UTC)
+LIMITS = {"max_events": 1000, "max_customers": 100}
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    return ModelBundle.from_directory(FIXTURE_MODEL)
+
+
+@pytest.fixture
+def store() -> MemoryCustomerStateStore:
+    return MemoryCustomerStateStore()
+
+
+def bound(store, bundle):
+    def run(pairs, now):
+        return ingest(
+            pairs,
+            store=store,
+            bundle=bundle,
+            policy=PromotionPolicy(),
+            publisher=RecordingPublisher(),
+            now=now,
+        )
+
+    return run
+
+
+def body(*events: dict) -> str:
+    return json.dumps({"events": list(events)})
+
+
+def order(user: str, day: int, **more) -> dict:
+    return {
+        "user_id": user,
+        "timestamp": f"2024-09-{day:02d}T10:00:00Z",
+        "event_type": "order",
+        "amount": 20.0,
+        **more,
+    }
+
+
+def test_a_redelivered_message_applies_nothing_twice_even_without_event_ids(store, bundle):
+    message = body(order("c-1", 2), order("c-1", 9), order("c-2", 3, event_id="own-id"))
+    first = apply_message(message, "msg-1", bound(store, bundle), NOW, **LIMITS)
+    assert (first.status, first.events, first.customers, first.applied, first.duplicates) == (
+        "applied",
+        3,
+        2,
+        2,
+        0,
+    )
+    again = apply_message(message, "msg-1", bound(store, bundle), NOW, **LIMITS)  # SQS delivers it again
+    assert (again.status, again.duplicates) == ("applied", 3)
+    other = apply_message(message, "msg-2", bound(store, bundle), NOW, **LIMITS)  # the same events resent
+    assert other.duplicates == 1  # only the event with its own id: id-less events in a new message are new
+
+
+def test_events_without_an_id_are_named_after_the_message_and_their_position():
+    pairs = parse_message(body(order("c-1", 2), order("c-1", 9, event_id="x")), "m-7", **LIMITS)
+    assert [event.event_id for _, event in pairs] == ["sqs:m-7:0", "x"]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("{not json", "invalid message: body: Invalid JSON"),
+        (body(order("secret-customer", 2) | {"event_type": "teleport"}), "events.0.event_type"),
+        (body(order("secret-customer", 2) | {"amount": "lots"}), "events.0.amount"),
+        (json.dumps({"customers": []}), "events: Field required"),
+        (body(*[order(f"c-{i}", 2) for i in range(101)]), "at most 100 customers per message (got 101)"),
+    ],
+)
+def test_a_message_that_can_never_be_applied_is_refused_naming_the_field_not_the_value(
+    message, reason, store, bundle
+):
+    outcome = apply_message(message, "m", bound(store, bundle), NOW, **LIMITS)
+    assert outcome.status == "refused" and reason in outcome.reason
+    assert "secret-customer" not in outcome.reason and "lots" not in outcome.reason and store.items == {}
+
+
+def test_too_many_events_and_an_event_far_in_the_future_are_refused(store, bundle):
+    many = apply_message(
+        body(*[order("c-1", 2)] * 5), "m", bound(store, bundle), NOW, max_events=4, max_customers=100
+    )
+    assert many.status == "refused" and "at most 4 events per message (got 5)" in many.reason
+    future = order("secret-customer", 2) | {"timestamp": "2025-01-01T00:00:00Z"}
+    late = apply_message(body(future), "m", bound(store, bundle), NOW, **LIMITS)
+    assert late.status == "refused" and "events[0].timestamp" in late.reason and "secret" not in late.reason
+
+
+def test_a_transient_failure_of_one_customer_asks_for_a_retry_and_the_retry_completes_it(store, bundle):
+    store.faults[("get", "c-2")] = client_error("ProvisionedThroughputExceededException", "GetItem")
+    message = body(order("c-1", 2), order("c-2", 3))
+    first = apply_message(message, "m-1", bound(store, bundle), NOW, **LIMITS)
+    assert (first.status, first.applied) == ("retry", 1) and "c-2" not in first.reason
+    again = apply_message(message, "m-1", bound(store, bundle), NOW, **LIMITS)
+    assert (again.status, again.applied, again.duplicates) == ("applied", 2, 1)
+    assert set(store.items) == {"c-1", "c-2"}
