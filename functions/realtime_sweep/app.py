@@ -61,13 +61,20 @@ def run_step(
     rt: SweepRuntime, step: PlanStep | SegmentStep | FinishStep, context: LambdaContext
 ) -> dict[str, Any]:
     if isinstance(step, PlanStep):
-        return plan_sweep(
+        plan = plan_sweep(
             step,
             rt.realtime.store,
             now=dt.datetime.now(dt.UTC),
             customers_per_segment=rt.settings.sweep_customers_per_segment,
             min_segments=rt.settings.sweep_min_segments,
+            max_future_s=None if rt.settings.sweep_allow_future_ticks else 900.0,
+            runs=rt.runs,
         )
+        started = plan["status"] == "planned"
+        metrics.add_metric(
+            name="SweepsStarted" if started else "SweepsStoodDown", unit=MetricUnit.Count, value=1
+        )
+        return plan
     if isinstance(step, SegmentStep):
         work = SegmentWork(
             rt.realtime.store,

@@ -27,8 +27,12 @@ from infra.template import load_template
 AWS_SERVICES = ("s3", "sqs", "ssm", "dynamodb", "events", "stepfunctions")
 # Locally a Retry waits a tenth of what the state machine's definition says.
 LOCAL_RETRY_TIME_SCALE = 0.1
-# Locally the pointer is re-read every 2 s (cloud: 60 s) so a promotion shows up promptly.
-LOCAL_FUNCTION_SETTINGS = {"CHURNGUARD_MODEL_POINTER_MAX_AGE": "2"}
+# Locally the pointer is re-read every 2 s (cloud: 60 s) so a promotion shows up promptly, and the
+# inactivity sweep may be started for a future tick (the way to see a customer lapse without waiting).
+LOCAL_FUNCTION_SETTINGS = {
+    "CHURNGUARD_MODEL_POINTER_MAX_AGE": "2",
+    "CHURNGUARD_SWEEP_ALLOW_FUTURE_TICKS": "true",
+}
 
 
 @dataclass

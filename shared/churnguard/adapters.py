@@ -22,6 +22,7 @@ from churnguard.ports import (
     ParameterVersion,
     QueueMessage,
     ReadableStream,
+    RunningExecution,
     SendBatchResult,
     SendFailure,
     StateConflictError,
@@ -195,6 +196,21 @@ class StepFunctionsWorkflowStarter:
         except self._client.exceptions.ExecutionAlreadyExists:
             return False  # the port's answer for "already started", not an error (see WorkflowStarter)
         return True
+
+
+class StepFunctionsRunningExecutions:
+    """``RunningExecutions`` by ``ListExecutions`` (status RUNNING), every page."""
+
+    def __init__(self, client: SFNClient) -> None:
+        self._client = client
+
+    def running(self, state_machine_arn: str) -> list[RunningExecution]:
+        pages = self._client.get_paginator("list_executions").paginate(
+            stateMachineArn=state_machine_arn, statusFilter="RUNNING"
+        )
+        return [
+            RunningExecution(e["executionArn"], e["startDate"]) for page in pages for e in page["executions"]
+        ]
 
 
 class DynamoDbCustomerStateStore:

@@ -138,6 +138,18 @@ class PromotionLedger(Protocol):
     def mark(self, keys: Sequence[str]) -> None: ...
 
 
+@dataclass(frozen=True)
+class RunningExecution:
+    arn: str
+    started: dt.datetime
+
+
+class RunningExecutions(Protocol):
+    """The runs of a Step Functions state machine still running (the sweep's overlap check)."""
+
+    def running(self, state_machine_arn: str) -> list[RunningExecution]: ...
+
+
 class WorkflowStarter(Protocol):
     """One workflow (a Step Functions state machine) whose runs are started by name.
 

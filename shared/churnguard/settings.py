@@ -101,6 +101,9 @@ class ServingSettings(EnvSettings):
     )
     sweep_min_segments: int = Field(1, alias="CHURNGUARD_SWEEP_MIN_SEGMENTS", ge=1, le=1_000)
     sweep_page_size: int = Field(1_000, alias="CHURNGUARD_SWEEP_PAGE_SIZE", ge=1, le=10_000)
+    # A sweep refuses a tick more than 15 min ahead of the clock; a local stack that simulates the
+    # passing of time (tests, the demo) allows it. The template declares it "false".
+    sweep_allow_future_ticks: bool = Field(False, alias="CHURNGUARD_SWEEP_ALLOW_FUTURE_TICKS")
 
     # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
     value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)

@@ -37,13 +37,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from churnguard.aws import aws_errors, classify_aws_error
+from churnguard.aws import TransientAwsError, aws_errors, classify_aws_error
 from churnguard.bundle import ModelBundle
-from churnguard.ports import CustomerStateStore
+from churnguard.ports import CustomerStateStore, RunningExecutions
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher
 from churnguard.realtime import RealtimeRules, SweepResult, add_sweep_results, rescore_inactive
 
-MAX_SEGMENTS = 1_000  # DynamoDB takes up to 1,000,000; the state machine's Map item list stays small
+# DynamoDB takes up to 1,000,000 segments; the state machine's Map results (~250 bytes a segment, a
+# 256 KB state) and its execution history (25,000 events, ~7 a segment invocation) take ~200.
+MAX_SEGMENTS = 200
+MIN_RESERVE_S = 60.0  # a segment stops with at least this much of its invocation left
 COUNTS = tuple(f.name for f in dataclasses.fields(SweepResult) if f.name != "cursor")
 
 
@@ -62,6 +65,9 @@ class SweepRequest(_Step):
 class PlanStep(_Step):
     step: Literal["plan"]
     request: SweepRequest = Field(default_factory=lambda: SweepRequest.model_validate({}))
+    # $$.StateMachine.Id and $$.Execution.Id: a run that finds an earlier one still running stands down.
+    state_machine: str | None = Field(None, min_length=1)
+    execution: str | None = Field(None, min_length=1)
 
 
 class SegmentStep(_Step):
@@ -72,6 +78,7 @@ class SegmentStep(_Step):
     cursor: str | None = Field(None, min_length=1)
     totals: dict[str, int] = Field(default_factory=dict)
     invocations: int = Field(0, ge=0)
+    slowest_page_s: float = Field(0.0, ge=0, allow_inf_nan=False)  # of the segment's earlier invocations
 
     @model_validator(mode="after")
     def _segment_in_range(self) -> SegmentStep:
@@ -123,9 +130,23 @@ def plan_sweep(
     now: dt.datetime,
     customers_per_segment: int,
     min_segments: int = 1,
+    max_future_s: float | None = 900.0,
+    runs: RunningExecutions | None = None,
 ) -> dict[str, Any]:
-    """The scoring instant and the segments (``items``: one per segment, for the Map)."""
+    """The scoring instant and the segments (``items``: one per segment, for the Map); ``status``
+    ``overlap`` (and no segments) when an earlier run of the same state machine is still running.
+
+    A tick later than ``now + max_future_s`` is refused (``SweepPayloadError``): it would score every
+    customer as silent until then, warn the active ones, and stamp their records with a future
+    score time. ``max_future_s`` None allows it (a local stack simulating the passing of time)."""
     instant = step.request.scheduled_time or now
+    if max_future_s is not None and (instant - now).total_seconds() > max_future_s:
+        raise SweepPayloadError(
+            f"invalid sweep payload: request.scheduled_time is more than {max_future_s:g} s after now "
+            "(a sweep scores at its tick, never ahead of it)"
+        )
+    if runs is not None and step.state_machine and step.execution and _earlier_run(runs, step):
+        return {"status": "overlap", "now": _iso(instant), "segments": 0, "items": []}
     if step.request.segments is not None:
         segments, estimate = step.request.segments, None
     else:
@@ -136,11 +157,26 @@ def plan_sweep(
         needed = math.ceil(estimate / customers_per_segment)
         segments = min(MAX_SEGMENTS, max(min_segments, needed, 1))
     return {
+        "status": "planned",
         "now": _iso(instant),
         "segments": segments,
         "customers_estimate": estimate,
         "items": [{"segment": i} for i in range(segments)],
     }
+
+
+def _earlier_run(runs: RunningExecutions, step: PlanStep) -> bool:
+    """Another run of the machine started before this one (or at the same instant with a smaller
+    ARN) is still running: two runs at once would both publish the warnings one of them stored."""
+    assert step.state_machine is not None and step.execution is not None
+    try:
+        running = runs.running(step.state_machine)
+    except aws_errors() as exc:
+        raise classify_aws_error(exc) from exc
+    mine = next((r for r in running if r.arn == step.execution), None)
+    if mine is None:  # not listed yet (eventual consistency): compare with every other run
+        return any(r.arn != step.execution for r in running)
+    return any((r.started, r.arn) < (mine.started, mine.arn) for r in running if r.arn != step.execution)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,28 +192,35 @@ class SegmentWork:
 
 
 def run_segment(step: SegmentStep, work: SegmentWork, remaining_s: Callable[[], float]) -> dict[str, Any]:
-    """Pages of the segment re-scored until it is done or ``remaining_s()`` leaves less than twice
-    the slowest page so far (plus 10 s): then the answer's ``cursor`` says where to resume."""
+    """Pages of the segment re-scored until it is done, or until ``remaining_s()`` leaves less than
+    three times the slowest page of the segment so far (at least ``MIN_RESERVE_S``), or until a
+    transient AWS error after at least one page: then the answer's ``cursor`` says where to resume
+    (the counts of the pages done are kept, and the next invocation retries from there)."""
     totals = _totals(step.totals)
-    cursor, slowest = step.cursor, 0.0
+    cursor, slowest, pages = step.cursor, step.slowest_page_s, 0
     while True:
         started = time.monotonic()
-        page = rescore_inactive(
-            work.store,
-            work.bundle,
-            policy=work.policy,
-            publisher=work.publisher,
-            now=step.now,
-            rules=work.rules,
-            cursor=cursor,
-            page_size=work.page_size,
-            max_pages=1,
-            segment=step.segment,
-            segments=step.segments,
-        )
-        totals = add_sweep_results(totals, page)
+        try:
+            page = rescore_inactive(
+                work.store,
+                work.bundle,
+                policy=work.policy,
+                publisher=work.publisher,
+                now=step.now,
+                rules=work.rules,
+                cursor=cursor,
+                page_size=work.page_size,
+                max_pages=1,
+                segment=step.segment,
+                segments=step.segments,
+            )
+        except TransientAwsError:
+            if pages == 0:
+                raise  # nothing done yet: the state machine's Retry waits and calls again
+            break
+        totals, pages = add_sweep_results(totals, page), pages + 1
         cursor, slowest = page.cursor, max(slowest, time.monotonic() - started)
-        if cursor is None or remaining_s() < 2 * slowest + 10.0:
+        if cursor is None or remaining_s() < max(MIN_RESERVE_S, 3 * slowest):
             break
     return {
         "now": _iso(step.now),
@@ -187,6 +230,7 @@ def run_segment(step: SegmentStep, work: SegmentWork, remaining_s: Callable[[], 
         "done": cursor is None,
         "totals": {name: getattr(totals, name) for name in COUNTS},
         "invocations": step.invocations + 1,
+        "slowest_page_s": round(slowest, 3),
         "model_version": work.bundle.version,
     }
 

@@ -18,11 +18,12 @@ from churnguard.adapters import (
     DynamoDbCustomerStateStore,
     S3ObjectStore,
     SqsDeadLetters,
+    StepFunctionsRunningExecutions,
     StepFunctionsWorkflowStarter,
 )
 from churnguard.admission import MemoryModel
 from churnguard.model_provider import ModelEventSink, ModelProvider, provider_from_settings
-from churnguard.ports import CustomerStateStore, DeadLetters, ObjectStore, WorkflowStarter
+from churnguard.ports import CustomerStateStore, DeadLetters, ObjectStore, RunningExecutions, WorkflowStarter
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult, SqsPromotionsPublisher
 from churnguard.realtime import RealtimeRules
 from churnguard.settings import ServingSettings, SettingsError
@@ -164,6 +165,7 @@ class SweepRuntime:
     models: ModelProvider
     realtime: RealtimeRuntime
     policy: PromotionPolicy
+    runs: RunningExecutions  # the sweep state machine's running executions (the overlap check)
 
 
 def sweep_runtime(on_model_event: ModelEventSink) -> SweepRuntime:
@@ -175,7 +177,8 @@ def sweep_runtime(on_model_event: ModelEventSink) -> SweepRuntime:
     if realtime is None:
         raise SettingsError("the sweep needs CHURNGUARD_STATE_TABLE (the customers' state table)")
     models = provider_from_settings(settings, on_event=on_model_event, budget=aws.BATCH)
-    return SweepRuntime(settings, models, realtime, settings.promotion_policy())
+    runs = StepFunctionsRunningExecutions(aws.client("stepfunctions", aws.CONTROL))
+    return SweepRuntime(settings, models, realtime, settings.promotion_policy(), runs)
 
 
 def batch_runtime(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+import uuid
 
 import pytest
 
@@ -59,10 +61,24 @@ def sweep(aws, monkeypatch):
 
 
 def state_machine(handler, timeout_s: float) -> StateMachine:
+    """The template's definition, registered in moto (the plan step lists its running executions)."""
+    import boto3
+
     arn = f"arn:aws:lambda:eu-west-1:000000000000:function:{FUNCTION}"
-    text = (ROOT / "statemachine/sweep.asl.json").read_text().replace("${InactivitySweepFunctionArn}", arn)
+    definition = json.loads(
+        (ROOT / "statemachine/sweep.asl.json").read_text().replace("${InactivitySweepFunctionArn}", arn)
+    )
+    sfn = boto3.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name=f"sweep-{uuid.uuid4().hex[:8]}",
+        definition=json.dumps(definition),
+        roleArn="arn:aws:iam::123456789012:role/local",
+    )["stateMachineArn"]
     return StateMachine(
-        json.loads(text), LocalFunctions({FUNCTION: handler}, {FUNCTION: timeout_s}), time_scale=0
+        definition,
+        LocalFunctions({FUNCTION: handler}, {FUNCTION: timeout_s}),
+        arn=machine,
+        time_scale=0,
     )
 
 
@@ -77,7 +93,7 @@ def queued(aws, queue: str) -> list[dict]:
 
 def test_the_sweep_state_machine_scores_every_customer_once_across_segments_and_invocations(sweep, aws):
     handler, queue = sweep
-    # A 5 s function timeout leaves less than the 10 s reserve: one page per invocation, so every
+    # A 5 s function timeout leaves less than the 60 s reserve: one page per invocation, so every
     # segment goes round the state machine's loop from its cursor.
     tick = {"scheduled_time": (BASE + dt.timedelta(weeks=12, days=300)).isoformat(), "segments": 2}
     outcome = state_machine(handler, timeout_s=5).execute(tick)
@@ -99,8 +115,32 @@ def test_the_sweep_state_machine_scores_every_customer_once_across_segments_and_
 
 def test_the_segment_fixture_event_runs_through_the_handler(sweep):
     handler, _ = sweep
-    answer = handler.lambda_handler(load_event("realtime_sweep/segment.json"), FakeLambdaContext())
-    assert answer["done"] and answer["totals"]["scanned"] == CUSTOMERS and "cursor" in answer
+    context = FakeLambdaContext(timeout_s=900)
+    answer = handler.lambda_handler(load_event("realtime_sweep/segment.json"), context)
+    assert answer["done"] and answer["totals"]["scanned"] == CUSTOMERS and answer["cursor"] is None
+
+
+def test_a_tick_ahead_of_the_clock_is_refused_and_an_earlier_running_sweep_makes_a_new_one_stand_down(sweep):
+    handler, _ = sweep
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    with pytest.raises(ValueError, match=r"request\.scheduled_time is more than 900 s after now"):
+        handler.lambda_handler({"step": "plan", "request": {"scheduled_time": ahead}}, FakeLambdaContext())
+
+    import boto3
+
+    sfn = boto3.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name="sweep-overlap",
+        definition='{"StartAt": "S", "States": {"S": {"Type": "Succeed"}}}',
+        roleArn="arn:aws:iam::123456789012:role/local",
+    )["stateMachineArn"]
+    earlier = sfn.start_execution(stateMachineArn=machine, name="earlier")["executionArn"]
+    time.sleep(1.1)  # moto's start dates have a one-second resolution
+    later = sfn.start_execution(stateMachineArn=machine, name="later")["executionArn"]  # moto: both RUNNING
+    plan = {"step": "plan", "state_machine": machine}
+    stood_down = handler.lambda_handler(plan | {"execution": later}, FakeLambdaContext())
+    assert stood_down["status"] == "overlap" and stood_down["items"] == []
+    assert handler.lambda_handler(plan | {"execution": earlier}, FakeLambdaContext())["status"] == "planned"
 
 
 def test_a_bad_step_fails_the_invocation_naming_the_field_not_the_cursor(sweep):

@@ -11,6 +11,7 @@ import pytest
 
 from churnguard.bundle import ModelBundle
 from churnguard.customer_state import StateEvent
+from churnguard.ports import RunningExecution
 from churnguard.promotions import PromotionPolicy
 from churnguard.realtime import RealtimeRules, ingest
 from churnguard.sweep import (
@@ -24,7 +25,7 @@ from churnguard.sweep import (
     run_segment,
 )
 from tests.helpers import FIXTURE_MODEL
-from tests.unit.fakes import MemoryCustomerStateStore, RecordingPublisher
+from tests.unit.fakes import MemoryCustomerStateStore, RecordingPublisher, client_error
 
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 NOW = BASE + dt.timedelta(weeks=12)
@@ -58,9 +59,11 @@ def segment_payload(segment: int, segments: int, now: dt.datetime, **more) -> di
 
 
 def test_the_plan_scores_at_the_ticks_time_and_sizes_segments_from_the_customer_count(store):
-    tick = dict(step="plan", request={"scheduled_time": "2024-06-01T03:00:00Z"})
+    tick = dict(step="plan", request={"scheduled_time": "2024-03-01T03:00:00Z"})
     plan = plan_sweep(parse_sweep_step(tick), store, now=NOW, customers_per_segment=10)
-    assert plan["now"] == "2024-06-01T03:00:00+00:00"  # the tick's, not the clock's: a re-run is the same
+    assert (
+        plan["now"] == "2024-03-01T03:00:00+00:00" and plan["status"] == "planned"
+    )  # the tick's, not the clock's: a re-run is the same
     assert plan["segments"] == 3 and plan["items"] == [{"segment": 0}, {"segment": 1}, {"segment": 2}]
     assert plan["customers_estimate"] == 25
     manual = plan_sweep(
@@ -170,3 +173,57 @@ def test_a_bad_payload_is_refused_naming_the_field_never_its_value(payload, fiel
         parse_sweep_step(payload)
     assert field in str(caught.value)
     assert "customer-secret" not in str(caught.value) and "tomorrow" not in str(caught.value)
+
+
+def test_a_tick_ahead_of_the_clock_is_refused_unless_the_stack_simulates_time(store):
+    def tick(minutes: int):
+        return parse_sweep_step(
+            {"step": "plan", "request": {"scheduled_time": (NOW + dt.timedelta(minutes=minutes)).isoformat()}}
+        )
+
+    with pytest.raises(SweepPayloadError, match=r"request\.scheduled_time"):
+        plan_sweep(tick(16), store, now=NOW, customers_per_segment=10)
+    assert (
+        plan_sweep(tick(16), store, now=NOW, customers_per_segment=10, max_future_s=None)["status"]
+        == "planned"
+    )
+    assert plan_sweep(tick(14), store, now=NOW, customers_per_segment=10)["status"] == "planned"  # clock skew
+
+
+class Runs:
+    def __init__(self, *runs: tuple[str, int]) -> None:
+        self.runs = [RunningExecution(arn, NOW + dt.timedelta(seconds=s)) for arn, s in runs]
+
+    def running(self, state_machine_arn: str) -> list[RunningExecution]:
+        return self.runs
+
+
+@pytest.mark.parametrize(
+    ("running", "status"),
+    [
+        ([("mine", 0)], "planned"),
+        ([("mine", 0), ("newer", 5)], "planned"),
+        ([("older", -5), ("mine", 0)], "overlap"),
+        ([("a-same-second", 0), ("mine", 0)], "overlap"),  # a tie: the smaller ARN goes on
+        ([("older", -5)], "overlap"),  # mine not listed yet: any other run is one too many
+    ],
+)
+def test_a_sweep_stands_down_while_an_earlier_run_is_still_running(store, running, status):
+    step = parse_sweep_step({"step": "plan", "state_machine": "machine", "execution": "mine"})
+    plan = plan_sweep(step, store, now=NOW, customers_per_segment=10, runs=Runs(*running))
+    assert plan["status"] == status and (plan["items"] == []) == (status == "overlap")
+
+
+def test_a_transient_error_after_some_pages_returns_their_counts_and_the_cursor(store, bundle):
+    work = SegmentWork(store, bundle, PromotionPolicy(), RecordingPublisher(), RealtimeRules(), page_size=4)
+    first_page = store.scan_page(None, 4).customers
+    store.faults[("scan", first_page[-1].user_id)] = client_error(
+        "ProvisionedThroughputExceededException", "Scan"
+    )
+    later = NOW + dt.timedelta(days=1)
+    answer = run_segment(parse_sweep_step(segment_payload(0, 1, later)), work, lambda: 900.0)
+    assert not answer["done"] and answer["cursor"] == first_page[-1].user_id
+    assert answer["totals"]["scanned"] == 4
+    again = segment_payload(0, 1, later, cursor=answer["cursor"], totals=answer["totals"])
+    final = run_segment(parse_sweep_step(again), work, lambda: 900.0)
+    assert final["done"] and final["totals"]["scanned"] == 25
