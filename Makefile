@@ -83,9 +83,11 @@ bench-quality: install
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache
 
-## Serving benchmark (warm/cold API, batch, 1M customers, Keras peer, package sizes) -> benchmarks/results/serving.{md,json}
+## Serving benchmark (warm/cold API, batch, 1M customers, Keras peer, package sizes) -> benchmarks/results/serving.{md,json};
+## then real-time (POST /v1/events, the inactivity sweep at 1M customers) -> benchmarks/results/realtime.{md,json}
 bench-serving: install
 	$(PY) -m benchmarks.serving
+	$(PY) -m benchmarks.realtime
 
 ## Batch peak memory by file shape, the fit behind batch admission -> benchmarks/results/batch_memory.{md,json}
 bench-batch-memory: install

@@ -72,6 +72,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import struct
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -315,7 +316,16 @@ class CustomerState:
 
     # ---- encoding ----
     def to_bytes(self) -> bytes:
-        """The exact, compact encoding (deterministic: equal states encode equally)."""
+        """The exact, compact encoding (deterministic: equal states encode equally). Kept once made
+        (a state is immutable): ``apply_events`` encodes to check the size bound, and the caller
+        then stores the same bytes; compressing twice was a third of an event's CPU."""
+        encoded: bytes | None = self.__dict__.get("_encoded")
+        if encoded is None:
+            encoded = self._encode()
+            object.__setattr__(self, "_encoded", encoded)  # not a field: eq, replace ignore it
+        return encoded
+
+    def _encode(self) -> bytes:
         scalars = np.asarray(
             [self.last_event_s, self.folded_spend, self.folded_items, self.folded_max_order], dtype="<f8"
         )
@@ -347,13 +357,8 @@ class CustomerState:
                 raise StateFormatError("customer state is truncated or too large")
             (header_len,) = struct.unpack_from("<I", payload)
             header = json.loads(payload[4 : 4 + header_len])
-            offset = 4 + header_len
-            scalars, offset = _unshuffle(payload, offset, np.dtype("<f8"), 4)
-            arrays: dict[str, np.ndarray] = {}
-            for (name, dtype), length in zip(_ARRAYS.items(), header["lengths"], strict=True):
-                arrays[name], offset = _unshuffle(payload, offset, dtype, int(length))
-            if offset != len(payload):
-                raise StateFormatError("customer state has trailing bytes")
+            scalars, *values = _unshuffle_all(payload, 4 + header_len, header["lengths"])
+            arrays = dict(zip(_ARRAYS, values, strict=True))
             profile = {str(k): (float(v[0]), v[1]) for k, v in header["profile"].items()}
             return cls(
                 weeks=int(header["weeks"]),
@@ -383,13 +388,38 @@ def _shuffle(values: np.ndarray) -> bytes:
     return values.view(np.uint8).reshape(-1, size).T.tobytes() if size > 1 else values.tobytes()
 
 
-def _unshuffle(payload: bytes, offset: int, dtype: np.dtype[Any], length: int) -> tuple[np.ndarray, int]:
-    end = offset + length * dtype.itemsize
-    if length < 0 or end > len(payload):
+# The encoded arrays: the four scalars, then ``_ARRAYS``.
+_ENCODED: tuple[np.dtype[Any], ...] = (np.dtype("<f8"), *_ARRAYS.values())
+_ITEM_SIZES = tuple(d.itemsize for d in _ENCODED)
+_BYTE = np.dtype(np.uint8)
+
+
+def _unshuffle_all(payload: bytes, offset: int, array_lengths: Sequence[Any]) -> list[np.ndarray]:
+    """The scalars and every ``_ARRAYS`` column of an encoded state, from ``offset`` to the end of
+    ``payload`` (``_shuffle``'s inverse). Each array is read through a strided view of the payload
+    (element e, byte b at ``b * length + e``) and copied once: decoding is most of the sweep's cost
+    per customer, and that cost is numpy calls: 4 an array here, 6 before (~25% less time)."""
+    lengths = [4, *map(int, array_lengths)]
+    if len(lengths) != len(_ENCODED):
+        raise StateFormatError("customer state has the wrong number of arrays")
+    if min(lengths) < 0:
         raise StateFormatError("customer state is truncated")
-    planes = np.frombuffer(payload, dtype=np.uint8, count=end - offset, offset=offset)
-    values = planes.reshape(dtype.itemsize, length).T.copy().view(dtype).reshape(-1)
-    return values, end
+    end = offset + sum(map(operator.mul, lengths, _ITEM_SIZES))
+    if end > len(payload):
+        raise StateFormatError("customer state is truncated")
+    if end != len(payload):
+        raise StateFormatError("customer state has trailing bytes")
+    out: list[np.ndarray] = []
+    for dtype, size, n in zip(_ENCODED, _ITEM_SIZES, lengths, strict=True):
+        if n == 0:
+            out.append(np.empty(0, dtype=dtype))
+        elif size == 1:
+            out.append(np.frombuffer(payload, dtype, n, offset).copy())
+        else:
+            planes = np.ndarray((n, size), _BYTE, payload, offset, (1, n))  # positional: ~1 us less
+            out.append(planes.copy().view(dtype).reshape(n))
+        offset += n * size
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,10 +632,9 @@ def _within_size(state: CustomerState, max_bytes: int) -> CustomerState:
 # ---------------------------------------------------------------------------------------------
 
 
-def _rows_of(values: list[np.ndarray], dtype: type[np.generic], width: int = 0) -> np.ndarray:
-    if values:
-        return np.stack(values).astype(dtype) if width else np.concatenate(values).astype(dtype)
-    return np.zeros((0, width) if width else 0, dtype=dtype)
+def _concat(values: list[np.ndarray], dtype: type[np.generic]) -> np.ndarray:
+    """The arrays end to end, as ``dtype`` (no copy beyond the concatenation)."""
+    return np.concatenate(values).astype(dtype, copy=False) if values else np.zeros(0, dtype=dtype)
 
 
 def raw_features_from_states(
@@ -626,42 +655,53 @@ def raw_features_from_states(
         raise FeatureSpecError(f"event types {unknown} are not in churnguard.event_types")
     n = len(states)
     as_of = np.broadcast_to(np.asarray(as_of_s, dtype=np.float64), (n,))
-    for i, state in enumerate(states):
-        if not as_of[i] >= state.last_event_s:
+    # Vectorised over the states: one pass per field to gather their arrays, then whole-batch numpy
+    # (the sweep scores ~1,000 states a page; a loop per state was most of its feature cost).
+    last = np.fromiter((s.last_event_s for s in states), dtype=np.float64, count=n)
+    kept_weeks = np.fromiter((s.weeks for s in states), dtype=np.int64, count=n)
+    bad = np.flatnonzero(~(as_of >= last) | (kept_weeks < config.weeks))
+    if len(bad):
+        i = int(bad[0])  # the first customer in error, as-of error first (as a loop would)
+        if not as_of[i] >= last[i]:
             raise AsOfBeforeStateError(
                 f"as_of {as_of[i]!r} (customer #{i}) is before the last event the state has applied "
-                f"({state.last_event_s!r}): score at or after it"
+                f"({states[i].last_event_s!r}): score at or after it"
             )
-        if config.weeks > state.weeks:
-            raise CustomerStateError(
-                f"the model looks back {config.weeks} weeks, customer #{i}'s state keeps {state.weeks}"
-            )
+        raise CustomerStateError(
+            f"the model looks back {config.weeks} weeks, customer #{i}'s state keeps {states[i].weeks}"
+        )
     codes = [TYPE_CODES[t] for t in event_types]
-    sizes = [len(s.window_s) for s in states]
+    users = np.arange(n, dtype=np.int64)
+    window_rows = np.fromiter((len(s.window_s) for s in states), dtype=np.int64, count=n)
     window = EventArrays(
-        user_index=np.repeat(np.arange(n, dtype=np.int64), sizes),
+        user_index=np.repeat(users, window_rows),
         n_users=n,
-        timestamp_s=_rows_of([s.window_s for s in states], np.float64),
-        event_type=_TYPE_NAMES[_rows_of([s.window_type for s in states], np.int64)],
-        amount=_rows_of([s.window_amount for s in states], np.float64),
-        quantity=_rows_of([s.window_quantity for s in states], np.float64),
+        timestamp_s=_concat([s.window_s for s in states], np.float64),
+        event_type=_TYPE_NAMES[_concat([s.window_type for s in states], np.int64)],
+        amount=_concat([s.window_amount for s in states], np.float64),
+        quantity=_concat([s.window_quantity for s in states], np.float64),
     )
     observed = observe_events(
         window,
         as_of,
         event_types,
-        count=_rows_of([s.window_count for s in states], np.float64),
-        largest_amount=_rows_of([s.window_largest for s in states], np.float64),
+        count=_concat([s.window_count for s in states], np.float64),
+        largest_amount=_concat([s.window_largest for s in states], np.float64),
     )
+
+    def per_type(name: str) -> np.ndarray:
+        return _concat([getattr(s, name) for s in states], np.float64).reshape(n, _N_TYPES)[:, codes]
+
+    order_days = np.fromiter((len(s.folded_order_days) for s in states), dtype=np.int64, count=n)
     folded = FeatureAccumulators(
-        count=_rows_of([s.folded_count for s in states], np.float64, _N_TYPES)[:, codes],
-        first_s=_rows_of([s.folded_first_s for s in states], np.float64, _N_TYPES)[:, codes],
-        last_s=_rows_of([s.folded_last_s for s in states], np.float64, _N_TYPES)[:, codes],
-        spend=_f64([s.folded_spend for s in states]),
-        items=_f64([s.folded_items for s in states]),
-        max_order=_f64([s.folded_max_order for s in states]),
-        order_day_user=np.repeat(np.arange(n, dtype=np.int64), [len(s.folded_order_days) for s in states]),
-        order_day=_rows_of([s.folded_order_days for s in states], np.int64),
+        count=per_type("folded_count"),
+        first_s=per_type("folded_first_s"),
+        last_s=per_type("folded_last_s"),
+        spend=np.fromiter((s.folded_spend for s in states), dtype=np.float64, count=n),
+        items=np.fromiter((s.folded_items for s in states), dtype=np.float64, count=n),
+        max_order=np.fromiter((s.folded_max_order for s in states), dtype=np.float64, count=n),
+        order_day_user=np.repeat(users, order_days),
+        order_day=_concat([s.folded_order_days for s in states], np.int64),
     )
     accumulators = merge_accumulators(folded, accumulate(observed, n, event_types))
     columns = sorted({c for s in states for c in s.profile}) if profile_columns is None else profile_columns

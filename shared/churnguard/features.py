@@ -322,7 +322,11 @@ def distinct_user_days(user: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, n
     """The distinct (user, day) pairs, sorted by user then day."""
     user, day = np.asarray(user, dtype=np.int64), np.asarray(day, dtype=np.int64)
     day_offset = day.min() if len(day) else 0
-    key = np.unique(user * (1 << 24) + (day - day_offset))  # sorted by user, then day
+    # sorted by user, then day. Sort + adjacent-difference, not np.unique: numpy 2.3+ np.unique
+    # takes a hash-table path for integers that measured ~70x slower here (2M keys: 1.8 s vs 25 ms).
+    key = np.sort(user * (1 << 24) + (day - day_offset))
+    if len(key) > 1:
+        key = key[np.concatenate(([True], key[1:] != key[:-1]))]
     k_user, k_day = key >> 24, key & ((1 << 24) - 1)
     return k_user, k_day + day_offset
 
