@@ -422,3 +422,43 @@ def test_profile_fields_of_the_events_reach_the_model_as_in_the_batch_path(store
     assert customer.churn_probability == pytest.approx(float(expected.churn_probability[0]), abs=2e-6)
     without = score_customers(bundle, ["c"], arrays, now.timestamp())
     assert float(without.churn_probability[0]) != pytest.approx(customer.churn_probability, abs=1e-6)
+
+
+class InFlight(MemoryCustomerStateStore):
+    """Records how many store calls run at once (each takes a moment, as a DynamoDB call does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.lock, self.now, self.most = threading.Lock(), 0, 0
+
+    def _timed(self, call, *args):
+        import time
+
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.005)
+            return call(*args)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+    def get(self, user_id):
+        return self._timed(super().get, user_id)
+
+    def put(self, user_id, record, expected_version):
+        return self._timed(super().put, user_id, record, expected_version)
+
+
+def test_the_store_calls_of_many_customers_overlap_but_stay_within_the_connection_pool(bundle):
+    store = InFlight()
+    pairs = [(f"c{i:03d}", weekly_order(w)) for i in range(40) for w in range(3)]
+    result = send(store, bundle, RecordingPublisher(), pairs, BASE + dt.timedelta(weeks=4))
+    assert all(c.error is None and c.applied == 3 for c in result.customers) and len(store.items) == 40
+    assert 1 < store.most <= 10
+    one = InFlight()
+    send(one, bundle, RecordingPublisher(), [("solo", weekly_order(0))], BASE + dt.timedelta(weeks=1))
+    assert one.most == 1  # a single customer: no thread pool at all
