@@ -340,16 +340,19 @@ def child_events(model_dir: str, requests: int, batches: int) -> dict:
         ):
             post(make())  # warm
             calls.reset()
-            times, in_aws, counts_all = [], [], Counter()
+            times, cpu, counts_all = [], [], Counter()
             for _ in range(batches):
+                cpu_started = time.process_time()
                 elapsed, body = post(make())
-                counts, seconds = calls.reset()
+                cpu.append(time.process_time() - cpu_started)
+                counts, _ = calls.reset()
                 times.append(elapsed)
-                in_aws.append(seconds)
                 counts_all += counts
                 assert sum(c["events_applied"] for c in body["customers"]) == 100, body
             p50 = _percentile(times, 0.5)
-            compute_p50 = _percentile([t - a for t, a in zip(times, in_aws, strict=True)], 0.5)
+            # The store calls of several customers overlap (realtime.STORE_CALL_THREADS), so the time
+            # in calls is not subtracted from the wall time: the compute is the process's CPU time.
+            compute_p50 = _percentile(cpu, 0.5)
             out[label] = {
                 "requests": batches,
                 "p50_ms": p50 * 1000,
@@ -530,6 +533,9 @@ CHILDREN = {"events": child_events, "sweep_memory": child_sweep_memory, "sweep_m
 def project(result: dict, segments_aws: int = 16) -> dict:
     """AWS figures from the local ones and ``AWS_ASSUMPTIONS``: compute measured here, AWS latency
     per round trip assumed."""
+    from churnguard import realtime
+
+    threads = realtime.STORE_CALL_THREADS
     a = AWS_ASSUMPTIONS
     one = result["events"]["one_event"]
     calls = one["dynamodb_calls_per_request_p50"]
@@ -541,18 +547,19 @@ def project(result: dict, segments_aws: int = 16) -> dict:
     per_segment = 10_000_000 / segments_aws
     scan_s = per_segment / per_page * a["dynamodb_scan_page_1mb_ms"] / 1000
     writes_s = (
-        per_segment * sweep["warnings_per_customer"] * 2 * a["dynamodb_call_p50_ms"] / 1000
-    )  # a warning: its write, then the outbox cleared
+        per_segment * sweep["warnings_per_customer"] * 2 * a["dynamodb_call_p50_ms"] / 1000 / threads
+    )  # a warning: its write, then the outbox cleared; a page's writes run ``threads`` at a time
     compute_s = per_segment / rate
     return {
         "events_one_p50_ms": one["compute_p50_ms"] + calls * a["dynamodb_call_p50_ms"],
         "events_one_p50_ms_range": [one["compute_p50_ms"] + calls * lo, one["compute_p50_ms"] + calls * hi],
         "events_one_p99_ms": one["compute_p99_ms"] + calls * a["dynamodb_call_p99_ms"],
         "dynamodb_calls_per_event_request": calls,
+        # the calls of a request's customers run STORE_CALL_THREADS at a time: reads, then writes
         "batch_100_customers_events_per_s": 100
         / (
             result["events"]["batch_100_customers"]["compute_p50_ms"] / 1000
-            + result["events"]["batch_100_customers"]["dynamodb_calls_per_request"]
+            + math.ceil(result["events"]["batch_100_customers"]["dynamodb_calls_per_request"] / threads)
             * a["dynamodb_call_p50_ms"]
             / 1000
         ),
@@ -595,9 +602,9 @@ def render(result: dict) -> str:
             f"{b1['dynamodb_calls_per_request']:.0f} DynamoDB calls",
         ),
         (
-            "  compute only (events/s) / projected in AWS (events/s)",
+            "  compute only, CPU (events/s) / projected in AWS (events/s)",
             f"{b1['compute_events_per_s']:,.0f} / {p['batch_100_customers_events_per_s']:,.0f}",
-            "calls sequential",
+            "calls 10 at a time",
         ),
         (
             "100 events, 1 customer: events/s (moto)",
