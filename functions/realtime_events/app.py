@@ -32,6 +32,9 @@ logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
 processor = BatchProcessor(event_type=EventType.SQS)
+# A message's worst case: reads and writes on 3 conflict rounds, the ledger, the queue, at the API
+# client budget (~6 s a call at worst): no message is started with less than this left.
+RESERVE_MS = 20_000
 
 
 class RetryMessageError(Exception):
@@ -65,7 +68,6 @@ def _apply(rt: EventsQueueRuntime, record: SQSRecord) -> MessageOutcome:
 
     return apply_message(
         record.body,
-        record.message_id,
         bound_ingest,
         realtime.clock(),
         max_events=rt.settings.max_events_per_request,
@@ -74,7 +76,11 @@ def _apply(rt: EventsQueueRuntime, record: SQSRecord) -> MessageOutcome:
 
 
 @tracer.capture_method(capture_response=False)
-def record_handler(record: SQSRecord) -> dict[str, Any]:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> dict[str, Any]:
+    # A message started too late would be cut by the timeout, and with it the batch's answer: every
+    # message (those done, those parked) would come back. Left for the next delivery instead.
+    if lambda_context is not None and lambda_context.get_remaining_time_in_millis() < RESERVE_MS:
+        raise RetryMessageError("too little time left in this invocation")
     rt = runtime()
     try:
         outcome = _apply(rt, record)

@@ -7,8 +7,11 @@ queue, and needs no rule or schema registry; the events need no fan-out to other
 what a bus would add (and a bus would still want a queue in front of the function to buffer).
 
 A message is taken exactly as the API takes a request body (same model, same limits). Delivery is
-at least once, so an event without an ``event_id`` gets one from the message: ``sqs:<message id>:<n>``
-(a redelivered message has the same id): a retried message applies nothing twice.
+at least once, so an event without an ``event_id`` gets one from the message's *content*:
+``sqs:<sha-256 of the body, 32 hex>:<position>``. Not the SQS message id: a producer's SDK retry of
+``SendMessage`` and a resend of a parked message (from the dead-letter queue) carry the same body
+under a new message id, and must not apply anything twice either. So byte-identical messages are one
+message; events meant to be distinct need distinct content (their timestamps) or their own ids.
 
 Each message ends as one of:
 * ``applied``: every customer's events are stored (warnings fired and queued as for the API);
@@ -24,13 +27,14 @@ Each message ends as one of:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import ValidationError
 
-from churnguard.api import EventsRequest, TooManyCustomersError, state_events
+from churnguard.api import EventsRequest, StreamEventIn, TooManyCustomersError, state_events
 from churnguard.customer_state import StateEvent
 from churnguard.realtime import FutureEventError, IngestResult
 
@@ -50,19 +54,32 @@ class MessageOutcome:
     queued: int = 0
 
 
+# The names a reason may quote: the request's own fields. Any other key in an error's location was
+# chosen by the sender (a profile key, an unknown field: possibly a customer id or an e-mail) and is
+# shown as <key>.
+_FIELD_NAMES = frozenset(EventsRequest.model_fields) | frozenset(StreamEventIn.model_fields)
+
+
+def _where(location: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in location:
+        shown = str(part) if isinstance(part, int) or part in _FIELD_NAMES else "<key>"
+        if not (shown == "<key>" and parts and parts[-1] == "<key>"):
+            parts.append(shown)
+    return ".".join(parts) or "body"
+
+
 def _validation_reason(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        problems.append(f"{where}: {error['msg']}")
-    return "invalid message: " + "; ".join(problems)
+    problems = [f"{_where(error['loc'])}: {error['msg']}" for error in exc.errors()[:5]]
+    return "invalid message: " + "; ".join(dict.fromkeys(problems))
 
 
 def parse_message(
-    body: str, message_id: str, *, max_events: int, max_customers: int
+    body: str, *, max_events: int, max_customers: int
 ) -> list[tuple[str, StateEvent]] | MessageOutcome:
-    """The message's ``(user_id, event)`` pairs, events without an id named after the message; a
-    ``refused`` outcome when the body is not a valid ``POST /v1/events`` body within the limits."""
+    """The message's ``(user_id, event)`` pairs, events without an id named after the message's
+    content; a ``refused`` outcome when the body is not a valid ``POST /v1/events`` body within the
+    limits."""
     try:
         request = EventsRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -75,20 +92,21 @@ def parse_message(
         pairs = state_events(request, max_customers)
     except TooManyCustomersError as exc:
         return MessageOutcome("refused", str(exc).replace("request", "message"))
+    content = hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return [
         (
             user_id,
-            event if event.event_id is not None else replace(event, event_id=f"sqs:{message_id}:{index}"),
+            event if event.event_id is not None else replace(event, event_id=f"sqs:{content}:{index}"),
         )
         for index, (user_id, event) in enumerate(pairs)
     ]
 
 
 def apply_message(
-    body: str, message_id: str, ingest: Ingest, now: dt.datetime, *, max_events: int, max_customers: int
+    body: str, ingest: Ingest, now: dt.datetime, *, max_events: int, max_customers: int
 ) -> MessageOutcome:
     """One message applied to the customers' states (module docstring for the outcomes)."""
-    pairs = parse_message(body, message_id, max_events=max_events, max_customers=max_customers)
+    pairs = parse_message(body, max_events=max_events, max_customers=max_customers)
     if isinstance(pairs, MessageOutcome):
         return pairs
     try:

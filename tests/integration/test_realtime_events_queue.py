@@ -77,3 +77,13 @@ def test_messages_whose_state_store_fails_are_delivered_again_and_a_refused_one_
     event["Records"].append(load_event("realtime_events/sqs_events.json")["Records"][2])  # one parked
     failures = handler.lambda_handler(event, FakeLambdaContext())["batchItemFailures"]
     assert {f["itemIdentifier"] for f in failures} == {r["messageId"] for r in event["Records"][:2]}
+
+
+def test_a_batch_delivered_with_too_little_time_left_is_left_whole_for_the_next_delivery(
+    events_function, aws
+):
+    handler, _ = events_function
+    event = load_event("realtime_events/sqs_events.json")
+    with pytest.raises(BatchProcessingError):  # not one message started: the batch comes back
+        handler.lambda_handler(event, FakeLambdaContext(timeout_s=15))
+    assert aws["dynamodb"].scan(TableName=TABLE)["Items"] == []

@@ -6,11 +6,13 @@ names fields and rules, never a value."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 
 import pytest
 
 from churnguard.bundle import ModelBundle
+from churnguard.customer_state import CustomerState
 from churnguard.event_messages import apply_message, parse_message
 from churnguard.promotions import PromotionPolicy
 from churnguard.realtime import ingest
@@ -59,25 +61,35 @@ def order(user: str, day: int, **more) -> dict:
     }
 
 
-def test_a_redelivered_message_applies_nothing_twice_even_without_event_ids(store, bundle):
+def test_the_same_message_again_applies_nothing_twice_even_without_event_ids(store, bundle):
+    """Again: an SQS redelivery, a producer's SDK retry of SendMessage (a new message id), or a
+    parked message resent from the dead-letter queue (a new message id): the same body each time."""
     message = body(order("c-1", 2), order("c-1", 9), order("c-2", 3, event_id="own-id"))
-    first = apply_message(message, "msg-1", bound(store, bundle), NOW, **LIMITS)
-    assert (first.status, first.events, first.customers, first.applied, first.duplicates) == (
-        "applied",
-        3,
-        2,
-        2,
-        0,
-    )
-    again = apply_message(message, "msg-1", bound(store, bundle), NOW, **LIMITS)  # SQS delivers it again
+    first = apply_message(message, bound(store, bundle), NOW, **LIMITS)
+    outcome = (first.status, first.events, first.customers, first.applied, first.duplicates)
+    assert outcome == ("applied", 3, 2, 2, 0)
+    again = apply_message(message, bound(store, bundle), NOW, **LIMITS)
     assert (again.status, again.duplicates) == ("applied", 3)
-    other = apply_message(message, "msg-2", bound(store, bundle), NOW, **LIMITS)  # the same events resent
-    assert other.duplicates == 1  # only the event with its own id: id-less events in a new message are new
+    assert CustomerState.from_bytes(store.items["c-1"][0].state).events_applied == 2
+    reordered = body(order("c-1", 9), order("c-1", 2))  # other content: its id-less events are new
+    assert apply_message(reordered, bound(store, bundle), NOW, **LIMITS).duplicates == 0
 
 
-def test_events_without_an_id_are_named_after_the_message_and_their_position():
-    pairs = parse_message(body(order("c-1", 2), order("c-1", 9, event_id="x")), "m-7", **LIMITS)
-    assert [event.event_id for _, event in pairs] == ["sqs:m-7:0", "x"]
+def test_events_without_an_id_are_named_after_the_message_content_and_their_position():
+    message = body(order("c-1", 2), order("c-1", 9, event_id="x"))
+    pairs = parse_message(message, **LIMITS)
+    content = hashlib.sha256(message.encode()).hexdigest()[:32]
+    assert [event.event_id for _, event in pairs] == [f"sqs:{content}:0", "x"]
+
+
+def test_a_mixed_message_refused_for_one_customer_applies_the_others_once_however_often_it_is_resent(
+    store, bundle
+):
+    message = body(order("c-1", 2), order("c-bad", 3))
+    for _ in range(3):  # parked, resent from the DLQ, parked again ...
+        store.faults[("get", "c-bad")] = client_error("ValidationException", "GetItem")
+        apply_message(message, bound(store, bundle), NOW, **LIMITS)
+    assert CustomerState.from_bytes(store.items["c-1"][0].state).events_applied == 1
 
 
 @pytest.mark.parametrize(
@@ -87,32 +99,34 @@ def test_events_without_an_id_are_named_after_the_message_and_their_position():
         (body(order("secret-customer", 2) | {"event_type": "teleport"}), "events.0.event_type"),
         (body(order("secret-customer", 2) | {"amount": "lots"}), "events.0.amount"),
         (json.dumps({"customers": []}), "events: Field required"),
+        (json.dumps({"secret-customer": []}), "<key>: Extra inputs are not permitted"),
+        (body(order("c-1", 2, profile={"secret-customer@example.com": [1]})), "events.0.profile.<key>"),
         (body(*[order(f"c-{i}", 2) for i in range(101)]), "at most 100 customers per message (got 101)"),
     ],
 )
 def test_a_message_that_can_never_be_applied_is_refused_naming_the_field_not_the_value(
     message, reason, store, bundle
 ):
-    outcome = apply_message(message, "m", bound(store, bundle), NOW, **LIMITS)
+    outcome = apply_message(message, bound(store, bundle), NOW, **LIMITS)
     assert outcome.status == "refused" and reason in outcome.reason
     assert "secret-customer" not in outcome.reason and "lots" not in outcome.reason and store.items == {}
 
 
 def test_too_many_events_and_an_event_far_in_the_future_are_refused(store, bundle):
     many = apply_message(
-        body(*[order("c-1", 2)] * 5), "m", bound(store, bundle), NOW, max_events=4, max_customers=100
+        body(*[order("c-1", 2)] * 5), bound(store, bundle), NOW, max_events=4, max_customers=100
     )
     assert many.status == "refused" and "at most 4 events per message (got 5)" in many.reason
     future = order("secret-customer", 2) | {"timestamp": "2025-01-01T00:00:00Z"}
-    late = apply_message(body(future), "m", bound(store, bundle), NOW, **LIMITS)
+    late = apply_message(body(future), bound(store, bundle), NOW, **LIMITS)
     assert late.status == "refused" and "events[0].timestamp" in late.reason and "secret" not in late.reason
 
 
 def test_a_transient_failure_of_one_customer_asks_for_a_retry_and_the_retry_completes_it(store, bundle):
     store.faults[("get", "c-2")] = client_error("ProvisionedThroughputExceededException", "GetItem")
     message = body(order("c-1", 2), order("c-2", 3))
-    first = apply_message(message, "m-1", bound(store, bundle), NOW, **LIMITS)
+    first = apply_message(message, bound(store, bundle), NOW, **LIMITS)
     assert (first.status, first.applied) == ("retry", 1) and "c-2" not in first.reason
-    again = apply_message(message, "m-1", bound(store, bundle), NOW, **LIMITS)
+    again = apply_message(message, bound(store, bundle), NOW, **LIMITS)
     assert (again.status, again.applied, again.duplicates) == ("applied", 2, 1)
     assert set(store.items) == {"c-1", "c-2"}
