@@ -249,8 +249,9 @@ def test_dataset_package_runs_every_step_of_the_state_machine_and_scores_each_cu
 
 def test_realtime_routes_and_the_inactivity_sweep_run_from_their_packages(sam_stack):
     """Real-time mode as deployed: POST /v1/events, GET and DELETE /v1/customers/{user_id} in the
-    ScoreApiFunction package against the template's state table, and the sweep's own ASL (local
-    runner) with every step in the InactivitySweepFunction package under `sam local start-lambda`."""
+    ScoreApiFunction package against the template's state table, the sweep's own ASL (local runner)
+    with every step in the InactivitySweepFunction package under `sam local start-lambda`, and an
+    SQS batch of events through the RealtimeEventsFunction package."""
     import datetime as dt
 
     from infra.local_aws import free_port
@@ -299,6 +300,15 @@ def test_realtime_routes_and_the_inactivity_sweep_run_from_their_packages(sam_st
     assert outcome.output["complete"] and outcome.output["totals"]["scored"] >= 1, outcome.output
     assert outcome.output["totals"]["warnings"] >= 1  # ten months of silence
     assert _queue_depth(sam_stack, "PromotionsQueue") == before + outcome.output["totals"]["queued"]
+
+    # events by queue: the RealtimeEventsFunction package applies two messages, parks the third
+    queued = sam_stack.invoke("RealtimeEventsFunction", load_event("realtime_events/sqs_events.json"))
+    assert queued.response == {"batchItemFailures": []}, queued.logs[-3000:]
+    assert _queue_depth(sam_stack, "RealtimeEventsDLQ") == 1
+    stored = sam_stack.clients["dynamodb"].get_item(
+        TableName=sam_stack.resources.refs["CustomerStateTable"], Key={"user_id": {"S": "c-1001"}}
+    )
+    assert "Item" in stored
 
     delete = load_event("score_api/delete_customer.json")
     delete["path"], delete["pathParameters"] = f"/v1/customers/{user}", {"user_id": user}
