@@ -26,11 +26,13 @@ Time rules (each tested):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -72,6 +74,9 @@ class FeatureConfig:
     decay_half_lives: tuple[int, ...] = (4, 13)
 
     def __post_init__(self) -> None:
+        # tuples, so a config is hashable: names and constants are cached per config
+        object.__setattr__(self, "recent_windows", tuple(self.recent_windows))
+        object.__setattr__(self, "decay_half_lives", tuple(self.decay_half_lives))
         if self.weeks < 2 * self.trend_weeks or max(self.recent_windows) > self.weeks:
             raise FeatureSpecError(
                 f"weeks={self.weeks} must cover the recent windows {self.recent_windows} and "
@@ -118,6 +123,13 @@ class RawFeatures:
 
 
 def sequence_channel_names(event_types: Sequence[str]) -> tuple[str, ...]:
+    return _sequence_channel_names(tuple(event_types))
+
+
+# Names and constants that depend only on the (immutable) vocabulary and config are built once per
+# distinct vocabulary / config, not once per call: a one-customer request paid for them every time.
+@functools.lru_cache(maxsize=64)
+def _sequence_channel_names(event_types: tuple[str, ...]) -> tuple[str, ...]:
     names: list[str] = []
     for t in event_types:
         names += [f"{t}_count", f"{t}_amount"]
@@ -127,6 +139,11 @@ def sequence_channel_names(event_types: Sequence[str]) -> tuple[str, ...]:
 
 
 def static_feature_names(event_types: Sequence[str], config: FeatureConfig) -> tuple[str, ...]:
+    return _static_feature_names(tuple(event_types), config)
+
+
+@functools.lru_cache(maxsize=64)
+def _static_feature_names(event_types: tuple[str, ...], config: FeatureConfig) -> tuple[str, ...]:
     names = [
         "recency_days",
         "tenure_days",
@@ -153,6 +170,27 @@ def static_feature_names(event_types: Sequence[str], config: FeatureConfig) -> t
         if t != EVENT_TYPE_ORDER:
             names += [f"{t}_{suffix}" for suffix in TYPE_FEATURE_SUFFIXES]
     return tuple(names)
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_positions(event_types: tuple[str, ...]) -> Mapping[str, int]:
+    return MappingProxyType({name: i for i, name in enumerate(_sequence_channel_names(event_types))})
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
+
+
+@functools.lru_cache(maxsize=64)
+def _weeks_back(weeks: int) -> np.ndarray:
+    """``[weeks]``: how many weeks back each sequence position is (W-1 ... 0), shared read-only."""
+    return _read_only(np.arange(weeks - 1, -1, -1))
+
+
+@functools.lru_cache(maxsize=64)
+def _decay_weights(weeks: int, half_life: int) -> np.ndarray:
+    return _read_only(0.5 ** (_weeks_back(weeks) / float(half_life)))
 
 
 # Static features of each non-order event type, ``{type}_{suffix}``, in this order.
@@ -336,7 +374,7 @@ def accumulate(observed: ObservedEvents, n: int, event_types: tuple[str, ...]) -
     order_code = _order_code(event_types)
     K = len(event_types)
     cell = observed.user * K + observed.type_code  # (user, type), flat
-    count = np.bincount(cell, weights=observed.count, minlength=n * K).astype(np.float64)
+    count = np.bincount(cell, weights=observed.count, minlength=n * K).astype(np.float64, copy=False)
     first_s = _per_user_extreme(cell, observed.timestamp_s, n * K, largest=False)
     last_s = _per_user_extreme(cell, observed.timestamp_s, n * K, largest=True)
     is_order = observed.type_code == order_code
@@ -382,8 +420,8 @@ def _weekly_tensor(
     """float64 ``[n, weeks, channels]`` in ``sequence_channel_names`` order: one bincount over
     (user, week, channel) for the summed channels, then the two flag channels."""
     W = weeks
-    channels = sequence_channel_names(event_types)
-    C = len(channels)
+    position = _channel_positions(event_types)
+    C = len(position)
     week_back = np.ceil(observed.age_days / 7.0).astype(np.int64) - 1
     in_window = week_back < W
     flat_base = (observed.user * W + (W - 1 - week_back)) * C
@@ -397,25 +435,24 @@ def _weekly_tensor(
         if t == EVENT_TYPE_ORDER:
             summed.append((f"{t}_quantity", observed.quantity[sel]))
         for channel, weights in summed:
-            idx_parts.append(base + channels.index(channel))
+            idx_parts.append(base + position[channel])
             weight_parts.append(weights)
-    any_idx = flat_base[in_window] + channels.index("any_activity")
+    any_activity = position["any_activity"]
+    any_idx = flat_base[in_window] + any_activity
     idx_parts.append(any_idx)
     weight_parts.append(np.ones(len(any_idx)))
     seq = np.bincount(
         np.concatenate(idx_parts), weights=np.concatenate(weight_parts), minlength=n * W * C
     ).reshape(n, W, C)
-    any_activity = channels.index("any_activity")
     seq[:, :, any_activity] = np.minimum(seq[:, :, any_activity], 1.0)  # a flag, not a count
-    seq[:, :, channels.index("is_customer")] = _customer_weeks(first_event_age, W)
+    seq[:, :, position["is_customer"]] = _customer_weeks(first_event_age, W)
     return seq
 
 
 def _customer_weeks(first_event_age: np.ndarray, weeks: int) -> np.ndarray:
     """``[n, weeks]`` 1.0 from the week of the user's first event on (all 0 for a user without)."""
     first_week_back = np.where(np.isfinite(first_event_age), np.ceil(first_event_age / 7.0) - 1, -1)
-    weeks_back = np.arange(weeks - 1, -1, -1)
-    return (weeks_back[None, :] <= first_week_back[:, None]).astype(np.float64)
+    return (_weeks_back(weeks)[None, :] <= first_week_back[:, None]).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -437,7 +474,7 @@ def _order_day_gaps(k_user: np.ndarray, k_day: np.ndarray, n: int) -> _OrderDayG
     g_user = k_user[1:][same]
     last = np.full(n, np.nan)
     if len(g_user):
-        is_last = np.r_[g_user[1:] != g_user[:-1], True]
+        is_last = np.concatenate((g_user[1:] != g_user[:-1], [True]))
         last[g_user[is_last]] = gaps[is_last]
     return _OrderDayGaps(
         n_order_days=np.bincount(k_user, minlength=n).astype(np.float64),
@@ -459,10 +496,11 @@ def _order_columns(
     spend = acc.spend
     gaps = _order_day_gaps(acc.order_day_user, acc.order_day, n)
 
+    has_orders, has_gaps = n_orders > 0, gaps.count > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         recency = _finite_or_nan(last_order_age)
         first_order = _finite_or_nan(first_order_age)
-        ipt_mean = np.where(gaps.count > 0, gaps.total / gaps.count, np.nan)
+        ipt_mean = np.where(has_gaps, gaps.total / gaps.count, np.nan)
         ipt_var = np.where(gaps.count > 1, gaps.sum_of_squares / gaps.count - ipt_mean**2, np.nan)
         return [
             ("recency_days", recency),
@@ -471,13 +509,13 @@ def _order_columns(
             ("n_orders", n_orders),
             ("n_order_days", gaps.n_order_days),
             ("total_spend", spend),
-            ("avg_order_value", np.where(n_orders > 0, spend / n_orders, np.nan)),
+            ("avg_order_value", np.where(has_orders, spend / n_orders, np.nan)),
             ("max_order_value", _finite_or_nan(acc.max_order)),
-            ("avg_items_per_order", np.where(n_orders > 0, acc.items / n_orders, np.nan)),
+            ("avg_items_per_order", np.where(has_orders, acc.items / n_orders, np.nan)),
             ("ipt_mean_days", ipt_mean),
-            ("ipt_std_days", np.sqrt(np.clip(ipt_var, 0.0, None))),
+            ("ipt_std_days", np.sqrt(np.maximum(ipt_var, 0.0))),  # = np.clip(ipt_var, 0.0, None)
             ("ipt_last_days", gaps.last),
-            ("recency_over_ipt", np.where(gaps.count > 0, recency / np.maximum(ipt_mean, 1.0), np.nan)),
+            ("recency_over_ipt", np.where(has_gaps, recency / np.maximum(ipt_mean, 1.0), np.nan)),
             ("has_repeat_order", (gaps.n_order_days >= 2).astype(np.float64)),
             (
                 "order_days_per_week",
@@ -497,14 +535,13 @@ def _weekly_order_columns(
     W, T = config.weeks, config.trend_weeks
     orders = seq[:, :, channels.index(f"{EVENT_TYPE_ORDER}_count")]
     spend = seq[:, :, channels.index(f"{EVENT_TYPE_ORDER}_amount")]
-    weeks_back = np.arange(W - 1, -1, -1)
     return [
         ("active_weeks", (orders > 0).sum(axis=1).astype(np.float64)),
         *((f"orders_{k}w", orders[:, W - k :].sum(axis=1)) for k in config.recent_windows),
         *((f"spend_{k}w", spend[:, W - k :].sum(axis=1)) for k in config.recent_windows),
         ("order_trend", orders[:, W - T :].sum(axis=1) - orders[:, W - 2 * T : W - T].sum(axis=1)),
         ("spend_trend", spend[:, W - T :].sum(axis=1) - spend[:, W - 2 * T : W - T].sum(axis=1)),
-        *((f"orders_decay_{h}w", orders @ (0.5 ** (weeks_back / float(h)))) for h in config.decay_half_lives),
+        *((f"orders_decay_{h}w", orders @ _decay_weights(W, h)) for h in config.decay_half_lives),
     ]
 
 
@@ -545,7 +582,9 @@ def build_raw_features(
     n = int(events.n_users)
     event_types = tuple(event_types)
     _order_code(event_types)
-    as_of = np.broadcast_to(np.asarray(as_of_s, dtype=np.float64), (n,))
+    as_of = np.asarray(as_of_s, dtype=np.float64)
+    if as_of.shape != (n,):  # one instant for every user (read-only view)
+        as_of = np.broadcast_to(as_of, (n,))
     observed = observe_events(events, as_of, event_types)
     return raw_features_from_accumulators(
         observed,
@@ -583,7 +622,10 @@ def raw_features_from_accumulators(
     columns += _event_type_columns(acc, as_of, event_types, seq, channels, n_orders)
     names = tuple(name for name, _ in columns)
     assert names == static_feature_names(event_types, config), "static_feature_names is out of date"
-    static = np.column_stack([c for _, c in columns]) if n else np.zeros((0, len(columns)))
+    static = np.empty((n, len(columns)))  # = np.column_stack of the columns, without its per-call overhead
+    static_by_column = static.T
+    for j, (_, column) in enumerate(columns):
+        static_by_column[j] = column
     return RawFeatures(
         sequence=seq.astype(np.float32),
         sequence_channels=channels,
@@ -612,14 +654,21 @@ def _static_transform_kind(name: str) -> str:
     return "log1p"
 
 
+@functools.lru_cache(maxsize=64)
+def _kind_masks(kinds: tuple[str, ...]) -> tuple[np.ndarray, bool, np.ndarray, bool]:
+    """The (read-only) column masks of the ``log1p`` and ``signed_log1p`` static features, and
+    whether each selects any column."""
+    kind_of_column = np.asarray(kinds)
+    log, signed = kind_of_column == "log1p", kind_of_column == "signed_log1p"
+    return _read_only(log), bool(log.any()), _read_only(signed), bool(signed.any())
+
+
 def _apply_kind(values: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
     out = np.array(values, dtype=np.float64, copy=True)
-    kind_of_column = np.asarray(kinds)
-    log = kind_of_column == "log1p"
-    if log.any():
-        out[:, log] = np.log1p(np.clip(out[:, log], 0.0, None))
-    signed = kind_of_column == "signed_log1p"
-    if signed.any():
+    log, any_log, signed, any_signed = _kind_masks(tuple(kinds))
+    if any_log:
+        out[:, log] = np.log1p(np.maximum(out[:, log], 0.0))  # = np.clip(..., 0.0, None)
+    if any_signed:
         part = out[:, signed]
         out[:, signed] = np.sign(part) * np.log1p(np.abs(part))
     return out
@@ -676,7 +725,7 @@ class FeatureSpec:
         """Raw features -> float32 model inputs ``(sequence [n, W, C], static [n, S])``."""
         if raw.sequence_channels != self.sequence_channels or raw.static_names != self.static_names:
             raise FeatureSpecError("raw features were built with another event vocabulary or config")
-        seq = np.log1p(np.clip(raw.sequence, 0.0, None, dtype=np.float32))
+        seq = np.log1p(np.maximum(raw.sequence, 0.0, dtype=np.float32))  # = np.clip(..., 0.0, None, ...)
         seq = (seq - self.sequence_mean.astype(np.float32)) / self.sequence_std.astype(np.float32)
 
         static = _apply_kind(raw.static, self.static_kind)

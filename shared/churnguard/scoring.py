@@ -8,6 +8,7 @@ path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,6 +38,12 @@ class ScoredBatch:
 
 
 POLICY_FEATURES = ("total_spend", "tenure_days", "recency_days", "n_orders")
+
+
+@functools.lru_cache(maxsize=64)
+def _policy_columns(static_names: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """``POLICY_FEATURES`` with their column in a static matrix of ``static_names`` (once per names)."""
+    return tuple((name, static_names.index(name)) for name in POLICY_FEATURES)
 
 
 def score_customers(
@@ -84,13 +91,12 @@ def score_raw_features(
         _, contributions = explainer.explain(sequence[rows], static[rows])
         for row, row_reasons in zip(rows, explainer.top_reasons(contributions, top_k), strict=True):
             reasons[row] = row_reasons
-    names = list(raw.static_names)
     return ScoredBatch(
         user_ids=user_ids,
         churn_probability=probabilities,
         risk_tier=bundle.thresholds.tier(probabilities),
         at_or_above_promotion=promoted,
         reasons=reasons,
-        features={name: raw.static[:, names.index(name)] for name in POLICY_FEATURES},
+        features={name: raw.static[:, j] for name, j in _policy_columns(raw.static_names)},
         model_version=bundle.version,
     )
