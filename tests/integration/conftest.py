@@ -55,3 +55,18 @@ def trained(cdnow_subset):
     exports = export_all(model, *data.inputs(data.test))
     assert exports.dynamic_range is not None, exports.dynamic_range_refusal
     return data, model, exports.float32, exports.dynamic_range
+
+
+STATE_TABLE = "churnguard-local-CustomerStateTable"
+
+
+@pytest.fixture
+def state_table(aws) -> str:
+    """The customers' state table as template.yaml declares its key (on moto, emptied per test)."""
+    aws["dynamodb"].create_table(
+        TableName=STATE_TABLE,
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "user_id", "AttributeType": "S"}],
+    )
+    return STATE_TABLE

@@ -10,19 +10,13 @@ from urllib.parse import quote
 import pytest
 
 from tests.helpers import FIXTURE_MODEL, FakeLambdaContext, load_event, load_handler
+from tests.integration.conftest import STATE_TABLE as TABLE
 
-TABLE = "churnguard-local-CustomerStateTable"
 USER = "çliente 42/ü"
 
 
 @pytest.fixture
-def api(aws, monkeypatch):
-    aws["dynamodb"].create_table(
-        TableName=TABLE,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "user_id", "AttributeType": "S"}],
-    )
+def api(aws, state_table, monkeypatch):
     monkeypatch.setenv("CHURNGUARD_MODEL_DIR", str(FIXTURE_MODEL))
     monkeypatch.setenv("CHURNGUARD_STATE_TABLE", TABLE)
     monkeypatch.setenv("CHURNGUARD_STATE_RETENTION_DAYS", "30")

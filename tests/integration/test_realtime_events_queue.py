@@ -11,18 +11,11 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from tests.helpers import FIXTURE_MODEL, FakeLambdaContext, load_event, load_handler
-
-TABLE = "churnguard-local-CustomerStateTable"
+from tests.integration.conftest import STATE_TABLE as TABLE
 
 
 @pytest.fixture
-def events_function(aws, monkeypatch):
-    aws["dynamodb"].create_table(
-        TableName=TABLE,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "user_id", "AttributeType": "S"}],
-    )
+def events_function(aws, state_table, monkeypatch):
     dlq = aws["sqs"].create_queue(QueueName="realtime-events-dlq")["QueueUrl"]
     for name, value in {
         "CHURNGUARD_MODEL_DIR": str(FIXTURE_MODEL),

@@ -13,15 +13,15 @@ import pytest
 
 from infra.local_stack.step_functions import LocalFunctions, StateMachine
 from tests.helpers import FIXTURE_MODEL, ROOT, FakeLambdaContext, load_event, load_handler
+from tests.integration.conftest import STATE_TABLE as TABLE
 
-TABLE = "churnguard-local-CustomerStateTable"
 FUNCTION = "InactivitySweepFunction"
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 CUSTOMERS = 25
 
 
 @pytest.fixture
-def sweep(aws, monkeypatch):
+def sweep(aws, state_table, monkeypatch):
     """The sweep handler over a table of 25 weekly buyers (12 weeks each), warnings to a queue;
     pages of 4 customers, so a segment takes several pages."""
     from churnguard.adapters import DynamoDbCustomerStateStore
@@ -31,12 +31,6 @@ def sweep(aws, monkeypatch):
     from churnguard.realtime import ingest
     from tests.unit.fakes import RecordingPublisher
 
-    aws["dynamodb"].create_table(
-        TableName=TABLE,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "user_id", "AttributeType": "S"}],
-    )
     queue = aws["sqs"].create_queue(QueueName="promotions")["QueueUrl"]
     store = DynamoDbCustomerStateStore(aws["dynamodb"], TABLE)
     pairs = [

@@ -1,6 +1,7 @@
 """POST /v1/scores, GET /v1/model, GET /v1/health through lambda_handler (no network: no queue)."""
 
 import base64
+import io
 import json
 import subprocess
 import sys
@@ -421,3 +422,31 @@ def test_debug_logging_of_the_event_handler_never_carries_the_request_content(ap
     from churnguard.api import ScoreRequest
 
     assert repr(ScoreRequest.model_validate(_customer())) == "ScoreRequest(customers: 1 items)"
+
+
+def _log_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture
+def log_output(api):
+    out = io.StringIO()
+    handler = api.logger.registered_handler
+    previous = handler.setStream(out)
+    yield out
+    handler.setStream(previous)
+
+
+def test_every_log_line_of_a_request_carries_its_request_id(api, log_output):
+    out = log_output
+    event = load_event("score_api/post_scores.json")
+    assert api.lambda_handler(event, FakeLambdaContext())["statusCode"] == 200
+    lines = _log_lines(out.getvalue())
+    assert [line["message"] for line in lines if line["message"] == "scored"] == ["scored"]
+    assert {line.get("correlation_id") for line in lines} == {event["requestContext"]["requestId"]}
+
+    del event["requestContext"]  # the next request has none: the previous one's does not linger
+    out.seek(0), out.truncate()
+    assert api.lambda_handler(event, FakeLambdaContext())["statusCode"] == 200
+    lines = _log_lines(out.getvalue())
+    assert lines and all("correlation_id" not in line for line in lines)
