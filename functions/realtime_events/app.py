@@ -72,6 +72,7 @@ def _apply(rt: EventsQueueRuntime, record: SQSRecord) -> MessageOutcome:
         realtime.clock(),
         max_events=rt.settings.max_events_per_request,
         max_customers=rt.settings.max_customers_per_request,
+        queue_configured=realtime.queue_configured,
     )
 
 
@@ -86,10 +87,9 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
         outcome = _apply(rt, record)
     except aws_errors() as exc:  # the model or the ledger: the message waits for another delivery
         raise RetryMessageError(f"AWS error: {classify_aws_error(exc)}") from None
-    counts = {k: v for k, v in vars(outcome).items() if isinstance(v, int)}
-    for name, value in (("EventsApplied", outcome.events), ("WarningsFired", outcome.warnings)):
-        if outcome.status == "applied":
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    counts = dict(outcome.counts)
+    for name, value in counts.items():  # the API's metric names for the same counts
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     if outcome.status == "retry":
         metrics.add_metric(name="EventMessagesRetried", unit=MetricUnit.Count, value=1)
         logger.warning("event message retried", extra={"reason": outcome.reason, **counts})

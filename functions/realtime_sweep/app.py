@@ -67,7 +67,8 @@ def run_step(
             now=dt.datetime.now(dt.UTC),
             customers_per_segment=rt.settings.sweep_customers_per_segment,
             min_segments=rt.settings.sweep_min_segments,
-            max_future_s=None if rt.settings.sweep_allow_future_ticks else 900.0,
+            # the events' bound: an event later than this is refused too
+            max_future_s=None if rt.settings.sweep_allow_future_ticks else rt.realtime.rules.max_future_s,
             runs=rt.runs,
         )
         started = plan["status"] == "planned"

@@ -50,7 +50,8 @@ from churnguard.aws import TransientAwsError
 from churnguard.customer_state import CustomerStateError
 from churnguard.model_provider import ModelUnavailableError
 from churnguard.promotions import SqsPromotionsPublisher  # noqa: F401 (tests patch its publish method)
-from churnguard.realtime import FutureEventError, customer_view, erase, ingest
+from churnguard.realtime import FutureEventError, customer_view, erase, ingest, ingest_counts
+from churnguard.validation import field_path
 from churnguard.wiring import ApiRuntime, RealtimeRuntime, api_runtime
 
 SERVICE = "churnguard-score-api"
@@ -95,10 +96,7 @@ def _json(status: int, body: dict[str, Any]) -> Response[str]:
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "body"
+    return field_path(loc[1:] if loc and loc[0] == "body" else loc) or "body"
 
 
 @app.exception_handler(RequestValidationError)
@@ -278,7 +276,8 @@ def post_events(request: EventsRequest):  # type: ignore[no-untyped-def]  # see 
             {"message": f"invalid request: {exc}", "errors": [{"field": exc.field, "message": str(exc)}]},
         )
     response = events_response(result, queue_configured=realtime.queue_configured)
-    _events_metrics(response, len(pairs), (time.perf_counter() - started) * 1000)
+    counts = ingest_counts(result, len(pairs), queue_configured=realtime.queue_configured)
+    _events_metrics(response, counts, (time.perf_counter() - started) * 1000)
     if len(response.retry) == len(response.customers):  # nothing applied, all worth retrying
         unavailable = _json(HTTPStatus.SERVICE_UNAVAILABLE, response.model_dump())
         unavailable.headers["Retry-After"] = str(RETRY_AFTER_S)
@@ -286,18 +285,9 @@ def post_events(request: EventsRequest):  # type: ignore[no-untyped-def]  # see 
     return _json(HTTPStatus.ACCEPTED, response.model_dump())
 
 
-def _events_metrics(response: EventsResponse, events: int, elapsed_ms: float) -> None:
+def _events_metrics(response: EventsResponse, counts: dict[str, int], elapsed_ms: float) -> None:
     """Counts only: never a user id."""
     customers = response.customers
-    counts = {
-        "EventsReceived": events,
-        "EventsApplied": sum(c.events_applied for c in customers),
-        "DuplicateEvents": sum(c.duplicates for c in customers),
-        "CustomersUpdated": sum(c.applied for c in customers),
-        "CustomersNotApplied": sum(not c.applied for c in customers),
-        "WarningsFired": sum(c.warning.fired for c in customers),
-        "WarningsQueued": sum(c.warning.queued for c in customers),
-    }
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     metrics.add_metric(name="IngestLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
@@ -309,7 +299,7 @@ def _events_metrics(response: EventsResponse, events: int, elapsed_ms: float) ->
         "events applied",
         extra={
             **{k: v for k, v in counts.items() if k != "EventsReceived"},
-            "events": events,
+            "events": counts["EventsReceived"],
             "customers": len(customers),
             "retry": len(response.retry),
             "refused": refused,

@@ -126,6 +126,7 @@ from churnguard.events import EventLogError, validate_events
 from churnguard.ports import ListedObject, ObjectStore
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher
 from churnguard.scoring import ReasonsFor
+from churnguard.validation import describe
 
 INCOMING_PREFIX = "incoming/"
 SUCCESS_MARKER = "_SUCCESS"
@@ -249,11 +250,7 @@ def parse_manifest(body: bytes) -> DatasetManifest:
     try:
         return DatasetManifest.model_validate_json(body)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
-            problems.append(f"{where or 'manifest'}: {error['msg']}")
-        raise ManifestError(f"{MANIFEST_NAME} is not valid: {'; '.join(problems)}") from None
+        raise ManifestError(f"{MANIFEST_NAME} is not valid: {describe(exc, root='manifest')}") from None
 
 
 # --- the plan -------------------------------------------------------------------------------------------

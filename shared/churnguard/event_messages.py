@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pydantic import ValidationError
 
 from churnguard.api import EventsRequest, StreamEventIn, TooManyCustomersError, state_events
 from churnguard.customer_state import StateEvent
-from churnguard.realtime import FutureEventError, IngestResult
+from churnguard.realtime import FutureEventError, IngestResult, ingest_counts
+from churnguard.validation import describe
 
 Ingest = Callable[[list[tuple[str, StateEvent]], dt.datetime], IngestResult]
 """``ingest(pairs, now)``: ``churnguard.realtime.ingest`` bound to its store, model and publisher."""
@@ -46,32 +47,13 @@ Ingest = Callable[[list[tuple[str, StateEvent]], dt.datetime], IngestResult]
 class MessageOutcome:
     status: Literal["applied", "retry", "refused"]
     reason: str | None = None  # why refused or retried: field names and rules, never a value
-    events: int = 0
-    customers: int = 0
-    applied: int = 0  # customers whose events were stored
-    duplicates: int = 0
-    warnings: int = 0
-    queued: int = 0
+    # ``realtime.ingest_counts`` (the API's metric names); empty when refused before any was applied
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
-# The names a reason may quote: the request's own fields. Any other key in an error's location was
-# chosen by the sender (a profile key, an unknown field: possibly a customer id or an e-mail) and is
-# shown as <key>.
+# The names a reason may quote: the request's own fields; any other key in an error's location was
+# chosen by the sender (a profile key, an unknown field: possibly a customer id or an e-mail).
 _FIELD_NAMES = frozenset(EventsRequest.model_fields) | frozenset(StreamEventIn.model_fields)
-
-
-def _where(location: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for part in location:
-        shown = str(part) if isinstance(part, int) or part in _FIELD_NAMES else "<key>"
-        if not (shown == "<key>" and parts and parts[-1] == "<key>"):
-            parts.append(shown)
-    return ".".join(parts) or "body"
-
-
-def _validation_reason(exc: ValidationError) -> str:
-    problems = [f"{_where(error['loc'])}: {error['msg']}" for error in exc.errors()[:5]]
-    return "invalid message: " + "; ".join(dict.fromkeys(problems))
 
 
 def parse_message(
@@ -83,7 +65,8 @@ def parse_message(
     try:
         request = EventsRequest.model_validate_json(body)
     except ValidationError as exc:
-        return MessageOutcome("refused", _validation_reason(exc))
+        reason = describe(exc, root="body", known=_FIELD_NAMES, limit=5)
+        return MessageOutcome("refused", f"invalid message: {reason}")
     if len(request.events) > max_events:
         return MessageOutcome(
             "refused", f"at most {max_events} events per message (got {len(request.events)})"
@@ -103,7 +86,13 @@ def parse_message(
 
 
 def apply_message(
-    body: str, ingest: Ingest, now: dt.datetime, *, max_events: int, max_customers: int
+    body: str,
+    ingest: Ingest,
+    now: dt.datetime,
+    *,
+    max_events: int,
+    max_customers: int,
+    queue_configured: bool = True,
 ) -> MessageOutcome:
     """One message applied to the customers' states (module docstring for the outcomes)."""
     pairs = parse_message(body, max_events=max_events, max_customers=max_customers)
@@ -113,17 +102,9 @@ def apply_message(
         result = ingest(pairs, now)
     except FutureEventError as exc:
         return MessageOutcome("refused", f"invalid message: {exc}")
-    customers = result.customers
-    errors = [c.error for c in customers if c.error is not None]
-    outcome = MessageOutcome(
-        "applied",
-        events=len(pairs),
-        customers=len(customers),
-        applied=sum(c.error is None for c in customers),
-        duplicates=sum(c.duplicates for c in customers),
-        warnings=sum(c.warning for c in customers),
-        queued=sum(c.queued for c in customers),
-    )
+    errors = [c.error for c in result.customers if c.error is not None]
+    counts = ingest_counts(result, len(pairs), queue_configured=queue_configured)
+    outcome = MessageOutcome("applied", counts=counts)
     # An AWS call refused (permissions, a missing table) is the deployment's fault, not the message's:
     # retried, so the redrive policy parks it only if it lasts.
     transient = [e for e in errors if e.kind == "transient" or e.aws]

@@ -450,6 +450,21 @@ def ingest(
     return IngestResult(bundle.version, _iso(now_s), [results[u] for u in grouped], not_sent)
 
 
+def ingest_counts(result: IngestResult, events: int, *, queue_configured: bool = True) -> dict[str, int]:
+    """An ingest's counts under their metric names, the same whichever way the events came (the API,
+    the queue); counts only, never a user id. ``queue_configured`` False: nothing counts as queued."""
+    customers = result.customers
+    return {
+        "EventsReceived": events,
+        "EventsApplied": sum(c.applied for c in customers),
+        "DuplicateEvents": sum(c.duplicates for c in customers),
+        "CustomersUpdated": sum(c.error is None for c in customers),
+        "CustomersNotApplied": sum(c.error is not None for c in customers),
+        "WarningsFired": sum(c.warning for c in customers),
+        "WarningsQueued": sum(c.queued for c in customers) if queue_configured else 0,
+    }
+
+
 def _result(update: _Update, scored: ScoredBatch, row: int, queued: set[str]) -> CustomerResult:
     user_id = update.read.user_id
     return CustomerResult(

@@ -13,6 +13,7 @@ from typing import ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError, model_validator
 
 from churnguard.promotions import DEFAULT_ACTIONS, Action, PromotionPolicy
+from churnguard.validation import describe
 
 
 class SettingsError(RuntimeError):
@@ -33,10 +34,7 @@ class EnvSettings(BaseModel):
         try:
             return cls.model_validate(ours)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-            )
-            raise SettingsError(f"invalid {cls.__name__}: {problems}") from exc
+            raise SettingsError(f"invalid {cls.__name__}: {describe(exc, root='settings')}") from exc
 
 
 class ActionSetting(BaseModel):

@@ -42,6 +42,7 @@ from churnguard.bundle import ModelBundle
 from churnguard.ports import CustomerStateStore, RunningExecutions
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher
 from churnguard.realtime import RealtimeRules, SweepResult, add_sweep_results, rescore_inactive
+from churnguard.validation import describe
 
 # DynamoDB takes up to 1,000,000 segments; the state machine's Map results (~250 bytes a segment, a
 # 256 KB state) and its execution history (25,000 events, ~7 a segment invocation) take ~200.
@@ -113,9 +114,7 @@ def parse_sweep_step(event: dict[str, Any]) -> PlanStep | SegmentStep | FinishSt
     try:
         return _SweepStepModel.model_validate({"payload": event}).payload
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'payload'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = describe(exc, root="payload", skip=1)  # the wrapper's "payload"
         raise SweepPayloadError(f"invalid sweep payload: {problems}") from None
 
 

@@ -129,6 +129,15 @@ def realtime_runtime(
     return RealtimeRuntime(store, rules, publisher, queue_configured=True)
 
 
+def _required_realtime(settings: ServingSettings, budget: aws.ClientBudget, who: str) -> RealtimeRuntime:
+    """``realtime_runtime`` with the promotions publisher of the settings, for a function that has
+    nothing to do without a state table (the cold start fails, naming the variable)."""
+    realtime = realtime_runtime(settings, promotions_publisher(settings, budget), budget)
+    if realtime is None:
+        raise SettingsError(f"{who} needs CHURNGUARD_STATE_TABLE (the customers' state table)")
+    return realtime
+
+
 @dataclass(frozen=True)
 class EventsQueueRuntime:
     """The events-queue function's wiring (``churnguard.event_messages``): the API's real-time
@@ -145,10 +154,7 @@ def events_queue_runtime(on_model_event: ModelEventSink) -> EventsQueueRuntime:
     """The events-queue function's wiring (``aws.API`` budget: a message is small, and a slow call
     is better retried by SQS than waited for); a state table is required."""
     settings = ServingSettings.from_env()
-    publisher = promotions_publisher(settings, aws.API)
-    realtime = realtime_runtime(settings, publisher, aws.API)
-    if realtime is None:
-        raise SettingsError("the events queue needs CHURNGUARD_STATE_TABLE (the customers' state table)")
+    realtime = _required_realtime(settings, aws.API, "the events queue")
     models = provider_from_settings(settings, on_event=on_model_event, budget=aws.API)
     dead_letters = None
     if settings.events_dead_letter_queue_url:
@@ -172,10 +178,7 @@ def sweep_runtime(on_model_event: ModelEventSink) -> SweepRuntime:
     """The sweep function's wiring (``aws.BATCH`` budget: long scans, no caller waiting); a state
     table is required (the function has nothing to sweep without one)."""
     settings = ServingSettings.from_env()
-    publisher = promotions_publisher(settings, aws.BATCH)
-    realtime = realtime_runtime(settings, publisher, aws.BATCH)
-    if realtime is None:
-        raise SettingsError("the sweep needs CHURNGUARD_STATE_TABLE (the customers' state table)")
+    realtime = _required_realtime(settings, aws.BATCH, "the sweep")
     models = provider_from_settings(settings, on_event=on_model_event, budget=aws.BATCH)
     runs = StepFunctionsRunningExecutions(aws.client("stepfunctions", aws.CONTROL))
     return SweepRuntime(settings, models, realtime, settings.promotion_policy(), runs)

@@ -31,18 +31,13 @@ schema.config.checks.negative_data_rejection.expected_statuses.append("413")
 
 @pytest.fixture(scope="module")
 def api_url():
-    saved = {k: os.environ.get(k) for k in ("CHURNGUARD_MODEL_DIR", "CHURNGUARD_PROMOTIONS_QUEUE_URL")}
-    os.environ["CHURNGUARD_MODEL_DIR"] = str(FIXTURE_MODEL)
-    os.environ.pop("CHURNGUARD_PROMOTIONS_QUEUE_URL", None)
-    handler = load_handler("score_api")
-    with counted_api_server(handler.lambda_handler, "schemathesis") as url:
-        yield url
-    handler.runtime.cache_clear()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as env:  # restored when the module's tests end
+        env.setenv("CHURNGUARD_MODEL_DIR", str(FIXTURE_MODEL))
+        env.delenv("CHURNGUARD_PROMOTIONS_QUEUE_URL", raising=False)
+        handler = load_handler("score_api")
+        with counted_api_server(handler.lambda_handler, "schemathesis") as url:
+            yield url
+        handler.runtime.cache_clear()
 
 
 def _breaks_a_rule_json_schema_cannot_state(case) -> bool:

@@ -39,26 +39,21 @@ schema.config.checks.negative_data_rejection.expected_statuses.append("413")
 
 @pytest.fixture(scope="module")
 def api_url():
-    saved = {k: os.environ.get(k) for k in ("CHURNGUARD_MODEL_DIR", "CHURNGUARD_STATE_TABLE")}
-    os.environ["CHURNGUARD_MODEL_DIR"] = str(FIXTURE_MODEL)
-    os.environ.pop("CHURNGUARD_STATE_TABLE", None)
-    handler = load_handler("score_api")
-    base = handler.runtime()
-    realtime = RealtimeRuntime(
-        MemoryCustomerStateStore(),
-        RealtimeRules(),
-        RecordingPublisher(),
-        queue_configured=True,
-        clock=lambda: NOW,
-    )
-    handler.runtime = functools.cache(lambda: dataclasses.replace(base, realtime=realtime))
-    with counted_api_server(handler.lambda_handler, "schemathesis (real-time on)") as url:
-        yield url
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as env:  # restored when the module's tests end
+        env.setenv("CHURNGUARD_MODEL_DIR", str(FIXTURE_MODEL))
+        env.delenv("CHURNGUARD_STATE_TABLE", raising=False)
+        handler = load_handler("score_api")
+        base = handler.runtime()
+        realtime = RealtimeRuntime(
+            MemoryCustomerStateStore(),
+            RealtimeRules(),
+            RecordingPublisher(),
+            queue_configured=True,
+            clock=lambda: NOW,
+        )
+        handler.runtime = functools.cache(lambda: dataclasses.replace(base, realtime=realtime))
+        with counted_api_server(handler.lambda_handler, "schemathesis (real-time on)") as url:
+            yield url
 
 
 def _breaks_a_rule_json_schema_cannot_state(case) -> bool:

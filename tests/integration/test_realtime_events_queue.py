@@ -49,7 +49,7 @@ def test_a_batch_stores_the_good_messages_parks_the_refused_one_with_its_reason_
     assert parked["Body"] == refused["body"]  # as it came, for a fix and a resend
     attributes = parked["MessageAttributes"]
     assert attributes["original_message_id"]["StringValue"] == refused["messageId"]
-    assert "events.0.event_type" in attributes["reason"]["StringValue"]
+    assert "events[0].event_type" in attributes["reason"]["StringValue"]
 
     again = handler.lambda_handler(event, FakeLambdaContext())  # the whole batch delivered again
     assert again == {"batchItemFailures": []}

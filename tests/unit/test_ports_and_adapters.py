@@ -28,7 +28,7 @@ from churnguard.model_store import (
 )
 from churnguard.ports import ListedObject, ObjectInfo, ParameterVersion, QueueMessage, SendFailure
 from churnguard.promotions import QueuePromotionsPublisher
-from tests.helpers import ROOT, model_variant
+from tests.helpers import FIXTURE_MODEL, ROOT, model_variant
 from tests.unit.fakes import MemoryLedger, MemoryObjectStore, MemoryParameterStore, MemoryQueue, client_error
 
 
@@ -425,3 +425,16 @@ def test_the_step_functions_starter_names_its_runs_and_answers_false_for_a_name_
         assert starter.start("ds-1", {"bucket": "b"}) is False
         with pytest.raises(ClientError, match="ThrottlingException"):  # every other error passes through
             starter.start("ds-1", {"bucket": "b"})
+
+
+@pytest.mark.parametrize(
+    ("build", "who"), [("sweep_runtime", "the sweep"), ("events_queue_runtime", "the events queue")]
+)
+def test_the_state_table_functions_refuse_to_cold_start_without_one(monkeypatch, build, who):
+    import churnguard.wiring as wiring
+    from churnguard.settings import SettingsError
+
+    monkeypatch.setenv("CHURNGUARD_MODEL_DIR", str(FIXTURE_MODEL))
+    monkeypatch.delenv("CHURNGUARD_STATE_TABLE", raising=False)
+    with pytest.raises(SettingsError, match=f"{who} needs CHURNGUARD_STATE_TABLE"):
+        getattr(wiring, build)(on_model_event=lambda name, details: None)
