@@ -14,9 +14,10 @@ RUNTIME_PROVIDED = boto3 botocore s3transfer
 
 # pandas needs numpy, which the shared layer already carries (same pinned version): installing it again
 # would cost ~60 MB of the 250 MB limit, so it is removed from the package, like the runtime's boto3.
+# pandas' own test suite (pandas/tests, ~18 MB) is never imported at run time: removed too.
 define build_pandas_function
 	$(PYTHON) -m pip install $(PIP_TARGET_FLAGS) --target "$(ARTIFACTS_DIR)" -r requirements.txt
-	cd "$(ARTIFACTS_DIR)" && rm -rf $(foreach p,numpy numpy.libs $(RUNTIME_PROVIDED),$(p) $(p)-*.dist-info) && \
+	cd "$(ARTIFACTS_DIR)" && rm -rf $(foreach p,numpy numpy.libs $(RUNTIME_PROVIDED),$(p) $(p)-*.dist-info) pandas/tests && \
 		find . -name __pycache__ -prune -exec rm -rf {} +
 	cp app.py "$(ARTIFACTS_DIR)/"
 endef

@@ -42,6 +42,8 @@ SIZE_LIMITS_MB = {
     "BatchScoreFunction": 230,
     "PromoteFunction": 230,
     "DatasetScoreFunction": 230,
+    "DecisionLogFunction": 230,
+    "OutcomesFunction": 230,
 }
 STATE_MACHINE_DEFINITIONS = {
     "DatasetStateMachine": ROOT / "statemachine/dataset.asl.json",

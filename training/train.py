@@ -8,9 +8,10 @@ variables (or ``--train``) it trains on a named real dataset, ``--dataset cdnow`
 ``--horizon-weeks`` and ``--weeks`` given explicitly win), and writes ``artifacts/model``.
 
 Output (the model directory): model.tflite, model_dynamic_range.tflite, model_reasons.tflite (exact
-group Shapley reasons: training/reasons_model.py), feature_spec.json,
-metadata.json, report/. Files are written to a staging folder first and moved in only after every
-check has passed, metadata.json last, so a failed run never leaves a model directory that looks valid.
+group Shapley reasons: training/reasons_model.py), feature_spec.json, drift_reference.json (training's
+binned feature and score distributions: training/drift_reference.py), metadata.json, report/. Files
+are written to a staging folder first and moved in only after every check has passed, metadata.json
+last, so a failed run never leaves a model directory that looks valid.
 
 Exit codes: 0 success, 1 internal error, 2 bad input data or arguments, 3 export/parity check failed.
 With ``main(failure_file=...)`` the reason for a failure is also written to that file (SageMaker's
@@ -46,7 +47,7 @@ import numpy as np
 
 from churnguard.events import EventLogError
 from churnguard.features import FeatureConfig, FeatureSpecError
-from churnguard.model_metadata import FORMAT_VERSION, MODEL_FORMAT, ModelMetadata
+from churnguard.model_metadata import DRIFT_REFERENCE, FORMAT_VERSION, MODEL_FORMAT, ModelMetadata
 from training.data import (
     DEFAULT_WEEKS,
     NAMED_DATASETS,
@@ -93,6 +94,7 @@ MODEL_FILES = (
     "model_dynamic_range.tflite",
     "model_reasons.tflite",
     "feature_spec.json",
+    "drift_reference.json",
     "model.keras",
 )
 
@@ -667,8 +669,14 @@ def _reason_reference(reasons: ReasonsExport) -> dict[str, Any]:
     }
 
 
-def _files_section(spec_json: str, exports: Exports, reasons: ReasonsExport) -> dict[str, dict[str, Any]]:
-    """Hash and size of the feature spec and of each written TFLite model, with its parity check."""
+def _files_section(
+    spec_json: str, exports: Exports, reasons: ReasonsExport, drift_json: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Hash and size of the feature spec and of each written TFLite model, with its parity check, and
+    of the drift reference."""
+    from training.drift_reference import file_entry
+
+    drift = {DRIFT_REFERENCE: file_entry(drift_json)} if drift_json is not None else {}
     return {
         "feature_spec.json": {"sha256": _sha256(spec_json.encode()), "bytes": len(spec_json.encode())},
         **{
@@ -682,6 +690,7 @@ def _files_section(spec_json: str, exports: Exports, reasons: ReasonsExport) -> 
             for m in (exports.float32, exports.dynamic_range, reasons.model)
             if m is not None
         },
+        **drift,
     }
 
 
@@ -697,10 +706,12 @@ def build_metadata(
     created: dt.datetime,
     code: str,
     training_seconds: float,
+    drift_reference_json: str | None = None,
 ) -> ModelMetadata:
     """metadata.json: what the model is, what it was trained on and how, and how well it did.
 
-    ``code`` is ``code_version()``; ``plot_files`` what ``write_plots`` wrote into report/.
+    ``code`` is ``code_version()``; ``plot_files`` what ``write_plots`` wrote into report/;
+    ``drift_reference_json`` the drift_reference.json written (listed in ``files`` when given).
     """
     spec, exports = training.data.spec, exported.exports
     # Validated on the way out: a model directory training writes is one every reader accepts.
@@ -730,7 +741,7 @@ def build_metadata(
             "inputs": {"sequence": [None, spec.weeks, spec.n_channels], "static": [None, spec.n_static]},
             "reason_baseline": _reason_baseline(training.data),
             "reason_reference": _reason_reference(exported.reasons),
-            "files": _files_section(spec_json, exports, exported.reasons),
+            "files": _files_section(spec_json, exports, exported.reasons, drift_reference_json),
             "dynamic_range_refused": exports.dynamic_range_refusal,
             "keras_model": {"file": "model.keras", "sha256": keras_sha256},
             "report": sorted(["metrics.json", "history.json", *plot_files]),
@@ -766,7 +777,9 @@ def write_report(
 
 
 def write_model_files(staging: Path, data: PreparedData, exported: CalibratedExport) -> str:
-    """The feature spec and the models; returns the feature spec's JSON text."""
+    """The feature spec, the models and the drift reference; returns the feature spec's JSON text."""
+    from training.drift_reference import build_drift_reference
+
     spec_json = data.spec.to_json()
     (staging / "feature_spec.json").write_text(spec_json)
     (staging / "model.tflite").write_bytes(exported.exports.float32.content)
@@ -775,6 +788,9 @@ def write_model_files(staging: Path, data: PreparedData, exported: CalibratedExp
     if exported.exports.dynamic_range:
         (staging / "model_dynamic_range.tflite").write_bytes(exported.exports.dynamic_range.content)
     (staging / exported.reasons.model.name).write_bytes(exported.reasons.model.content)
+    drift = build_drift_reference(data, exported.exports.float32.content)
+    (staging / DRIFT_REFERENCE).write_text(drift.to_json())
+    log.info("drift reference: %d customers, %d features", drift.customers, len(drift.features))
     return spec_json
 
 
@@ -807,6 +823,7 @@ def write_model_directory(
             created=created,
             code=code_version(),
             training_seconds=round(time.time() - started, 1),
+            drift_reference_json=(staging / DRIFT_REFERENCE).read_text(),
         )
         (staging / "metadata.json").write_text(metadata.to_json())
         publish(staging, model_dir)

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -38,10 +38,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from churnguard.batch import BatchSummary, process_s3_object
 from churnguard.dataset_drops import MANIFEST_NAME, MARKERS, SUCCESS_MARKER, DropKind
 from churnguard.dataset_steps import Route, route_drop, start_dataset_run
-from churnguard.idempotency import LedgeredPublisher, PromotionsNotSentError
+from churnguard.idempotency import PromotionsNotSentError
 from churnguard.promotions import PublishResult
 from churnguard.scoring import ReasonsFor
-from churnguard.wiring import BatchRuntime, batch_runtime
+from churnguard.wiring import BatchRuntime, batch_runtime, sends_once
 
 SERVICE = "churnguard-batch-score"
 logger = Logger(service=SERVICE)
@@ -175,6 +175,7 @@ def _score_object(rt: BatchRuntime, bucket: str, key: str) -> dict[str, Any]:
         rt.models.current(),
         policy=rt.policy,
         publisher=rt.publisher,
+        decisions=rt.decisions,
         reasons_for=ReasonsFor(rt.settings.batch_reasons),
         memory=rt.memory,
         max_object_bytes=rt.settings.batch_max_object_bytes,
@@ -186,6 +187,8 @@ def _score_object(rt: BatchRuntime, bucket: str, key: str) -> dict[str, Any]:
         name="HighRiskCustomers", unit=MetricUnit.Count, value=summary.customers_at_or_above_promotion
     )
     metrics.add_metric(name="PromotionsQueued", unit=MetricUnit.Count, value=summary.customers_queued)
+    if rt.decisions is not None:
+        metrics.add_metric(name="PromotionsHeldOut", unit=MetricUnit.Count, value=summary.customers_held_out)
     logged = _loggable(summary, key)
     if summary.status not in ("ok", "split"):
         metrics.add_metric(name="BatchFilesFailed", unit=MetricUnit.Count, value=1)
@@ -194,8 +197,9 @@ def _score_object(rt: BatchRuntime, bucket: str, key: str) -> dict[str, Any]:
         metrics.add_metric(
             name="PromotionFailures", unit=MetricUnit.Count, value=len(summary.promotion_failures)
         )
+    _drift_metrics(summary.drift)
     logger.info("batch file scored", extra=logged)
-    if summary.promotion_failures and isinstance(rt.publisher, LedgeredPublisher):
+    if summary.promotion_failures and sends_once(rt.publisher):
         # Not done: the idempotency record is dropped and SQS redelivers the file (then its DLQ, with
         # an alarm); the ledger makes the retry send only the promotions that did not go out.
         raise PromotionsNotSentError(PublishResult(summary.customers_queued, summary.promotion_failures))
@@ -203,6 +207,20 @@ def _score_object(rt: BatchRuntime, bucket: str, key: str) -> dict[str, Any]:
     # and promotion failures, lives in S3; a DynamoDB item over 400 KB failed *after* the promotions
     # were sent, so the redelivery sent them again).
     return logged
+
+
+def _drift_metrics(drift: dict[str, Any] | None) -> None:
+    """``ScorePSI`` (the drift alarm's metric) and ``FeatureGroupPSI`` per feature group, when the
+    PSI was computed (``churnguard.drift``). The group is a dimension of that metric only (a metric
+    of its own, ``single_metric``): its values are the model's reason groups, about ten fixed names."""
+    if not drift or drift.get("score_psi") is None:
+        return
+    metrics.add_metric(name="ScorePSI", unit=MetricUnit.NoUnit, value=drift["score_psi"])
+    for group, value in drift.get("group_psi", {}).items():
+        with single_metric(
+            name="FeatureGroupPSI", unit=MetricUnit.NoUnit, value=value, namespace=metrics.namespace
+        ) as metric:
+            metric.add_dimension(name="group", value=group)
 
 
 # Only counts, categories and versions reach the logs: the summary's ``error`` text and ``source``
@@ -216,6 +234,8 @@ LOGGED_SUMMARY_FIELDS = (
     "customers_scored",
     "customers_at_or_above_promotion",
     "customers_queued",
+    "customers_held_out",
+    "monitoring_sample",
     "model_version",
     "duration_s",
 )

@@ -47,7 +47,7 @@ from churnguard.dataset_steps import (
 )
 from churnguard.model_provider import ModelUnavailableError
 from churnguard.scoring import ReasonsFor
-from churnguard.wiring import DatasetRuntime, dataset_runtime
+from churnguard.wiring import DatasetRuntime, dataset_runtime, sends_once
 
 SERVICE = "churnguard-dataset-score"
 logger = Logger(service=SERVICE)
@@ -114,15 +114,14 @@ def planned_model(rt: DatasetRuntime, plan: DatasetPlan) -> ModelBundle:
 
 
 def _score(rt: DatasetRuntime, step: ScoreStep) -> dict[str, Any]:
-    from churnguard.idempotency import LedgeredPublisher
-
     scoring = Scoring(
         bundle=functools.partial(planned_model, rt),
         policy=rt.policy,
         publisher=rt.publisher,
+        decisions=rt.decisions,
         reasons_for=ReasonsFor(rt.settings.batch_reasons),
         memory=rt.memory,
-        retry_unsent=isinstance(rt.publisher, LedgeredPublisher),
+        retry_unsent=sends_once(rt.publisher),
     )
     answer, result = run_score(rt.store, step, scoring)
     metrics.add_metric(name="CustomersScored", unit=MetricUnit.Count, value=result.customers_scored)
@@ -130,6 +129,8 @@ def _score(rt: DatasetRuntime, step: ScoreStep) -> dict[str, Any]:
         name="HighRiskCustomers", unit=MetricUnit.Count, value=result.customers_at_or_above_promotion
     )
     metrics.add_metric(name="PromotionsQueued", unit=MetricUnit.Count, value=result.customers_queued)
+    if rt.decisions is not None:
+        metrics.add_metric(name="PromotionsHeldOut", unit=MetricUnit.Count, value=result.customers_held_out)
     if result.promotion_failures:
         metrics.add_metric(
             name="PromotionFailures", unit=MetricUnit.Count, value=len(result.promotion_failures)

@@ -1,5 +1,9 @@
 """Scheduled retraining: EventBridge Scheduler -> one SageMaker training job (boto3 CreateTrainingJob).
 
+With the template's ``RetrainOnDrift``, the score-drift alarm entering ALARM (an EventBridge
+"CloudWatch Alarm State Change" event) starts a job the same way; the job's model still has to pass
+the promotion gate (``functions/promote``) like any other.
+
 The job runs our training image (training/Containerfile: the code of the deployed commit baked in,
 SageMaker's ``train`` entry point) on the training-events prefix (the ``train`` channel) and writes
 model.tar.gz under ``training/<job>/output/``; its completion event triggers ``promote``.
@@ -84,10 +88,13 @@ def _existing_job(sagemaker: Any, job_name: str) -> dict[str, Any] | None:
 
 def job_name_for(event: dict[str, Any], now: dt.datetime) -> str:
     """One name per schedule tick: the tick's scheduled time (the template passes it as
-    ``scheduled_time``), so a tick delivered twice names the same job and starts it once. A manual
-    invocation without it is named after the current time."""
+    ``scheduled_time``), so a tick delivered twice names the same job and starts it once; an
+    EventBridge event (the drift alarm's state change) is named after its ``time`` the same way. A
+    manual invocation without either is named after the current time."""
     try:
-        tick = dt.datetime.fromisoformat(str(event["scheduled_time"]).replace("Z", "+00:00"))
+        tick = dt.datetime.fromisoformat(
+            str(event.get("scheduled_time") or event["time"]).replace("Z", "+00:00")
+        )
     except (KeyError, TypeError, ValueError):
         tick = now
     return f"churnguard-{tick.astimezone(dt.UTC):%Y%m%d-%H%M%S}"
@@ -111,5 +118,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.info("training job already started for this tick", extra={"job": job_name})
         return {"training_job": job_name, "arn": existing["TrainingJobArn"], "already_started": True}
     metrics.add_metric(name="TrainingJobsStarted", unit=MetricUnit.Count, value=1)
-    logger.info("training job started", extra={"job": job_name, "arn": response["TrainingJobArn"]})
+    trigger = "drift alarm" if event.get("source") == "aws.cloudwatch" else "schedule"
+    logger.info(
+        "training job started", extra={"job": job_name, "arn": response["TrainingJobArn"], "trigger": trigger}
+    )
     return {"training_job": job_name, "arn": response["TrainingJobArn"], "already_started": False}

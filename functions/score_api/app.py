@@ -179,6 +179,7 @@ def post_scores(request: ScoreRequest):  # type: ignore[no-untyped-def]  # see R
             policy=rt.policy,
             publisher=rt.publisher,
             top_k=rt.settings.reasons_top_k,
+            decisions=rt.decisions,
         )
     except DuplicateCustomerError as exc:
         return _json(
@@ -191,6 +192,12 @@ def post_scores(request: ScoreRequest):  # type: ignore[no-untyped-def]  # see R
     metrics.add_metric(name="CustomersScored", unit=MetricUnit.Count, value=len(response.customers))
     metrics.add_metric(name="HighRiskCustomers", unit=MetricUnit.Count, value=high)
     metrics.add_metric(name="PromotionsQueued", unit=MetricUnit.Count, value=queued)
+    if rt.decisions is not None:
+        held_out = sum(c.held_out for c in response.customers)
+        metrics.add_metric(name="PromotionsHeldOut", unit=MetricUnit.Count, value=held_out)
+    if response.decision_log_failures:
+        metrics.add_metric(name="DecisionLogFailures", unit=MetricUnit.Count, value=1)
+        logger.error("monitoring sample not logged")
     metrics.add_metric(name="ScoringLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
     if response.promotion_failures:
         metrics.add_metric(name="PromotionFailures", unit=MetricUnit.Count, value=response.promotion_failures)

@@ -51,12 +51,16 @@ class Stack:
     step_functions: ExecutionPoller | None = None
     # The real-time events queue -> RealtimeEventsFunction (None: not in the template).
     events_delivery: SqsEventSourceDelivery | None = None
+    # The decision-log queue -> DecisionLogFunction (None: not in the template).
+    decisions_delivery: SqsEventSourceDelivery | None = None
 
     def stop(self) -> None:
         if self.step_functions:
             self.step_functions.stop()
         if self.events_delivery:
             self.events_delivery.stop()
+        if self.decisions_delivery:
+            self.decisions_delivery.stop()
         self.delivery.stop()
         if self.promote_delivery:
             self.promote_delivery.stop()
@@ -72,6 +76,7 @@ class _Functions:
     promote_delivery: EventRuleDelivery | None
     step_functions: ExecutionPoller | None
     events_delivery: SqsEventSourceDelivery | None
+    decisions_delivery: SqsEventSourceDelivery | None
 
 
 def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = False) -> Stack:
@@ -112,6 +117,7 @@ def start_stack(model_dir: Path | None = None, port: int = 0, quiet: bool = Fals
         trained,
         functions.step_functions,
         functions.events_delivery,
+        functions.decisions_delivery,
     )
 
 
@@ -199,4 +205,16 @@ def _start_functions(
             batch_size=10,
         )
         events_delivery.start()
-    return _Functions(server, delivery, promote_delivery, step_functions, events_delivery)
+    decisions_delivery = None
+    if "DecisionLogFunction" in resources.function_env:
+        decisions_delivery = SqsEventSourceDelivery(
+            clients["sqs"],
+            resources.refs["DecisionsQueue"],
+            resources.arns["DecisionsQueue"],
+            load("decision_log", "DecisionLogFunction"),
+            function="DecisionLogFunction",
+            timeout_s=function_timeouts(template)["DecisionLogFunction"],
+            batch_size=10,
+        )
+        decisions_delivery.start()
+    return _Functions(server, delivery, promote_delivery, step_functions, events_delivery, decisions_delivery)

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from churnguard.bundle import ModelBundle
 from churnguard.customer_state import StateEvent
+from churnguard.decisions import DecisionLogUnavailableError, Decisions
 from churnguard.event_types import EVENT_TYPES
 from churnguard.features import (
     ID_BLANKS,
@@ -142,6 +143,9 @@ class CustomerScore(BaseModel):
     risk_tier: Literal["low", "medium", "high"]
     reasons: list[ReasonOut]
     queued: bool
+    # A promotion was decided but the customer is in this period's control group: do not act on them
+    # (the decision is logged; outcomes compare them with the treated).
+    held_out: bool = False
 
 
 class ScoreResponse(BaseModel):
@@ -149,6 +153,8 @@ class ScoreResponse(BaseModel):
     scored_at: str
     customers: list[CustomerScore]
     promotion_failures: int = 0
+    # Rows of the monitoring sample that could not be logged (the scores are still right).
+    decision_log_failures: int = 0
 
 
 class DuplicateCustomerError(ValueError):
@@ -207,6 +213,7 @@ def score_request(
     policy: PromotionPolicy,
     publisher: PromotionsPublisher | None,
     top_k: int = 3,
+    decisions: Decisions | None = None,
 ) -> ScoreResponse:
     spec = bundle.spec
     profile_columns = [*spec.profile_categorical, *spec.profile_numeric]
@@ -217,14 +224,23 @@ def score_request(
     )
     scored_at = now.astimezone(dt.UTC).isoformat(timespec="seconds")
     queued: set[str] = set()
-    failures = 0
+    held_out: set[str] = set()
+    failures = log_failures = 0
+    acted_on: set[str] = set()
     if publisher is not None:
         messages = build_messages(scored, policy, source="api", scored_at=scored_at, as_of=as_of_days)
         if messages:
             result = publisher.publish(messages)
             failed = {f["user_id"] for f in result.failed}
+            held_out = {h["user_id"] for h in result.held_out}
             failures = len(failed)
-            queued = {m["user_id"] for m in messages} - failed
+            acted_on = {m["user_id"] for m in messages}
+            queued = acted_on - failed - held_out
+    if decisions is not None:
+        try:
+            decisions.sample(scored, acted_on=acted_on, source="api", scored_at=scored_at, as_of=as_of_days)
+        except DecisionLogUnavailableError:
+            log_failures = 1
     return ScoreResponse(
         model_version=bundle.version,
         scored_at=scored_at,
@@ -235,10 +251,12 @@ def score_request(
                 risk_tier=scored.risk_tier[i],
                 reasons=[ReasonOut(**r.to_dict()) for r in scored.reasons[i]],
                 queued=user_id in queued,
+                held_out=user_id in held_out,
             )
             for i, user_id in enumerate(user_ids)
         ],
         promotion_failures=failures,
+        decision_log_failures=log_failures,
     )
 
 

@@ -47,6 +47,8 @@ from churnguard.admission import (
     estimate_csv_rows,
 )
 from churnguard.bundle import ModelBundle
+from churnguard.decisions import Decisions
+from churnguard.drift import drift_summary
 from churnguard.event_types import EVENT_TYPES, TYPE_CODES
 from churnguard.events import (
     CANONICAL_COLUMNS,
@@ -55,10 +57,10 @@ from churnguard.events import (
     EventLogError,
     validate_events,
 )
-from churnguard.features import ID_BLANKS, EventArrays
+from churnguard.features import ID_BLANKS, EventArrays, build_raw_features
 from churnguard.ports import ObjectStore, ReadableStream
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, build_messages
-from churnguard.scoring import ReasonsFor, ScoredBatch, score_customers
+from churnguard.scoring import ReasonsFor, ScoredBatch, score_raw_features
 from churnguard.tabular import to_epoch_seconds
 
 SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -143,11 +145,16 @@ class BatchSummary:
     customers_scored: int = 0
     customers_at_or_above_promotion: int = 0
     customers_queued: int = 0
+    customers_held_out: int = 0  # decided, in the control arm: logged, not sent (churnguard.decisions)
+    monitoring_sample: int = 0  # customers not acted on logged as control (live model quality)
     promotion_failures: list[dict[str, Any]] = field(default_factory=list)
     model_version: str | None = None
     as_of: str | None = None
     duration_s: float = 0.0
     parts: list[str] = field(default_factory=list)  # status "split": the part objects written
+    # PSI of the scored customers against the model's training distributions (churnguard.drift);
+    # None: nothing was scored
+    drift: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -328,6 +335,7 @@ def score_file(
     as_of: str | None = None,
     policy: PromotionPolicy,
     publisher: PromotionsPublisher | None,
+    decisions: Decisions | None = None,
     source: str,
     reasons_for: ReasonsFor = ReasonsFor.PROMOTED,
     rejects: TextIO | None = None,
@@ -348,6 +356,7 @@ def score_file(
         as_of=as_of,
         policy=policy,
         publisher=publisher,
+        decisions=decisions,
         source=source,
         reasons_for=reasons_for,
         rejects=rejects,
@@ -379,6 +388,7 @@ def score_sources(
     as_of: str | None = None,
     policy: PromotionPolicy,
     publisher: PromotionsPublisher | None,
+    decisions: Decisions | None = None,
     source: str,
     reasons_for: ReasonsFor = ReasonsFor.PROMOTED,
     rejects: TextIO | None = None,
@@ -427,6 +437,7 @@ def score_sources(
         as_of=as_of,
         policy=policy,
         publisher=publisher,
+        decisions=decisions,
         reasons_for=reasons_for,
         chunk_customers=score_chunk_customers,
         now=now,
@@ -443,6 +454,7 @@ def _score_accumulated(
     as_of: str | None,
     policy: PromotionPolicy,
     publisher: PromotionsPublisher | None,
+    decisions: Decisions | None = None,
     reasons_for: ReasonsFor,
     chunk_customers: int,
     now: dt.datetime | None,
@@ -457,6 +469,7 @@ def _score_accumulated(
     publishing = _Publishing(
         policy=policy,
         publisher=publisher,
+        decisions=decisions,
         source=summary.source,
         scored_at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
         as_of_day=as_of_ts.date().isoformat(),
@@ -633,6 +646,7 @@ class _Publishing:
     source: str
     scored_at: str
     as_of_day: str
+    decisions: Decisions | None = None  # the control arm's monitoring sample goes to its log
 
 
 def _score_in_chunks(
@@ -647,43 +661,53 @@ def _score_in_chunks(
     chunk_customers: int,
 ) -> pd.DataFrame:
     """Score customer chunks (bounded memory per chunk), publish each chunk's promotions, count them
-    in ``summary``; the scored rows of every customer, in customer order."""
+    in ``summary``; the scored rows of every customer, in customer order. Each chunk's drift bin
+    counts are added up and ``summary.drift`` gets the PSI of them all (``churnguard.drift``)."""
     n = len(customers.user_ids)
     bounds = customers.chunk_bounds(chunk_customers)
     scored_parts = []
+    reference = bundle.drift_reference
+    drift = reference.counts() if reference is not None else None
     for c, start in enumerate(range(0, n, chunk_customers)):
         stop = min(start + chunk_customers, n)
         lo, hi = bounds[c], bounds[c + 1] if c + 1 < len(bounds) else len(customers.user_codes)
         chunk_ids = customers.user_ids[start:stop]
-        scored = score_customers(
-            bundle,
-            chunk_ids,
+        raw = build_raw_features(  # what score_customers does, keeping the features for the drift
             customers.arrays(start, stop, lo, hi),
             as_of_s,
+            event_types=bundle.spec.event_types,
+            config=bundle.spec.config,
             profile={k: v[start:stop] for k, v in profile.items()},
-            reasons_for=reasons_for,
         )
+        scored = score_raw_features(bundle, chunk_ids, raw, reasons_for=reasons_for)
+        if reference is not None and drift is not None:
+            drift.add_scored(reference, bundle.spec, raw, scored.churn_probability)
         summary.customers_scored += len(chunk_ids)
         summary.customers_at_or_above_promotion += int(scored.at_or_above_promotion.sum())
         _publish(scored, publishing, summary)
         scored_parts.append(_scored_frame(chunk_ids, scored, bundle.version))
+    summary.drift = drift_summary(reference, drift)
     return pd.concat(scored_parts, ignore_index=True)
 
 
 def _publish(scored: ScoredBatch, publishing: _Publishing, summary: BatchSummary) -> None:
-    if publishing.publisher is None:
-        return
-    messages = build_messages(
-        scored,
-        publishing.policy,
-        source=publishing.source,
-        scored_at=publishing.scored_at,
-        as_of=[publishing.as_of_day] * len(scored.user_ids),
-    )
-    if messages:
-        result = publishing.publisher.publish(messages)
-        summary.customers_queued += result.sent
-        summary.promotion_failures += result.failed
+    as_of = [publishing.as_of_day] * len(scored.user_ids)
+    acted_on: set[str] = set()
+    if publishing.publisher is not None:
+        messages = build_messages(
+            scored, publishing.policy, source=publishing.source, scored_at=publishing.scored_at, as_of=as_of
+        )
+        if messages:
+            result = publishing.publisher.publish(messages)
+            summary.customers_queued += result.sent
+            summary.customers_held_out += len(result.held_out)
+            summary.promotion_failures += result.failed
+            acted_on = {m["user_id"] for m in messages}
+    if publishing.decisions is not None:
+        # A log that does not answer fails the file (it is retried): the sample is never lost silently.
+        summary.monitoring_sample += publishing.decisions.sample(
+            scored, acted_on=acted_on, source=publishing.source, scored_at=publishing.scored_at, as_of=as_of
+        )
 
 
 def _scored_frame(user_ids: np.ndarray, scored: ScoredBatch, model_version: str) -> pd.DataFrame:
@@ -869,6 +893,7 @@ def process_s3_object(
     *,
     policy: PromotionPolicy,
     publisher: PromotionsPublisher | None,
+    decisions: Decisions | None = None,
     reasons_for: ReasonsFor = ReasonsFor.PROMOTED,
     memory: MemoryModel = DEFAULT_MEMORY,
     max_object_bytes: int = 2 * 1024**3,
@@ -900,6 +925,7 @@ def process_s3_object(
                         as_of=as_of,
                         policy=policy,
                         publisher=publisher,
+                        decisions=decisions,
                         source=drop.source,
                         reasons_for=reasons_for,
                         rejects=rejects,

@@ -1,5 +1,9 @@
 """A loaded, verified model: TFLite scorer + feature spec + metadata + reasons explainer.
 
+The drift reference (``drift_reference.json``, ``churnguard.drift``) is loaded when metadata.json
+lists it; a directory written before it loads without one (``drift_reference`` None: batch summaries
+then report drift as unavailable).
+
 The reasons come from the directory's reasons model (exact group Shapley, when metadata.json has a
 ``reason_reference``) or, for directories written before it, from occlusion against the median
 training inputs (churnguard.reasons).
@@ -20,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from churnguard.drift import DriftReference, DriftReferenceError
 from churnguard.features import FeatureSpec, FeatureSpecError
 from churnguard.model_metadata import (
+    DRIFT_REFERENCE,
     FLOAT32_MODEL,
     MODEL_FORMAT,
     ModelMetadata,
@@ -39,9 +45,11 @@ REASON_ROWS_PER_CALL = 1 << 16
 
 
 def files_to_load(metadata: ModelMetadata, model_file: str) -> tuple[str, ...]:
-    """The files a bundle of this directory reads: the spec, the served model and the reasons model."""
+    """The files a bundle of this directory reads: the spec, the served model, the drift reference
+    and the reasons model (those two when metadata.json names them)."""
     reasons = metadata.reason_reference
-    return ("feature_spec.json", model_file, *((reasons.model_file,) if reasons is not None else ()))
+    drift = (DRIFT_REFERENCE,) if DRIFT_REFERENCE in metadata.files else ()
+    return ("feature_spec.json", model_file, *drift, *((reasons.model_file,) if reasons is not None else ()))
 
 
 @dataclass
@@ -52,6 +60,7 @@ class ModelBundle:
     scorer: TFLiteScorer
     explainer: Explainer
     thresholds: RiskThresholds
+    drift_reference: DriftReference | None = None  # None: a directory written before drift references
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], *, model_file: str = "model.tflite") -> ModelBundle:
@@ -84,7 +93,10 @@ class ModelBundle:
                 f"takes ({scorer.weeks}, {scorer.channels}) + {scorer.n_static}"
             )
         explainer = _explainer(metadata, spec, scorer, files, model_file)
-        return cls(metadata.model_version, metadata, spec, scorer, explainer, metadata.thresholds.risk())
+        drift = _drift_reference(metadata, spec, files)
+        return cls(
+            metadata.model_version, metadata, spec, scorer, explainer, metadata.thresholds.risk(), drift
+        )
 
     @classmethod
     def from_directory(cls, directory: str | Path, *, model_file: str = "model.tflite") -> ModelBundle:
@@ -98,6 +110,19 @@ class ModelBundle:
             if path.exists():
                 files[name] = path.read_bytes()
         return cls.from_files(files, model_file=model_file)
+
+
+def _drift_reference(
+    metadata: ModelMetadata, spec: FeatureSpec, files: Mapping[str, bytes]
+) -> DriftReference | None:
+    if DRIFT_REFERENCE not in metadata.files:
+        return None
+    try:
+        reference = DriftReference.from_json(files[DRIFT_REFERENCE])
+        reference.check_fits(spec)
+    except DriftReferenceError as exc:
+        raise ModelLoadError(f"{DRIFT_REFERENCE} refused: {exc}") from exc
+    return reference
 
 
 def _explainer(

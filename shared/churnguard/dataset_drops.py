@@ -122,6 +122,7 @@ from churnguard.batch import (
     write_scored,
 )
 from churnguard.bundle import ModelBundle
+from churnguard.decisions import Decisions
 from churnguard.events import EventLogError, validate_events
 from churnguard.ports import ListedObject, ObjectStore
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher
@@ -848,6 +849,8 @@ class ShardResult(BaseModel):
     customers_scored: int = 0
     customers_at_or_above_promotion: int = 0
     customers_queued: int = 0
+    customers_held_out: int = 0
+    monitoring_sample: int = 0
     promotion_failures: list[dict[str, Any]] = Field(default_factory=list)
     scored_key: str | None = None
     duration_s: float = 0.0
@@ -886,6 +889,7 @@ def score_shard(
     *,
     policy: PromotionPolicy,
     publisher: PromotionsPublisher | None,
+    decisions: Decisions | None = None,
     reasons_for: ReasonsFor = ReasonsFor.PROMOTED,
     memory: MemoryModel = DEFAULT_MEMORY,
     now: dt.datetime | None = None,
@@ -904,6 +908,7 @@ def score_shard(
             as_of=task.as_of,
             policy=policy,
             publisher=publisher,
+            decisions=decisions,
             source=plan.source,
             reasons_for=reasons_for,
             memory=memory,
@@ -950,6 +955,8 @@ class DatasetSummary(BaseModel):
     customers_scored: int = 0
     customers_at_or_above_promotion: int = 0
     customers_queued: int = 0
+    customers_held_out: int = 0
+    monitoring_sample: int = 0
     promotion_failures: int = 0
     outputs: list[str] = Field(default_factory=list)  # the scored Parquet objects published
     rejects: str | None = None  # the one rejects object (part, source_row, reason)
@@ -981,6 +988,8 @@ def summarize_dataset(
         customers_scored=sum(s.customers_scored for s in shards),
         customers_at_or_above_promotion=sum(s.customers_at_or_above_promotion for s in shards),
         customers_queued=sum(s.customers_queued for s in shards),
+        customers_held_out=sum(s.customers_held_out for s in shards),
+        monitoring_sample=sum(s.monitoring_sample for s in shards),
         promotion_failures=sum(len(s.promotion_failures) for s in shards),
         ignored=plan.ignored,
     )

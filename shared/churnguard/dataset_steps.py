@@ -82,6 +82,7 @@ from churnguard.dataset_drops import (
     summary_key,
     superseded_summary_key,
 )
+from churnguard.decisions import Decisions
 from churnguard.ports import ObjectStore, WorkflowStarter
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult
 from churnguard.scoring import ReasonsFor
@@ -411,6 +412,7 @@ class Scoring:
     publisher: PromotionsPublisher | None
     reasons_for: ReasonsFor
     memory: MemoryModel
+    decisions: Decisions | None = None  # the control arm's monitoring sample goes to its log
     # With a ledger of sent promotions a failed send is retried by failing the step: the ledger
     # makes the retry send only what did not go out (as batch does through SQS redelivery).
     retry_unsent: bool = False
@@ -432,6 +434,7 @@ def run_score(
         planned_bundle(scoring.bundle, plan),
         policy=scoring.policy,
         publisher=scoring.publisher,
+        decisions=scoring.decisions,
         reasons_for=scoring.reasons_for,
         memory=scoring.memory,
         tmp_dir=tmp_dir,

@@ -398,3 +398,81 @@ def generate_synthetic_events(
     events = events.drop(columns="_c").sort_values("timestamp", kind="stable", ignore_index=True)
     events["timestamp"] = events["timestamp"].astype("datetime64[ns]")
     return events
+
+
+def plant_treatment_effect(
+    events: pd.DataFrame, decisions: pd.DataFrame, *, won_back: float, seed: int
+) -> pd.DataFrame:
+    """``events`` with a known treatment effect planted: the answer the outcome report must recover.
+
+    Among the **treated, acted-on** decisions (``arm`` = treated, ``action`` != ``none``) whose
+    customer churned in the outcome window — no ``order`` in ``[as_of, as_of + horizon_weeks)``,
+    the training label, judged on ``events`` as given — each is won back independently with
+    probability ``won_back``: one order is inserted at a uniformly random instant inside its window,
+    with the customer's median order amount (over all their orders; the median of every order for a
+    customer without one) and quantity 1, the customer's profile columns copied from their last
+    event. Control and monitoring-sample customers are untouched.
+
+    So the true won-back share (the share of would-be churners the action keeps) is ``won_back``,
+    and the expected incremental retention is ``won_back`` x the treated arm's churn rate without
+    treatment (equal, in expectation, to the control arm's: the arms are randomised). The realised
+    share varies binomially around ``won_back``; the report's interval accounts for that. Each
+    decision row is judged independently on the original events (a customer with two treated
+    decisions whose windows overlap may get two orders). Deterministic for a given ``seed``.
+    """
+    if not 0.0 <= won_back <= 1.0:
+        raise ValueError("won_back must be between 0 and 1")
+    is_order = events["event_type"].to_numpy() == "order"
+    chosen = decisions[(decisions["arm"] == "treated") & (decisions["action"] != "none")].reset_index(
+        drop=True
+    )
+    start = pd.to_datetime(chosen["as_of"], utc=True, format="ISO8601").dt.tz_localize(None)
+    start = start.astype("datetime64[ns]")
+    window = pd.to_timedelta(chosen["horizon_weeks"].astype("int64") * 7, unit="D")
+    orders = events.loc[is_order, ["user_id", "timestamp"]]
+    # ids as object on both sides: pandas infers ``str`` for text but ``object`` when empty
+    starts = pd.DataFrame(
+        {"user_id": chosen["user_id"].astype(str).astype(object), "t": start, "_row": np.arange(len(chosen))}
+    )
+    right = pd.DataFrame(
+        {
+            "user_id": orders["user_id"].astype(str).astype(object),
+            "t": orders["timestamp"].astype("datetime64[ns]"),
+        }
+    )
+    right["next_order"] = right["t"]
+    merged = pd.merge_asof(
+        starts.sort_values("t", kind="stable"),
+        right.sort_values("t", kind="stable"),
+        on="t",
+        by="user_id",
+        direction="forward",
+    ).sort_values("_row")
+    next_order = merged["next_order"].to_numpy(dtype="datetime64[ns]")
+    churned = np.isnat(next_order) | (next_order >= (start + window).to_numpy())
+    rng = np.random.default_rng(seed)
+    won = churned & (rng.random(len(chosen)) < won_back)
+    offsets = rng.random(len(chosen)) * window.dt.total_seconds().to_numpy()
+    rows = chosen.loc[won, ["user_id"]].assign(
+        timestamp=(start + pd.to_timedelta(np.floor(offsets), unit="s"))[won].to_numpy()
+    )
+    return _with_orders(events, rows)
+
+
+def _with_orders(events: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """``events`` plus one order per row of ``rows`` (user_id, timestamp), sorted by time."""
+    is_order = events["event_type"].to_numpy() == "order"
+    user_key = events["user_id"].astype(str)
+    median_amount = events.loc[is_order, "amount"].groupby(user_key[is_order]).median()
+    fallback = float(events.loc[is_order, "amount"].median()) if is_order.any() else 0.0
+    users = rows["user_id"].astype(str).to_numpy()
+    last = events.assign(_u=user_key).sort_values("timestamp", kind="stable").groupby("_u").last()
+    added = last.reindex(users).reset_index(drop=True)
+    added["user_id"] = rows["user_id"].to_numpy()
+    added["timestamp"] = rows["timestamp"].to_numpy()
+    added["event_type"] = "order"
+    added["amount"] = np.round(median_amount.reindex(users).fillna(fallback).to_numpy(), 2)
+    added["quantity"] = 1.0
+    added = added[list(events.columns)].astype(events.dtypes.to_dict())
+    merged = pd.concat([events, added], ignore_index=True)
+    return merged.sort_values("timestamp", kind="stable", ignore_index=True)

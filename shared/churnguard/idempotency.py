@@ -53,6 +53,7 @@ class SentLedger:
     """Which promotions (by idempotency key) SQS has accepted: items ``promotion#<key>`` with a TTL."""
 
     PREFIX = "promotion#"
+    WHAT = "the promotions ledger"
 
     ATTEMPTS = 5  # per batch call; unprocessed items/keys (DynamoDB throttling) are retried with backoff
     BACKOFF_S = 0.05  # 0.05, 0.1, 0.2, 0.4 s
@@ -88,7 +89,7 @@ class SentLedger:
                 if not request:
                     break
             if request:
-                raise LedgerUnavailableError("the promotions ledger did not answer for every key")
+                raise LedgerUnavailableError(f"{self.WHAT} did not answer for every key")
         return found
 
     def mark(self, keys: Sequence[str]) -> None:
@@ -108,7 +109,14 @@ class SentLedger:
                 if not request:
                     break
             if request:
-                raise LedgerUnavailableError("the promotions ledger did not record every sent promotion")
+                raise LedgerUnavailableError(f"{self.WHAT} did not record every key")
+
+
+class DecisionLedger(SentLedger):
+    """Which decisions (by ``decision_id``) the decision log holds (``churnguard.decision_store``)."""
+
+    PREFIX = "decision#"
+    WHAT = "the decisions ledger"
 
 
 class LedgeredPublisher:
@@ -158,7 +166,7 @@ class IdempotentPublisher:
             result = inner.publish(messages)
             if result.failed:
                 raise PromotionsNotSentError(result)
-            return {"sent": result.sent, "failed": []}
+            return {"sent": result.sent, "failed": [], "held_out": result.held_out}
 
         once = idempotent_function(data_keyword_argument="keys", persistence_store=persistence, config=config)
         self._publish_once: Callable[..., dict[str, Any]] = once(publish_once)
@@ -169,7 +177,10 @@ class IdempotentPublisher:
             stored = self._publish_once(keys=keys, messages=messages)
         except PromotionsNotSentError as exc:
             return exc.result
-        return PublishResult(sent=stored["sent"], failed=list(stored["failed"]))
+        # Records stored before control groups existed have no "held_out".
+        return PublishResult(
+            sent=stored["sent"], failed=list(stored["failed"]), held_out=list(stored.get("held_out", []))
+        )
 
 
 def once_per_object(

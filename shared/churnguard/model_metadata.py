@@ -29,6 +29,8 @@ FLOAT32_MODEL = "model.tflite"
 DYNAMIC_RANGE_MODEL = "model_dynamic_range.tflite"
 # Exact group Shapley reasons (training/reasons_model.py); optional: older directories have none.
 REASONS_MODEL = "model_reasons.tflite"
+# Training's binned feature and score distributions (churnguard.drift); optional: older directories have none.
+DRIFT_REFERENCE = "drift_reference.json"
 # Max |TFLite - Keras| on held-out customers a model file may have (the reasons model: its
 # probability column).
 PARITY_TOLERANCE: dict[str, float] = {FLOAT32_MODEL: 1e-5, DYNAMIC_RANGE_MODEL: 5e-3, REASONS_MODEL: 1e-5}

@@ -32,7 +32,13 @@ from urllib.parse import urlparse
 
 from churnguard import aws
 from churnguard.bundle import REQUIRED_FILES, ModelBundle, files_to_load
-from churnguard.model_metadata import DYNAMIC_RANGE_MODEL, REASONS_MODEL, ModelMetadata, ModelMetadataError
+from churnguard.model_metadata import (
+    DRIFT_REFERENCE,
+    DYNAMIC_RANGE_MODEL,
+    REASONS_MODEL,
+    ModelMetadata,
+    ModelMetadataError,
+)
 from churnguard.model_provider import ModelEventSink, ModelStatus, ModelUnavailableError
 from churnguard.ports import ObjectStore, ParameterStore
 from churnguard.scorer import ModelLoadError
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("churnguard.model")
 
-MODEL_FILES = (*REQUIRED_FILES, DYNAMIC_RANGE_MODEL, REASONS_MODEL)
+MODEL_FILES = (*REQUIRED_FILES, DYNAMIC_RANGE_MODEL, REASONS_MODEL, DRIFT_REFERENCE)
 
 
 class ModelFetchError(ModelLoadError):

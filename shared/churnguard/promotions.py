@@ -109,6 +109,7 @@ def build_messages(
                 "expected_value": round(float(ev[i]), 2),
                 "customer_value": round(float(value[i]), 2),
                 "model_version": scored.model_version,
+                "horizon_weeks": scored.horizon_weeks,
                 "scored_at": scored_at,
                 "as_of": as_of[i],
                 "source": source,
@@ -133,6 +134,8 @@ class PublishResult:
     failed: list[dict[str, Any]] = field(
         default_factory=list
     )  # {"user_id", "idempotency_key", "code", "message"}
+    # control-arm decisions, recorded and deliberately not sent (churnguard.decisions): who, as in failed
+    held_out: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

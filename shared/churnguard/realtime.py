@@ -358,9 +358,11 @@ def _publish(
     messages = [json.loads(m) for w in waiting for m in w.update.record.outbox]
     if not messages:
         return set(), 0
+    held_out: set[str] = set()
     try:
         result = publisher.publish(messages)
         failed_keys = {f["idempotency_key"] for f in result.failed}
+        held_out = {h["user_id"] for h in result.held_out}  # control arm: decided, logged, not sent
     except (LedgerUnavailableError, *aws_errors()):  # type: ignore[misc]  # a starred tuple
         # the queue or the ledger failed outright: nothing known sent, every outbox kept
         failed_keys = {m["idempotency_key"] for m in messages}
@@ -375,7 +377,7 @@ def _publish(
             pass  # left in the outbox: the next write publishes it again (the ledger sends it once)
 
     _each(clear, [w for w in waiting if w.update.read.user_id not in failed_users])
-    queued = {w.update.read.user_id for w in waiting if w.update.fired} - failed_users
+    queued = {w.update.read.user_id for w in waiting if w.update.fired} - failed_users - held_out
     return queued, len(failed_keys)
 
 

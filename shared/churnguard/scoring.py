@@ -35,6 +35,7 @@ class ScoredBatch:
     reasons: list[list[Reason]]  # [] where not computed
     features: dict[str, np.ndarray]  # a few raw features the promotion policy needs, per customer
     model_version: str
+    horizon_weeks: int  # the model's churn horizon (its protocol): what "churn" means for these scores
 
 
 POLICY_FEATURES = ("total_spend", "tenure_days", "recency_days", "n_orders")
@@ -99,4 +100,5 @@ def score_raw_features(
         reasons=reasons,
         features={name: raw.static[:, j] for name, j in _policy_columns(raw.static_names)},
         model_version=bundle.version,
+        horizon_weeks=bundle.metadata.protocol.horizon_weeks,
     )

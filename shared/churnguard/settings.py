@@ -12,8 +12,11 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, Json, ValidationError, model_validator
 
+from churnguard.control import ControlPolicy
 from churnguard.promotions import DEFAULT_ACTIONS, Action, PromotionPolicy
 from churnguard.validation import describe
+
+PREFIX = r"^([^/].*/)?$"  # an S3 key prefix: empty, or ending in "/" and not starting with one
 
 
 class SettingsError(RuntimeError):
@@ -103,6 +106,15 @@ class ServingSettings(EnvSettings):
     # passing of time (tests, the demo) allows it. The template declares it "false".
     sweep_allow_future_ticks: bool = Field(False, alias="CHURNGUARD_SWEEP_ALLOW_FUTURE_TICKS")
 
+    # Control groups and the decision log (churnguard.decisions, issue 10 §1). Decisions go to the
+    # decision-log queue (its writer keeps them as Parquet in S3); unset: nothing is logged and every
+    # decision is treated. Of the customers the policy acts on, control_fraction is held out (0: none),
+    # drawn from a salted hash of the customer and the campaign period (control_period_days long).
+    decisions_queue_url: str | None = Field(None, alias="CHURNGUARD_DECISIONS_QUEUE_URL", min_length=1)
+    control_fraction: float = Field(0.10, alias="CHURNGUARD_CONTROL_FRACTION", ge=0, lt=1)
+    control_salt: str = Field("", alias="CHURNGUARD_CONTROL_SALT", max_length=256)
+    control_period_days: float = Field(28.0, alias="CHURNGUARD_CONTROL_PERIOD_DAYS", gt=0, le=3_650)
+
     # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
     value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)
     min_customer_value: float = Field(10.0, alias="CHURNGUARD_MIN_CUSTOMER_VALUE", ge=0)
@@ -121,11 +133,30 @@ class ServingSettings(EnvSettings):
             min_customer_value=self.min_customer_value,
         )
 
+    def control_policy(self) -> ControlPolicy:
+        return ControlPolicy(self.control_fraction, self.control_salt, self.control_period_days)
+
     @model_validator(mode="after")
     def _one_model_source(self) -> ServingSettings:
         if bool(self.model_dir) == bool(self.model_pointer_parameter):
             raise ValueError("set exactly one of CHURNGUARD_MODEL_DIR or CHURNGUARD_MODEL_POINTER")
         return self
+
+    @model_validator(mode="after")
+    def _salted_control(self) -> ServingSettings:
+        # Unsalted, anyone who knows the scheme can tell (or steer) who is held out.
+        if self.decisions_queue_url and self.control_fraction > 0 and not self.control_salt:
+            raise ValueError("control groups need CHURNGUARD_CONTROL_SALT (one secret value per deployment)")
+        return self
+
+
+class DecisionLogSettings(EnvSettings):
+    """Settings of the decision-log writer (rows from the decision-log queue -> Parquet in S3)."""
+
+    data_bucket: str = Field(alias="CHURNGUARD_DATA_BUCKET", min_length=3)
+    decisions_prefix: str = Field("decisions/", alias="CHURNGUARD_DECISIONS_PREFIX", pattern=PREFIX)
+    # DynamoDB table of the decisions ledger (no decision logged twice); unset = object names only.
+    idempotency_table: str | None = Field(None, alias="CHURNGUARD_IDEMPOTENCY_TABLE", min_length=3)
 
 
 class GateSettings(EnvSettings):
@@ -152,4 +183,18 @@ class RetrainSettings(EnvSettings):
     max_runtime_s: int = Field(7200, alias="CHURNGUARD_TRAINING_MAX_RUNTIME", ge=600)
     hyperparameters: Json[dict[str, str | int | float]] | None = Field(
         None, alias="CHURNGUARD_TRAINING_HYPERPARAMETERS"
+    )
+
+
+class OutcomeSettings(EnvSettings):
+    """Settings of the outcome job (churnguard.outcome_job): where decisions, the event history and
+    the reports live."""
+
+    data_bucket: str = Field(alias="CHURNGUARD_DATA_BUCKET", min_length=3)
+    decisions_prefix: str = Field("decisions/", alias="CHURNGUARD_DECISIONS_PREFIX", pattern=PREFIX)
+    events_prefix: str = Field(
+        "training-events/", alias="CHURNGUARD_OUTCOME_EVENTS_PREFIX", pattern=r"^([^/].*/)?$"
+    )
+    reports_prefix: str = Field(
+        "outcomes/", alias="CHURNGUARD_OUTCOME_REPORTS_PREFIX", pattern=r"^([^/].*/)?$"
     )

@@ -18,18 +18,22 @@ from churnguard.adapters import (
     DynamoDbCustomerStateStore,
     S3ObjectStore,
     SqsDeadLetters,
+    SqsMessageQueue,
     StepFunctionsRunningExecutions,
     StepFunctionsWorkflowStarter,
 )
 from churnguard.admission import MemoryModel
+from churnguard.decisions import ControlledPublisher, Decisions
 from churnguard.model_provider import ModelEventSink, ModelProvider, provider_from_settings
 from churnguard.ports import CustomerStateStore, DeadLetters, ObjectStore, RunningExecutions, WorkflowStarter
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher, PublishResult, SqsPromotionsPublisher
 from churnguard.realtime import RealtimeRules
-from churnguard.settings import ServingSettings, SettingsError
+from churnguard.settings import DecisionLogSettings, ServingSettings, SettingsError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer, IdempotencyConfig
+
+    from churnguard.decision_store import ParquetDecisionLog
 
 
 def utc_now() -> dt.datetime:
@@ -64,6 +68,7 @@ class ApiRuntime:
     policy: PromotionPolicy
     idempotency: IdempotencyConfig | None = None  # the handler registers the Lambda context on it
     realtime: RealtimeRuntime | None = None  # None: no state table (CHURNGUARD_STATE_TABLE unset)
+    decisions: Decisions | None = None  # None: no decision log (CHURNGUARD_DECISIONS_QUEUE_URL unset)
 
 
 # (bucket, key, eTag) -> the loggable summary of processing that object version
@@ -81,6 +86,7 @@ class BatchRuntime:
     process: ObjectProcessor  # once per object version when a table is configured
     idempotency: IdempotencyConfig | None = None  # the handler registers the Lambda context on it
     workflow: WorkflowStarter | None = None  # the dataset state machine (a marker starts a run)
+    decisions: Decisions | None = None  # None: no decision log (CHURNGUARD_DECISIONS_QUEUE_URL unset)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class DatasetRuntime:
     policy: PromotionPolicy
     store: ObjectStore
     memory: MemoryModel
+    decisions: Decisions | None = None  # None: no decision log (CHURNGUARD_DECISIONS_QUEUE_URL unset)
 
 
 def api_runtime(on_model_event: ModelEventSink) -> ApiRuntime:
@@ -101,7 +108,8 @@ def api_runtime(on_model_event: ModelEventSink) -> ApiRuntime:
     it already sent."""
     settings = ServingSettings.from_env()
     models = provider_from_settings(settings, on_event=on_model_event, budget=aws.API)
-    publisher = promotions_publisher(settings, aws.API)
+    decisions = decisions_of(settings, aws.API)
+    publisher = promotions_publisher(settings, aws.API, decisions)
     idempotency: IdempotencyConfig | None = None
     if publisher is not None and settings.idempotency_table:
         from churnguard.idempotency import IdempotentPublisher, idempotency_config
@@ -110,7 +118,8 @@ def api_runtime(on_model_event: ModelEventSink) -> ApiRuntime:
         persistence = persistence_layer(settings.idempotency_table, aws.API)
         publisher = IdempotentPublisher(publisher, persistence, idempotency)
     realtime = realtime_runtime(settings, publisher, aws.API)
-    return ApiRuntime(settings, models, publisher, settings.promotion_policy(), idempotency, realtime)
+    policy = settings.promotion_policy()
+    return ApiRuntime(settings, models, publisher, policy, idempotency, realtime, decisions)
 
 
 def realtime_runtime(
@@ -132,7 +141,8 @@ def realtime_runtime(
 def _required_realtime(settings: ServingSettings, budget: aws.ClientBudget, who: str) -> RealtimeRuntime:
     """``realtime_runtime`` with the promotions publisher of the settings, for a function that has
     nothing to do without a state table (the cold start fails, naming the variable)."""
-    realtime = realtime_runtime(settings, promotions_publisher(settings, budget), budget)
+    publisher = promotions_publisher(settings, budget, decisions_of(settings, budget))
+    realtime = realtime_runtime(settings, publisher, budget)
     if realtime is None:
         raise SettingsError(f"{who} needs CHURNGUARD_STATE_TABLE (the customers' state table)")
     return realtime
@@ -193,7 +203,8 @@ def batch_runtime(
     settings = ServingSettings.from_env()
     memory = batch_memory(settings)
     models = provider_from_settings(settings, on_event=on_model_event, budget=aws.BATCH)
-    publisher = promotions_publisher(settings, aws.BATCH)
+    decisions = decisions_of(settings, aws.BATCH)
+    publisher = promotions_publisher(settings, aws.BATCH, decisions)
     store = S3ObjectStore(aws.client("s3", aws.BATCH))
     runtime: BatchRuntime  # bound below, before anything can call ``process``
 
@@ -214,7 +225,7 @@ def batch_runtime(
     policy = settings.promotion_policy()
     workflow = dataset_workflow(settings)
     runtime = BatchRuntime(
-        settings, models, publisher, policy, store, memory, processor, idempotency, workflow
+        settings, models, publisher, policy, store, memory, processor, idempotency, workflow, decisions
     )
     return runtime
 
@@ -234,9 +245,11 @@ def dataset_runtime(on_model_event: ModelEventSink) -> DatasetRuntime:
     settings = ServingSettings.from_env()
     memory = batch_memory(settings)
     models = provider_from_settings(settings, on_event=on_model_event, budget=aws.BATCH)
-    publisher = promotions_publisher(settings, aws.BATCH)
+    decisions = decisions_of(settings, aws.BATCH)
+    publisher = promotions_publisher(settings, aws.BATCH, decisions)
     store = S3ObjectStore(aws.client("s3", aws.BATCH))
-    return DatasetRuntime(settings, models, publisher, settings.promotion_policy(), store, memory)
+    policy = settings.promotion_policy()
+    return DatasetRuntime(settings, models, publisher, policy, store, memory, decisions)
 
 
 def batch_memory(settings: ServingSettings) -> MemoryModel:
@@ -251,9 +264,22 @@ def batch_memory(settings: ServingSettings) -> MemoryModel:
     return memory
 
 
-def promotions_publisher(settings: ServingSettings, budget: aws.ClientBudget) -> PromotionsPublisher | None:
+def decisions_of(settings: ServingSettings, budget: aws.ClientBudget) -> Decisions | None:
+    """The control policy and the decision log (rows to the decision-log queue); None without one."""
+    if not settings.decisions_queue_url:
+        return None
+    from churnguard.decision_store import QueuedDecisionLog
+
+    log = QueuedDecisionLog(SqsMessageQueue(aws.client("sqs", budget), settings.decisions_queue_url))
+    return Decisions(settings.control_policy(), log)
+
+
+def promotions_publisher(
+    settings: ServingSettings, budget: aws.ClientBudget, decisions: Decisions | None = None
+) -> PromotionsPublisher | None:
     """SQS ``SendMessageBatch`` to the promotions queue (None without one), behind the ledger of sent
-    promotions when an idempotency table is configured."""
+    promotions when an idempotency table is configured, and behind the control arm and the decision
+    log when ``decisions`` is given (every decision logged, only the treated sent)."""
     if not settings.promotions_queue_url:
         return None
     publisher: PromotionsPublisher = SqsPromotionsPublisher(
@@ -264,7 +290,33 @@ def promotions_publisher(settings: ServingSettings, budget: aws.ClientBudget) ->
 
         ledger = SentLedger(aws.client("dynamodb", budget), settings.idempotency_table)
         publisher = LedgeredPublisher(publisher, ledger)
+    if decisions is not None:
+        publisher = ControlledPublisher(publisher, decisions)
     return publisher
+
+
+def decision_log_writer() -> ParquetDecisionLog:
+    """The decision-log writer's wiring: Parquet objects in the data bucket, behind the decisions
+    ledger when an idempotency table is configured (``aws.BATCH`` budget: no caller waits)."""
+    from churnguard.decision_store import ParquetDecisionLog
+    from churnguard.idempotency import DecisionLedger
+
+    settings = DecisionLogSettings.from_env()
+    ledger = None
+    if settings.idempotency_table:
+        ledger = DecisionLedger(aws.client("dynamodb", aws.BATCH), settings.idempotency_table)
+    store = S3ObjectStore(aws.client("s3", aws.BATCH))
+    return ParquetDecisionLog(store, settings.data_bucket, settings.decisions_prefix, ledger)
+
+
+def sends_once(publisher: PromotionsPublisher | None) -> bool:
+    """Whether ``publisher`` keeps a ledger of sent promotions, so that a retry (a redelivered file, a
+    retried step) sends only what did not go out and failures are worth retrying."""
+    from churnguard.idempotency import LedgeredPublisher
+
+    if isinstance(publisher, ControlledPublisher):
+        publisher = publisher.inner
+    return isinstance(publisher, LedgeredPublisher)
 
 
 def persistence_layer(table: str, budget: aws.ClientBudget) -> BasePersistenceLayer:

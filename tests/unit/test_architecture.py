@@ -23,6 +23,10 @@ ALLOWED = {
 # Third-party packages the Lambda side must never import: not in the packages, or far too heavy.
 NOT_ON_THE_SERVING_PATH = {"tensorflow", "keras", "sklearn", "lightgbm", "lifetimes", "matplotlib", "moto"}
 TYPE_ONLY = ("mypy_boto3_",)
+# The one exception: the outcome report's pictures (issue 10). Only the outcome job's package ships
+# matplotlib (functions/outcomes/requirements.txt); no scoring function imports this module.
+PLOTTING_MODULE = "shared/churnguard/outcome_plots.py"
+PLOTTING_USERS = ("functions/outcomes/app.py", "shared/churnguard/outcome_job.py")
 
 
 def _imports(path: Path) -> list[tuple[str, bool]]:
@@ -67,9 +71,24 @@ def test_lambda_code_imports_no_training_stack_and_type_stubs_only_for_type_chec
         f"{path.relative_to(ROOT)} imports {module}"
         for path in _files(part)
         for module, type_only in _imports(path)
-        if module in NOT_ON_THE_SERVING_PATH or (module.startswith(TYPE_ONLY) and not type_only)
+        if (module in NOT_ON_THE_SERVING_PATH and not (module == "matplotlib" and _is(path, PLOTTING_MODULE)))
+        or (module.startswith(TYPE_ONLY) and not type_only)
     )
     assert not wrong, wrong
+
+
+def _is(path: Path, *relative: str) -> bool:
+    return str(path.relative_to(ROOT)) in relative
+
+
+def test_only_the_outcome_job_imports_the_plotting_module():
+    importers = sorted(
+        str(path.relative_to(ROOT))
+        for part in ("shared/churnguard", "functions")
+        for path in _files(part)
+        if "outcome_plots" in path.read_text() and not _is(path, PLOTTING_MODULE, *PLOTTING_USERS)
+    )
+    assert not importers, importers
 
 
 def test_the_checker_sees_lazy_and_type_only_imports(tmp_path):

@@ -73,6 +73,7 @@ def _ref(logical):
         "AWS::IAM::ManagedPolicy": f"arn:aws:iam::{ACCOUNT}:policy/{name}",
         "AWS::Serverless::StateMachine": f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{name}",
         "AWS::Logs::LogGroup": name,
+        "AWS::Glue::Database": name.lower(),
     }[kind]
 
 
@@ -128,6 +129,7 @@ def function_environment(name, parameters=None):
     """The CHURNGUARD_ variables function ``name`` gets (Globals merged under its own), resolved."""
     env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     merged = {**env, **FUNCTIONS[name]["Properties"].get("Environment", {}).get("Variables", {})}
+    merged = resolve_conditions(merged, condition_values(TEMPLATE, parameters or {}))
     return {k: _resolved(v, parameters) for k, v in merged.items() if k.startswith("CHURNGUARD_")}
 
 
@@ -221,7 +223,8 @@ def test_the_scoring_functions_may_send_to_the_promotions_queue_and_read_their_o
     for name in ("ScoreApiFunction", "BatchScoreFunction"):
         policies = resources[name]["Properties"]["Policies"]
         send = [p["SQSSendMessagePolicy"] for p in policies if "SQSSendMessagePolicy" in p]
-        assert send == [{"QueueName": _get_att("PromotionsQueue", "QueueName")}], name
+        queues = ("PromotionsQueue", "DecisionsQueue")  # the promotions, and every decision to the log
+        assert send == [{"QueueName": _get_att(q, "QueueName")} for q in queues], name
         grants: dict[str, list] = {}
         for policy in policies:
             for statement in policy.get("Statement", []):
@@ -521,3 +524,36 @@ def test_deploy_passes_api_auth_through_and_tells_iam_callers_how_to_sign(tmp_pa
         assert ("attach arn:p" in text) is signed, mode
         assert ('-H "x-api-key: $API_KEY"' in text and "get-api-keys" in text) is key, mode
         assert "curl -s https://a.execute-api.eu-west-1.amazonaws.com/v1/v1/health" in text
+
+
+def test_the_dashboard_is_json_and_charts_only_metrics_some_function_emits():
+    body = json.loads(_resolved(TEMPLATE["Resources"]["Dashboard"]["Properties"]["DashboardBody"]))
+    apps = {
+        re.search(r'^SERVICE = "([^"]+)"', path.read_text(), re.M).group(1): path.read_text()
+        for path in (ROOT / "functions").glob("*/app.py")
+    }
+    # the outcome job's figures are named in churnguard.outcomes.key_figures, emitted by its handler
+    apps["churnguard-outcomes"] += (ROOT / "shared/churnguard/outcomes.py").read_text()
+    charted = []
+    for widget in body["widgets"]:
+        for metric in widget["properties"].get("metrics", []):
+            if metric[0] == "ChurnGuard":
+                (name, _, service) = metric[1:4]
+                charted.append((name, service))
+            elif "expression" in metric[0] and "SEARCH" in metric[0]["expression"]:
+                charted.append((re.search(r'MetricName="(\w+)"', metric[0]["expression"]).group(1), None))
+    assert len(charted) >= 15
+    missing = [
+        (name, service)
+        for name, service in charted
+        # key_figures names a figure's interval after it: f"{name}CILow"
+        if not any(
+            f'"{re.sub("CI(Low|High)$", "", name)}' in text
+            for s, text in apps.items()
+            if service in (None, s)
+        )
+    ]
+    assert not missing, missing
+    threshold = TEMPLATE["Parameters"]["DriftPsiThreshold"]["Default"]
+    (drift,) = [w for w in body["widgets"] if w["properties"].get("title", "").startswith("Drift")]
+    assert drift["properties"]["annotations"]["horizontal"][0]["value"] == float(threshold)
