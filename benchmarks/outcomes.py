@@ -50,8 +50,11 @@ from churnguard.tabular import churn_labels, cohort, customer_events, to_epoch_s
 from infra.model_fixtures import FIXTURE_MODEL
 
 MODEL_DIR = ROOT / "artifacts" / "model"
-REPLAY_CONTROL = ControlPolicy(fraction=0.5, salt="outcomes-benchmark")
-SYNTHETIC_CONTROL = ControlPolicy(fraction=0.2, salt="outcomes-benchmark")
+# A replay decides at one historic cutoff; a 10-year campaign period holds every outcome window whole
+# (the outcome job measures only windows inside their arm's period: churnguard.control).
+REPLAY_PERIOD_DAYS = 3650
+REPLAY_CONTROL = ControlPolicy(fraction=0.5, salt="outcomes-benchmark", period_days=REPLAY_PERIOD_DAYS)
+SYNTHETIC_CONTROL = ControlPolicy(fraction=0.2, salt="outcomes-benchmark", period_days=REPLAY_PERIOD_DAYS)
 SYNTHETIC_SEED = 11  # the fixture model was trained on seed 21: other customers
 PLANT_SEED = 5
 WON_BACK = 0.3
@@ -200,7 +203,9 @@ def arm_sweep(
     instant = as_of_instant(as_of)
     uplifts, uplift_covers, aucs, auc_covers = [], 0, [], 0
     for i in range(SWEEP_SALTS):
-        policy = ControlPolicy(fraction=REPLAY_CONTROL.fraction, salt=f"sweep-{i}")
+        policy = ControlPolicy(
+            fraction=REPLAY_CONTROL.fraction, salt=f"sweep-{i}", period_days=REPLAY_PERIOD_DAYS
+        )
         control = np.array([policy.arm(u, instant) == "control" for u in users])
         t, c = acted & ~control, acted & control
         d, low, high = newcombe_difference(

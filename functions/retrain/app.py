@@ -2,7 +2,10 @@
 
 With the template's ``RetrainOnDrift``, the score-drift alarm entering ALARM (an EventBridge
 "CloudWatch Alarm State Change" event) starts a job the same way; the job's model still has to pass
-the promotion gate (``functions/promote``) like any other.
+the promotion gate (``functions/promote``) like any other. Persistent drift must not start a job per
+alarm transition: a drift-triggered start is skipped (logged, metric ``RetrainSkippedCooldown``) when
+a ChurnGuard training job was created within ``CHURNGUARD_RETRAIN_COOLDOWN_HOURS`` (default 24; 0 turns
+the cooldown off), found with ListTrainingJobs. Scheduled runs are never skipped.
 
 The job runs our training image (training/Containerfile: the code of the deployed commit baked in,
 SageMaker's ``train`` entry point) on the training-events prefix (the ``train`` channel) and writes
@@ -24,6 +27,7 @@ from churnguard import aws
 from churnguard.settings import RetrainSettings
 
 SERVICE = "churnguard-retrain"
+JOB_PREFIX = "churnguard-"  # every job this function names (and the promote rule matches)
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace="ChurnGuard", service=SERVICE)
@@ -97,7 +101,28 @@ def job_name_for(event: dict[str, Any], now: dt.datetime) -> str:
         )
     except (KeyError, TypeError, ValueError):
         tick = now
-    return f"churnguard-{tick.astimezone(dt.UTC):%Y%m%d-%H%M%S}"
+    return f"{JOB_PREFIX}{tick.astimezone(dt.UTC):%Y%m%d-%H%M%S}"
+
+
+def drift_triggered(event: dict[str, Any]) -> bool:
+    """The drift alarm's state change (the template's ``RetrainOnDriftRule``), not a schedule tick."""
+    return (
+        event.get("source") == "aws.cloudwatch"
+        and event.get("detail-type") == "CloudWatch Alarm State Change"
+    )
+
+
+@tracer.capture_method(capture_response=False)
+def recent_job(sagemaker: Any, hours: float, now: dt.datetime) -> dict[str, Any] | None:
+    """The newest ChurnGuard training job created within the last ``hours``, any status (a failing
+    job retried on every alarm would be a storm too); None if there is none."""
+    jobs = sagemaker.list_training_jobs(
+        CreationTimeAfter=now - dt.timedelta(hours=hours),
+        NameContains=JOB_PREFIX,
+        SortBy="CreationTime",
+        SortOrder="Descending",
+    )["TrainingJobSummaries"]
+    return jobs[0] if jobs else None
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -105,10 +130,21 @@ def job_name_for(event: dict[str, Any], now: dt.datetime) -> str:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     settings, sagemaker = runtime()
-    job_name = job_name_for(event, dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    job_name = job_name_for(event, now)
     # This tick delivered before: its job exists. (The function's reserved concurrency of 1 keeps two
     # deliveries from racing here; SageMaker's unique job names would refuse a second one anyway.)
     existing = _existing_job(sagemaker, job_name)
+    cooldown = settings.retrain_cooldown_hours
+    if existing is None and drift_triggered(event) and cooldown > 0:
+        recent = recent_job(sagemaker, cooldown, now)
+        if recent is not None:
+            metrics.add_metric(name="RetrainSkippedCooldown", unit=MetricUnit.Count, value=1)
+            logger.info(
+                "drift-triggered retraining skipped: a training job was created within the cooldown",
+                extra={"job": job_name, "recent_job": recent["TrainingJobName"], "cooldown_hours": cooldown},
+            )
+            return {"training_job": None, "skipped": "cooldown", "recent_job": recent["TrainingJobName"]}
     if existing is None:
         try:
             response = sagemaker.create_training_job(**training_job_request(settings, job_name))
@@ -118,7 +154,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.info("training job already started for this tick", extra={"job": job_name})
         return {"training_job": job_name, "arn": existing["TrainingJobArn"], "already_started": True}
     metrics.add_metric(name="TrainingJobsStarted", unit=MetricUnit.Count, value=1)
-    trigger = "drift alarm" if event.get("source") == "aws.cloudwatch" else "schedule"
+    trigger = "drift alarm" if drift_triggered(event) else "schedule"
     logger.info(
         "training job started", extra={"job": job_name, "arn": response["TrainingJobArn"], "trigger": trigger}
     )

@@ -32,6 +32,10 @@ LOCAL_RETRY_TIME_SCALE = 0.1
 LOCAL_FUNCTION_SETTINGS = {
     "CHURNGUARD_MODEL_POINTER_MAX_AGE": "2",
     "CHURNGUARD_SWEEP_ALLOW_FUTURE_TICKS": "true",
+    # The demo and the tests replay history (CDNOW 1997, synthetic 2024) at one cutoff each: a 10-year
+    # campaign period holds each replay's outcome windows whole, so all of them are measured (the
+    # template's default, 546 days, is twice the default horizon: churnguard.control).
+    "CHURNGUARD_CONTROL_PERIOD_DAYS": "3650",
 }
 
 

@@ -223,12 +223,15 @@ def score_request(
         bundle, user_ids, arrays, as_of, profile=profile, reasons_for=ReasonsFor.ALL, top_k=top_k
     )
     scored_at = now.astimezone(dt.UTC).isoformat(timespec="seconds")
+    cutoffs = [dt.datetime.fromtimestamp(a, dt.UTC).isoformat(timespec="seconds") for a in as_of]
     queued: set[str] = set()
     held_out: set[str] = set()
     failures = log_failures = 0
     acted_on: set[str] = set()
     if publisher is not None:
-        messages = build_messages(scored, policy, source="api", scored_at=scored_at, as_of=as_of_days)
+        messages = build_messages(
+            scored, policy, source="api", scored_at=scored_at, as_of=as_of_days, cutoffs=cutoffs
+        )
         if messages:
             result = publisher.publish(messages)
             failed = {f["user_id"] for f in result.failed}
@@ -238,7 +241,14 @@ def score_request(
             queued = acted_on - failed - held_out
     if decisions is not None:
         try:
-            decisions.sample(scored, acted_on=acted_on, source="api", scored_at=scored_at, as_of=as_of_days)
+            decisions.sample(
+                scored,
+                acted_on=acted_on,
+                source="api",
+                scored_at=scored_at,
+                as_of=as_of_days,
+                cutoffs=cutoffs,
+            )
         except DecisionLogUnavailableError:
             log_failures = 1
     return ScoreResponse(

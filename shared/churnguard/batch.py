@@ -473,6 +473,7 @@ def _score_accumulated(
         source=summary.source,
         scored_at=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
         as_of_day=as_of_ts.date().isoformat(),
+        cutoff=as_of_ts.isoformat(),
     )
     return _score_in_chunks(
         customers,
@@ -646,6 +647,7 @@ class _Publishing:
     source: str
     scored_at: str
     as_of_day: str
+    cutoff: str  # the as-of instant (ISO): what the features describe, where outcomes start
     decisions: Decisions | None = None  # the control arm's monitoring sample goes to its log
 
 
@@ -692,10 +694,16 @@ def _score_in_chunks(
 
 def _publish(scored: ScoredBatch, publishing: _Publishing, summary: BatchSummary) -> None:
     as_of = [publishing.as_of_day] * len(scored.user_ids)
+    cutoffs = [publishing.cutoff] * len(scored.user_ids)
     acted_on: set[str] = set()
     if publishing.publisher is not None:
         messages = build_messages(
-            scored, publishing.policy, source=publishing.source, scored_at=publishing.scored_at, as_of=as_of
+            scored,
+            publishing.policy,
+            source=publishing.source,
+            scored_at=publishing.scored_at,
+            as_of=as_of,
+            cutoffs=cutoffs,
         )
         if messages:
             result = publishing.publisher.publish(messages)
@@ -706,7 +714,12 @@ def _publish(scored: ScoredBatch, publishing: _Publishing, summary: BatchSummary
     if publishing.decisions is not None:
         # A log that does not answer fails the file (it is retried): the sample is never lost silently.
         summary.monitoring_sample += publishing.decisions.sample(
-            scored, acted_on=acted_on, source=publishing.source, scored_at=publishing.scored_at, as_of=as_of
+            scored,
+            acted_on=acted_on,
+            source=publishing.source,
+            scored_at=publishing.scored_at,
+            as_of=as_of,
+            cutoffs=cutoffs,
         )
 
 

@@ -8,10 +8,13 @@ The arm is a pure function of (salt, campaign period, user id): SHA-256 of the t
 uniform number in [0, 1), below ``fraction`` -> control. So the same customer is in the same arm
 for the whole period wherever they are decided (API, batch, real-time, sweep), with no state to
 share; a new period re-draws every customer independently (no one is held out forever); and without
-the salt nobody can predict or steer an arm. Periods are ``period_days`` long, counted from the Unix
-epoch (UTC), so every function agrees on where one ends.
+the salt nobody can predict or steer an arm. Periods are ``period_days`` whole days long, counted
+from the Unix epoch (UTC), so every function agrees on where one ends.
 
-Not wired yet: the decision log and the publishers' use of it are the next steps of issue 10.
+A re-draw can put a control customer into treatment before their outcome window is over, so the
+outcome job measures only decisions whose window ends inside their own period (``period_end``):
+choose a period of at least twice the model's horizon (the default, 546 days, is twice the default
+39 weeks), and at least half of the decisions are measurable. ``churnguard.decisions`` uses the arm.
 """
 
 from __future__ import annotations
@@ -30,19 +33,28 @@ _SCALE = float(1 << 64)
 class ControlPolicy:
     fraction: float = 0.10  # 0 disables control groups
     salt: str = ""  # per deployment; changing it re-draws every arm
-    period_days: float = 28.0
+    # Whole days: periods then start at midnight UTC, so a day and any instant of it share a period.
+    period_days: int = 546
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction < 1.0 or not math.isfinite(self.fraction):
             raise ValueError("fraction must be at least 0 and below 1")
-        if not self.period_days > 0 or not math.isfinite(self.period_days):
-            raise ValueError("period_days must be a positive number")
+        if (
+            isinstance(self.period_days, bool)
+            or not isinstance(self.period_days, int)
+            or self.period_days < 1
+        ):
+            raise ValueError("period_days must be a whole number of days, at least 1")
 
     def period(self, at: dt.datetime) -> int:
         """The campaign period of the instant ``at`` (timezone-aware): whole periods since the epoch."""
         if at.tzinfo is None:
             raise ValueError("at must be timezone-aware")
-        return math.floor(at.timestamp() / (self.period_days * 86_400.0))
+        return math.floor(at.timestamp() / (self.period_days * 86_400))
+
+    def period_end(self, period: int) -> dt.datetime:
+        """The first instant after ``period``."""
+        return dt.datetime.fromtimestamp((period + 1) * self.period_days * 86_400, dt.UTC)
 
     def draw(self, user_id: str, period: int) -> float:
         """The customer's uniform number in [0, 1) for ``period``."""

@@ -71,6 +71,14 @@ never another, even when the pointer is promoted mid-run.
    nature: a shard sends its customers' promotions when it is scored (each customer is complete and
    the as-of fixed by then).
 
+**Drift** (``churnguard.drift``): the dataset's summary carries the same ``drift`` section as a batch
+file's, over all its customers. Each shard's result carries the bin counts of the customers it scored
+(``ShardResult.drift_counts``: one count per bin, whatever the shard's size); finish merges every
+shard's counts and computes the PSI of the merged counts against the planned model's reference
+(``dataset_drift``), so the PSI is the one of scoring all the customers as one file, never an average
+of the shards' PSIs. Below ``churnguard.drift.MIN_CUSTOMERS`` customers over the whole dataset it is
+null, with its status, as for a file.
+
 Working objects live under ``work/<dataset>/<run>/``, where the run id is a hash of the plan (the
 parts, their sizes and ETags, the as-of, N and the model version): a retried step writes the same
 keys, and a re-drop with other parts or other bytes cannot mix its pieces with an earlier run's.
@@ -92,7 +100,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -123,6 +131,7 @@ from churnguard.batch import (
 )
 from churnguard.bundle import ModelBundle
 from churnguard.decisions import Decisions
+from churnguard.drift import DriftCounts, DriftReference, drift_summary
 from churnguard.events import EventLogError, validate_events
 from churnguard.ports import ListedObject, ObjectStore
 from churnguard.promotions import PromotionPolicy, PromotionsPublisher
@@ -854,6 +863,9 @@ class ShardResult(BaseModel):
     promotion_failures: list[dict[str, Any]] = Field(default_factory=list)
     scored_key: str | None = None
     duration_s: float = 0.0
+    # The drift bin counts of the customers scored (``DriftCounts.to_dict``, merged at finish);
+    # None: the model has no drift reference, or the shard failed.
+    drift_counts: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -901,10 +913,11 @@ def score_shard(
     started = time.perf_counter()
     pieces = [EventSource(k, functools.partial(store.open, plan.bucket, k)) for k in task.pieces]
     columns = (*read_columns(bundle, plan.work_prefix), SOURCE_ROW)  # the pieces carry row numbers
+    reference = _KeptCounts.of(bundle.drift_reference)
     try:
         result = score_sources(
             pieces,
-            bundle,
+            bundle if reference is None else replace(bundle, drift_reference=reference),
             as_of=task.as_of,
             policy=policy,
             publisher=publisher,
@@ -932,7 +945,36 @@ def score_shard(
     summary = result.summary
     fields = {k: v for k, v in vars(summary).items() if k in ShardResult.model_fields}
     fields.update(shard=task.shard, scored_key=scored_key, duration_s=round(time.perf_counter() - started, 3))
+    if reference is not None and summary.status == "ok":
+        fields["drift_counts"] = reference.kept_counts().to_dict()
     return ShardResult.model_validate(fields)
+
+
+@dataclass(frozen=True)
+class _KeptCounts(DriftReference):
+    """The model's drift reference, keeping the bin counts scoring adds the shard's customers to.
+
+    Batch scoring (``churnguard.batch``) takes its accumulator from ``DriftReference.counts`` and
+    reports only the PSI of it (``BatchSummary.drift``); a shard needs the counts themselves, for
+    finish to merge them with the other shards'. Scoring with this reference in the bundle keeps each
+    accumulator handed out; ``kept_counts`` is their sum (empty counts if nothing was scored)."""
+
+    kept: list[DriftCounts] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, reference: DriftReference | None) -> _KeptCounts | None:
+        return None if reference is None else cls(reference.score, reference.features, reference.customers)
+
+    def counts(self) -> DriftCounts:
+        counts = super().counts()
+        self.kept.append(counts)
+        return counts
+
+    def kept_counts(self) -> DriftCounts:
+        total = super().counts()
+        for counts in self.kept:
+            total = total.merge(counts)
+        return total
 
 
 # --- the dataset's summary, invariants checked, then publication -------------------------------------
@@ -961,6 +1003,9 @@ class DatasetSummary(BaseModel):
     outputs: list[str] = Field(default_factory=list)  # the scored Parquet objects published
     rejects: str | None = None  # the one rejects object (part, source_row, reason)
     ignored: list[IgnoredObject] = Field(default_factory=list)
+    # PSI of every customer scored against the model's training distributions, as a batch file's
+    # summary (``dataset_drift``); None unless the dataset is ok.
+    drift: dict[str, Any] | None = None
 
 
 def summarize_dataset(
@@ -970,10 +1015,12 @@ def summarize_dataset(
     *,
     memory: MemoryModel = DEFAULT_MEMORY,
     changes: Sequence[str] = (),
+    reference: DriftReference | None = None,
 ) -> DatasetSummary:
     """Aggregate the phases' results and check every dataset-level invariant: a violated one makes
     the summary ``failed`` (and ``finish_dataset`` publish nothing). ``changes``: how the dataset
-    differs from its plan now (``dataset_changes``): any fails it."""
+    differs from its plan now (``dataset_changes``): any fails it. ``reference``: the planned model's
+    drift reference; an ok summary gets the drift of all the shards' customers (``dataset_drift``)."""
     shuffle = plan_shards(plan, parts, memory=memory)
     summary = DatasetSummary(
         dataset=plan.dataset,
@@ -1002,7 +1049,32 @@ def summarize_dataset(
     if errors:
         kind = "DatasetChanged" if changes else "PartFailed" if shuffle.errors else "InvariantViolated"
         return summary.model_copy(update={"status": "failed", "errors": errors, "error_type": kind})
-    return summary.model_copy(update={"model_version": versions[0] if versions else None})
+    return summary.model_copy(
+        update={"model_version": versions[0] if versions else None, "drift": dataset_drift(reference, shards)}
+    )
+
+
+def dataset_drift(reference: DriftReference | None, shards: Sequence[ShardResult]) -> dict[str, Any]:
+    """The dataset's ``drift`` section (``churnguard.drift.drift_summary``): the PSI of every ok
+    shard's bin counts merged, against ``reference`` (the planned model's). Counts that are not over
+    the reference's bins (a shard scored without counts, by another release) are left out: the
+    section's ``customers`` says how many were compared."""
+    if reference is None:
+        return drift_summary(None, None)
+    merged = reference.counts()
+    for shard in shards:
+        if shard.status != "ok" or shard.drift_counts is None:
+            continue
+        counts = DriftCounts.from_dict(shard.drift_counts)
+        if _fits(reference, counts):
+            merged = merged.merge(counts)
+    return drift_summary(reference, merged)
+
+
+def _fits(reference: DriftReference, counts: DriftCounts) -> bool:
+    return len(counts.score) == reference.score.n_bins and [len(c) for c in counts.features] == [
+        f.binned.n_bins for f in reference.features
+    ]
 
 
 def _shard_errors(shuffle: Shuffle, shards: Sequence[ShardResult], versions: list[str]) -> list[str]:
@@ -1049,12 +1121,16 @@ def finish_dataset(
     memory: MemoryModel = DEFAULT_MEMORY,
     tmp_dir: str | None = None,
     changes: DatasetChanges | None = None,
+    reference: DriftReference | None = None,
 ) -> DatasetSummary:
     """The summary step: check, then publish the outputs (ok only) and write the summary last.
     A run superseded by a newer one (``DatasetChanges.superseded``) writes its failed summary in
-    its work area only (``superseded_summary_key``): the newer run writes the dataset's."""
+    its work area only (``superseded_summary_key``): the newer run writes the dataset's.
+    ``reference``: the planned model's drift reference (the summary's ``drift``)."""
     changes = changes or DatasetChanges()
-    summary = summarize_dataset(plan, parts, shards, memory=memory, changes=changes.errors)
+    summary = summarize_dataset(
+        plan, parts, shards, memory=memory, changes=changes.errors, reference=reference
+    )
     if changes.superseded:
         _put_summary(store, plan.bucket, superseded_summary_key(plan), summary)
         return summary

@@ -40,7 +40,9 @@ summary); a transient AWS error raises, and the state machine retries the step, 
 ``superseded``: the run was started by a ``_SUCCESS`` beside a manifest; it ends without writing.
 ``shards`` and ``finish`` re-list the dataset (``dataset_changes``): a dataset that changed since its
 plan fails the run. Partition and score use the plan's model version (``planned_bundle``): a step
-that cannot get it raises ``ModelVersionError`` rather than score with another.
+that cannot get it raises ``ModelVersionError`` rather than score with another. Finish gets that
+version too, for its drift reference: the summary's ``drift`` is the PSI of every shard's customers
+(``churnguard.dataset_drops.dataset_drift``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from churnguard.dataset_drops import (
     SUCCESS_MARKER,
     DatasetError,
     DatasetPlan,
+    DatasetSummary,
     DropKind,
     PartResult,
     PendingDataset,
@@ -446,15 +449,31 @@ def run_score(
 
 
 def run_finish(
-    store: ObjectStore, step: FinishStep, memory: MemoryModel, *, tmp_dir: str | None = None
-) -> dict[str, Any]:
-    """Check every dataset-level invariant over all results, publish (ok only), summary last."""
+    store: ObjectStore,
+    step: FinishStep,
+    memory: MemoryModel,
+    *,
+    models: Models | None = None,
+    tmp_dir: str | None = None,
+) -> tuple[dict[str, Any], DatasetSummary]:
+    """Check every dataset-level invariant over all results, publish (ok only), summary last; the
+    answer and the summary. ``models``: resolved to the planned version for its drift reference
+    (None, or a version that cannot be loaded any more: the drift reads ``no_reference``; the
+    dataset is not failed for it)."""
     plan = load_plan(store, step.bucket, step.plan_key)
     parts = load_results(store, plan, "part", PartResult)
     shards = load_results(store, plan, "shard", ShardResult, planned_shards(store, plan) or [])
     changes = dataset_changes(store, plan)
-    summary = finish_dataset(store, plan, parts, shards, memory=memory, tmp_dir=tmp_dir, changes=changes)
-    return {
+    reference = None
+    if models is not None:
+        try:
+            reference = planned_bundle(models, plan).drift_reference
+        except ModelVersionError:
+            reference = None
+    summary = finish_dataset(
+        store, plan, parts, shards, memory=memory, tmp_dir=tmp_dir, changes=changes, reference=reference
+    )
+    answer = {
         "status": summary.status,
         "error_type": summary.error_type,
         # superseded by a newer run (a part written after the plan): that run writes the dataset's
@@ -463,6 +482,7 @@ def run_finish(
         "customers_scored": summary.customers_scored,
         "customers_queued": summary.customers_queued,
     }
+    return answer, summary
 
 
 class DatasetRunError(DatasetError):

@@ -19,6 +19,8 @@ job's packages carry them; the scoring API's does not).
 from __future__ import annotations
 
 import json
+import math
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -78,10 +80,36 @@ def unpack(body: str) -> list[dict[str, Any]]:
     if not isinstance(message, dict) or message.get("schema") != DECISION_SCHEMA:
         raise DecisionMessageError(f"the message is not {DECISION_SCHEMA}")
     records = message.get("records")
-    names = {name for name, _ in DECISION_COLUMNS} | {PARTITION_COLUMN}
-    if not isinstance(records, list) or not all(isinstance(r, dict) and names <= r.keys() for r in records):
-        raise DecisionMessageError("records must be a list of decision rows with every column")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DecisionMessageError("records must be a list of decision rows")
+    for index, record in enumerate(records):
+        problem = _row_problem(record)
+        if problem:  # a row the Parquet writer would choke on: the message alone fails, not its batch
+            raise DecisionMessageError(f"records[{index}]: {problem}")
     return records
+
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _row_problem(record: dict[str, Any]) -> str:
+    """What is wrong with one row (a column name and the type it needs; never the value), or ""."""
+    for name, kind in (*DECISION_COLUMNS, (PARTITION_COLUMN, "day")):
+        if name not in record:
+            return f"{name} is missing"
+        value = record[name]
+        if kind in ("string", "day") and not isinstance(value, str):
+            return f"{name} must be a string"
+        if kind == "day" and not _DAY.match(value):
+            return f"{name} must be a day, YYYY-MM-DD"
+        if kind in ("int", "bigint") and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{name} must be an integer"
+        if kind == "int" and not -(2**31) <= value < 2**31:
+            return f"{name} is out of range"
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind == "double" and not (number and math.isfinite(value)):
+            return f"{name} must be a finite number"
+    return ""
 
 
 class QueuedDecisionLog:

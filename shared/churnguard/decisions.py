@@ -11,16 +11,26 @@ What is recorded, one row per decision (``DECISION_COLUMNS``; schema ``churnguar
   sample of *every* scored customer, none of them treated: an unbiased check of the model on today's
   customers (live AUC), which the acted-on control rows alone (high-risk only) are not.
 
-The arm is drawn for the period of the decision's ``as_of`` (the instant the features describe), not
-of the wall clock: a retried request or a re-delivered file is decided again into the same arm, and a
-replay of old data is decided for its own time.
+The arm is drawn for the period of the decision's cutoff (the instant the features describe: the
+request's as-of instant, the file's as-of, the real-time scoring instant), not of the wall clock: a
+retried request or a re-delivered file is decided again into the same arm, and a replay of old data is
+decided for its own time. The cutoff is also the row's ``as_of``: the outcome window starts there, so
+no event the model saw counts as an outcome.
+
+Treated means *assigned* to treatment (intention to treat): the row is logged before the send, and a
+promotion the queue then refuses stays a treated row (the response or the summary reports it failed).
+
+Promotion messages from before control groups existed (in a real-time outbox: no ``horizon_weeks``)
+are sent as they were decided, and not logged.
 
 Idempotent: ``decision_id`` is the promotion's idempotency key (source, customer, model version,
-as-of), the same for a retried request, a re-delivered file or a re-published outbox; the log
-adapters write a batch of rows under a name made of its ids (same rows -> same object) and skip the
-ids already logged (the decisions ledger, when an idempotency table is configured). Readers still
-deduplicate on ``decision_id`` (``dedupe``) for the one window no write can close: a crash between an
-object's write and the ledger's record of it, followed by a redelivery in another batch.
+as-of day; a monitoring-sample row's is ``sample:`` + that key, so that a later decision to act on
+the same customer the same day is logged too), the same for a retried request, a re-delivered file
+or a re-published outbox; the log adapters write a batch of rows under a name made of its ids (same
+rows -> same object) and skip the ids already logged (the decisions ledger, when an idempotency table
+is configured). Readers still deduplicate on ``decision_id`` (``dedupe``) for the one window no write
+can close: a crash between an object's write and the ledger's record of it, followed by a redelivery
+in another batch.
 """
 
 from __future__ import annotations
@@ -38,13 +48,17 @@ from churnguard.scoring import ScoredBatch
 
 DECISION_SCHEMA = "churnguard.decision/v1"
 NO_ACTION = "none"
+SAMPLE_PREFIX = "sample:"  # a monitoring-sample row's decision_id: this + the promotion key it would have
 
 # (column, Parquet/Glue type): the log's schema, in order. ``as_of_date`` is the partition.
 DECISION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("decision_id", "string"),
     ("user_id", "string"),
     ("decided_at", "string"),  # ISO-8601 UTC: when the decision was made
-    ("as_of", "string"),  # ISO-8601 UTC: the instant the features describe; outcomes count from here
+    (
+        "as_of",
+        "string",
+    ),  # ISO-8601 UTC: the scoring cutoff (features see events before it); outcomes count from it
     ("model_version", "string"),
     ("horizon_weeks", "int"),  # the model's churn horizon: the outcome window is [as_of, + horizon)
     ("churn_probability", "double"),
@@ -56,6 +70,7 @@ DECISION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("customer_value", "double"),
     ("arm", "string"),  # treated | control
     ("period", "bigint"),  # the campaign period the arm was drawn for
+    ("period_days", "int"),  # its length: the period ends at (period + 1) x period_days days after the epoch
     ("control_fraction", "double"),
     ("source", "string"),  # api | batch | dataset | realtime
     ("trigger", "string"),  # real-time: event | inactivity; else empty
@@ -86,9 +101,14 @@ def _iso(instant: dt.datetime) -> str:
     return instant.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def cutoff_of(message: dict[str, Any]) -> dt.datetime:
+    """The instant a promotion message's features describe (its ``cutoff``; else its ``as_of``)."""
+    return as_of_instant(message.get("cutoff") or message["as_of"])
+
+
 def record_of(message: dict[str, Any], arm: Arm, control: ControlPolicy) -> dict[str, Any]:
     """The decision row of a promotion message (``build_messages``) decided into ``arm``."""
-    as_of = as_of_instant(message["as_of"])
+    as_of = cutoff_of(message)
     action = message["suggested_action"]
     return {
         "decision_id": message["idempotency_key"],
@@ -106,6 +126,7 @@ def record_of(message: dict[str, Any], arm: Arm, control: ControlPolicy) -> dict
         "customer_value": float(message["customer_value"]),
         "arm": arm,
         "period": control.period(as_of),
+        "period_days": control.period_days,
         "control_fraction": control.fraction,
         "source": message["source"],
         "trigger": message.get("trigger") or "",
@@ -121,20 +142,22 @@ def monitoring_sample(
     source: str,
     scored_at: str,
     as_of: Sequence[str],
+    cutoffs: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for the scored customers not acted on whose draw is control (``action`` = ``none``)."""
+    """Rows for the scored customers not acted on whose draw is control (``action`` = ``none``);
+    ``as_of`` as in ``build_messages`` (the idempotency key's day), ``cutoffs`` the instants."""
     if control.fraction == 0.0:
         return []
     rows = []
     for i, user in enumerate(map(str, scored.user_ids)):
         if user in acted_on:
             continue
-        instant = as_of_instant(as_of[i])
+        instant = as_of_instant(cutoffs[i] if cutoffs is not None else as_of[i])
         if control.arm(user, instant) != "control":
             continue
         rows.append(
             {
-                "decision_id": idempotency_key(source, user, scored.model_version, as_of[i]),
+                "decision_id": SAMPLE_PREFIX + idempotency_key(source, user, scored.model_version, as_of[i]),
                 "user_id": user,
                 "decided_at": scored_at,
                 "as_of": _iso(instant),
@@ -149,6 +172,7 @@ def monitoring_sample(
                 "customer_value": 0.0,
                 "arm": "control",
                 "period": control.period(instant),
+                "period_days": control.period_days,
                 "control_fraction": control.fraction,
                 "source": source,
                 "trigger": "",
@@ -166,11 +190,24 @@ class Decisions:
     log: DecisionLog
 
     def sample(
-        self, scored: ScoredBatch, *, acted_on: set[str], source: str, scored_at: str, as_of: Sequence[str]
+        self,
+        scored: ScoredBatch,
+        *,
+        acted_on: set[str],
+        source: str,
+        scored_at: str,
+        as_of: Sequence[str],
+        cutoffs: Sequence[str] | None = None,
     ) -> int:
         """Log the monitoring sample of ``scored``; the number of rows."""
         rows = monitoring_sample(
-            scored, self.control, acted_on=acted_on, source=source, scored_at=scored_at, as_of=as_of
+            scored,
+            self.control,
+            acted_on=acted_on,
+            source=source,
+            scored_at=scored_at,
+            as_of=as_of,
+            cutoffs=cutoffs,
         )
         if rows:
             self.log.append(rows)
@@ -190,11 +227,10 @@ class ControlledPublisher:
 
     def publish(self, messages: Sequence[dict[str, Any]]) -> PublishResult:
         control = self._decisions.control
-        arms = [control.arm(m["user_id"], as_of_instant(m["as_of"])) for m in messages]
+        decided = [m for m in messages if "horizon_weeks" in m]  # the rest: decided before the log existed
+        arms = [control.arm(m["user_id"], cutoff_of(m)) for m in decided]
         try:
-            self._decisions.log.append(
-                [record_of(m, a, control) for m, a in zip(messages, arms, strict=True)]
-            )
+            self._decisions.log.append([record_of(m, a, control) for m, a in zip(decided, arms, strict=True)])
         except DecisionLogUnavailableError as exc:
             failure = {"code": "DecisionLogUnavailable", "message": str(exc)}
             failed = [
@@ -202,12 +238,13 @@ class ControlledPublisher:
                 for m in messages
             ]
             return PublishResult(failed=failed)
-        treated = [m for m, a in zip(messages, arms, strict=True) if a == "treated"]
-        result = self.inner.publish(treated) if treated else PublishResult()
+        held_out = {m["idempotency_key"] for m, a in zip(decided, arms, strict=True) if a == "control"}
+        send = [m for m in messages if m["idempotency_key"] not in held_out]
+        result = self.inner.publish(send) if send else PublishResult()
         result.held_out += [
             {"user_id": m["user_id"], "idempotency_key": m["idempotency_key"]}
-            for m, a in zip(messages, arms, strict=True)
-            if a == "control"
+            for m in messages
+            if m["idempotency_key"] in held_out
         ]
         return result
 

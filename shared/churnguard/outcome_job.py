@@ -36,6 +36,7 @@ import pandas as pd
 
 from churnguard.batch import SUPPORTED_SUFFIXES, iter_chunks
 from churnguard.decision_store import read_decisions
+from churnguard.decisions import NO_ACTION
 from churnguard.events import CANONICAL_COLUMNS, EventLogError, validate_events
 from churnguard.outcomes import key_figures, label_outcomes, outcome_report
 from churnguard.ports import ObjectStore
@@ -56,8 +57,12 @@ class OrderHistory:
     files_unreadable: list[str] = field(default_factory=list)  # their error types (never the contents)
 
 
-def read_orders(store: ObjectStore, bucket: str, prefix: str, users: set[str]) -> OrderHistory:
-    """The ``order`` events of ``users`` in every event file under ``prefix`` (CSV, CSV.gz, Parquet)."""
+def read_orders(
+    store: ObjectStore, bucket: str, prefix: str, users: set[str], now: pd.Timestamp | None = None
+) -> OrderHistory:
+    """The ``order`` events of ``users`` in every event file under ``prefix`` (CSV, CSV.gz, Parquet);
+    events after ``now`` (naive UTC; default: the clock) are impossible and ignored."""
+    now = now if now is not None else pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)
     parts: list[pd.DataFrame] = []
     history = OrderHistory(pd.DataFrame({"user_id": [], "timestamp": pd.Series([], dtype="datetime64[ns]")}))
     latest = None
@@ -72,6 +77,7 @@ def read_orders(store: ObjectStore, bucket: str, prefix: str, users: set[str]) -
                 validated = validate_events(chunk)
                 history.rows_rejected += len(validated.rejected)
                 events = validated.events
+                events = events[events["timestamp"].to_numpy() <= now.to_datetime64()]
                 if events.empty:
                     continue
                 newest = events["timestamp"].max()
@@ -83,7 +89,7 @@ def read_orders(store: ObjectStore, bucket: str, prefix: str, users: set[str]) -
     if parts:
         history.orders = pd.concat(parts, ignore_index=True)
     if latest is not None:  # event files hold whole days: the latest event's day is observed to its end
-        history.observed_until = pd.Timestamp(latest).normalize() + pd.Timedelta(days=1)
+        history.observed_until = min(pd.Timestamp(latest).normalize() + pd.Timedelta(days=1), now)
     return history
 
 
@@ -103,12 +109,9 @@ def measure(
     observed_until: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The outcome report of every logged decision, with a ``run`` section saying what was read."""
-    # One customer decided by two paths at the same as-of by the same model (an API call and a batch
-    # file) is one decision: same score, same arm. The first decided stands.
-    decisions = read_decisions(store, bucket, decisions_prefix).drop_duplicates(
-        ["user_id", "model_version", "as_of"], keep="first"
-    )
-    history = read_orders(store, bucket, events_prefix, set(decisions["user_id"].astype(str)))
+    decisions = one_per_customer_and_cutoff(read_decisions(store, bucket, decisions_prefix))
+    now = pd.Timestamp(dt.datetime.now(dt.UTC)).tz_localize(None)
+    history = read_orders(store, bucket, events_prefix, set(decisions["user_id"].astype(str)), now)
     until = pd.Timestamp(observed_until) if observed_until is not None else history.observed_until
     if until is None:  # no events at all: nothing has matured
         until = pd.Timestamp(0, tz="UTC")
@@ -123,6 +126,17 @@ def measure(
         "orders_of_decided_customers": len(history.orders),
     }
     return report
+
+
+def one_per_customer_and_cutoff(decisions: pd.DataFrame) -> pd.DataFrame:
+    """One row per customer, model version and cutoff: the same customer decided by two paths at the
+    same instant by the same model (an API call and a batch file) is one decision, same score and arm.
+    An acted-on row wins over a monitoring-sample row, then the first decided."""
+    order = decisions.assign(_sample=decisions["action"] == NO_ACTION).sort_values(
+        ["_sample", "decided_at", "decision_id"], kind="stable"
+    )
+    kept = order.drop_duplicates(["user_id", "model_version", "as_of"], keep="first")
+    return kept.drop(columns="_sample").sort_index().reset_index(drop=True)
 
 
 def _iso(instant: pd.Timestamp) -> str:

@@ -48,6 +48,12 @@ of the scored customers, so an unbiased check of the model on today's customers:
   the definition of ``training.evaluate.expected_calibration_error`` (``expected_calibration_error``
   here is the same function, for the Lambda side, which cannot import ``training``).
 
+**Which decisions count**: matured ones whose window ends inside the campaign period their arm was
+drawn for (``within_period``). A window that runs into the next period may have seen the customer
+re-drawn into the other arm (a control customer sent an offer); whether a window crosses depends only
+on its dates, never on the outcome, so leaving those out biases nothing (``counts.crossing_period``).
+Treated means assigned (intention to treat): a promotion the queue refused still counts as treated.
+
 Everything ``outcome_report`` returns is JSON-ready: Python floats and ints, and None (never NaN)
 where a figure is undefined, with a ``reason`` next to it.
 """
@@ -142,10 +148,21 @@ def label_outcomes(
     churned = pd.array(np.where(retained, 0, 1), dtype="Int8")
     churned[~matured] = pd.NA
     frame["window_end"] = window_end.to_numpy()
+    frame["within_period"] = _within_period(frame, window_end)
     frame["matured"] = matured
     frame["first_order_at"] = first
     frame["churned"] = churned
     return frame
+
+
+def _within_period(frame: pd.DataFrame, window_end: pd.Series) -> np.ndarray:
+    """Whether each decision's outcome window ends inside the campaign period its arm was drawn for:
+    only then can no re-draw have treated a control customer (or held out a treated one) inside it."""
+    if "period_days" not in frame.columns:
+        return np.ones(len(frame), dtype=bool)
+    days = (frame["period"].astype("int64") + 1) * frame["period_days"].astype("int64")
+    period_end = pd.Timestamp(0) + pd.to_timedelta(days, unit="D")
+    return np.asarray((window_end <= period_end).to_numpy(), dtype=bool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,13 +375,24 @@ def _quality_block(rows: pd.DataFrame, z: float) -> dict[str, Any]:
     }
 
 
+def _within(labelled: pd.DataFrame) -> pd.Series:
+    """``within_period`` (``label_outcomes``); every row when the frame has no such column."""
+    if "within_period" not in labelled.columns:
+        return pd.Series(True, index=labelled.index)
+    return labelled["within_period"].astype(bool)
+
+
 def _counts(labelled: pd.DataFrame) -> dict[str, int]:
     acted = labelled["action"] != NO_ACTION
     matured = labelled["matured"].astype(bool)
+    crossing = ~_within(labelled)
     return {
         "decisions": len(labelled),
         "matured": int(matured.sum()),
         "pending": int((~matured).sum()),
+        # matured, but the window runs past the arm's period (a re-draw may have crossed it over):
+        # left out of the uplift and the live quality
+        "crossing_period": int((matured & crossing).sum()),
         "treated": int((acted & (labelled["arm"] == "treated")).sum()),
         "control": int((acted & (labelled["arm"] == "control")).sum()),
         "monitoring_sample": int((~acted).sum()),
@@ -384,7 +412,7 @@ def outcome_report(labelled: pd.DataFrame, *, confidence: float = 0.95) -> dict[
     Figures that cannot be computed are None with a ``reason``; the result is JSON-ready (no NaN).
     """
     z = _z(confidence)
-    matured = labelled[labelled["matured"].astype(bool)]
+    matured = labelled[labelled["matured"].astype(bool) & _within(labelled)]
     acted = matured[matured["action"] != NO_ACTION]
     control = matured[matured["arm"] == "control"]
     report = {

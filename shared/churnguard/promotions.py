@@ -89,8 +89,12 @@ def build_messages(
     source: str,
     scored_at: str,
     as_of: Sequence[str],
+    cutoffs: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Promotion messages for customers at/above the threshold whose best offer pays off."""
+    """Promotion messages for customers at/above the threshold whose best offer pays off.
+
+    ``as_of`` per customer: the day (or instant) the idempotency key names; ``cutoffs`` (ISO
+    instants), when ``as_of`` is a day: the instant the features describe (the message's ``cutoff``)."""
     value = policy.customer_value(scored.features["total_spend"], scored.features["tenure_days"])
     action_idx, ev = policy.best_actions(scored.churn_probability, value)
     chosen = np.flatnonzero(scored.at_or_above_promotion & (action_idx >= 0))
@@ -116,6 +120,8 @@ def build_messages(
                 "idempotency_key": idempotency_key(source, user_id, scored.model_version, as_of[i]),
             }
         )
+        if cutoffs is not None:
+            messages[-1]["cutoff"] = cutoffs[i]
     return messages
 
 

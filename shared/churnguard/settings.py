@@ -113,7 +113,9 @@ class ServingSettings(EnvSettings):
     decisions_queue_url: str | None = Field(None, alias="CHURNGUARD_DECISIONS_QUEUE_URL", min_length=1)
     control_fraction: float = Field(0.10, alias="CHURNGUARD_CONTROL_FRACTION", ge=0, lt=1)
     control_salt: str = Field("", alias="CHURNGUARD_CONTROL_SALT", max_length=256)
-    control_period_days: float = Field(28.0, alias="CHURNGUARD_CONTROL_PERIOD_DAYS", gt=0, le=3_650)
+    # Whole days, at least twice the model's horizon for half the decisions to be measurable (a window
+    # must end inside its period: churnguard.control). 546 = twice the default 39-week horizon.
+    control_period_days: int = Field(546, alias="CHURNGUARD_CONTROL_PERIOD_DAYS", ge=1, le=36_500)
 
     # Promotion policy parameters (see churnguard.promotions; defaults documented in the README).
     value_horizon_weeks: float = Field(39.0, alias="CHURNGUARD_VALUE_HORIZON_WEEKS", gt=0)
@@ -184,6 +186,8 @@ class RetrainSettings(EnvSettings):
     hyperparameters: Json[dict[str, str | int | float]] | None = Field(
         None, alias="CHURNGUARD_TRAINING_HYPERPARAMETERS"
     )
+    # A drift-alarm start is skipped when a training job was created within this many hours (0: never)
+    retrain_cooldown_hours: float = Field(24, alias="CHURNGUARD_RETRAIN_COOLDOWN_HOURS", ge=0)
 
 
 class OutcomeSettings(EnvSettings):

@@ -2,8 +2,9 @@
 from its training distribution and shifted ones, the summary, the metrics and the retraining trigger.
 
 The fixture model was trained (tests/fixtures/make_model.py) on ``generate_synthetic_events(4000,
-seed=21, weeks=78)`` with the cutoff 2024-09-30; its reference is rebuilt here from those events by
-``training.drift_reference.backfill`` (which refuses unless they refit the model's own feature spec).
+seed=21, weeks=78)`` with the cutoff 2024-09-30; its committed reference was backfilled from those
+events by ``training.drift_reference.backfill`` (which refuses unless they refit the model's own
+feature spec), and is rebuilt here the same way: the two must agree.
 Measured with these seeds: same distribution score PSI ~0.004-0.015 (largest group ~0.015);
 half the events ~0.26-0.28, a third ~0.59-0.65.
 """
@@ -38,6 +39,8 @@ def drift_model(tmp_path_factory):
     generate_synthetic_events(4000, seed=21, weeks=78).to_parquet(channel / "events.parquet")
     shutil.copytree(FIXTURE_MODEL, root / "model")
     backfill(root / "model", str(channel))
+    rebuilt = json.loads((root / "model" / "drift_reference.json").read_text())
+    assert rebuilt == json.loads((FIXTURE_MODEL / "drift_reference.json").read_text())
     return root / "model"
 
 
@@ -98,8 +101,13 @@ def test_counts_per_scoring_chunk_give_the_psi_of_one_chunk(bundle):
     assert drift_of(bundle, events, score_chunk_customers=700) == drift_of(bundle, events)
 
 
-def test_a_model_without_a_reference_scores_and_reports_psi_unavailable():
-    old = ModelBundle.from_directory(FIXTURE_MODEL)
+def test_a_model_without_a_reference_scores_and_reports_psi_unavailable(tmp_path):
+    shutil.copytree(FIXTURE_MODEL, tmp_path / "old")  # a model directory from before drift references
+    (tmp_path / "old" / "drift_reference.json").unlink()
+    metadata = json.loads((tmp_path / "old" / "metadata.json").read_text())
+    del metadata["files"]["drift_reference.json"]
+    (tmp_path / "old" / "metadata.json").write_text(json.dumps(metadata))
+    old = ModelBundle.from_directory(tmp_path / "old")
     assert old.drift_reference is None
     drift = drift_of(old, batch_events(5).iloc[:5000])
     assert drift["status"] == "no_reference" and drift["score_psi"] is None and drift["group_psi"] == {}
@@ -138,8 +146,13 @@ def test_the_batch_function_writes_the_drift_and_emits_the_alarm_metric(
         m["Name"]: blob for blob in blobs for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]
     }
     alarm = load_template()["Resources"]["ScoreDriftAlarm"]["Properties"]
-    scored = by_metric[alarm["MetricName"]]
-    assert scored["service"] == alarm["Dimensions"][0]["Value"]
+    watched = [q["MetricStat"]["Metric"] for q in alarm["Metrics"] if "MetricStat" in q]  # metric math
+    scored = by_metric["ScorePSI"]
+    assert {
+        "Namespace": "ChurnGuard",
+        "MetricName": "ScorePSI",
+        "Dimensions": [{"Name": "service", "Value": scored["service"]}],
+    } in watched
     assert max(np.atleast_1d(scored["ScorePSI"])) > THRESHOLD  # the alarm's condition: Maximum > threshold
     groups = [b for b in blobs if "FeatureGroupPSI" in b]
     assert {b["group"] for b in groups} == set(summary["drift"]["group_psi"])

@@ -449,3 +449,44 @@ def test_training_image_with_a_bad_channel_fails_with_the_reason_in_the_failure_
     )
     run = run_training_job(engine, job, s3, tmp_path)
     assert run.exit_code != 0 and run.failure and "empty" in run.failure.lower(), run.logs[-3000:]
+
+
+def test_decision_log_and_outcome_packages_keep_the_apis_decisions_and_report_on_them(sam_stack):
+    """The API's decisions go to the decision-log queue; the writer package turns those messages into
+    Parquet (pandas + fastparquet from its package, numpy from the layer) and the outcome package
+    reads them back with the event history and draws its report (matplotlib from its package)."""
+    scored = sam_stack.invoke("ScoreApiFunction", load_event("score_api/post_scores.json"))
+    assert scored.response["statusCode"] == 200, scored.logs[-3000:]
+    sqs, queue = sam_stack.clients["sqs"], sam_stack.resources.refs["DecisionsQueue"]
+    messages = []
+    while got := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=300).get(
+        "Messages"
+    ):
+        messages += got
+    assert messages, "the API logged no decision"
+    event = load_event("decision_log/sqs_decisions.json")
+    template = event["Records"][0]
+    event["Records"] = [{**template, "messageId": m["MessageId"], "body": m["Body"]} for m in messages]
+    written = sam_stack.invoke("DecisionLogFunction", event)
+    print(f"\nDecisionLogFunction cold invoke: {written.seconds:.2f} s ({len(messages)} messages)")
+    assert written.response == {"batchItemFailures": []}, written.logs[-3000:]
+    s3 = sam_stack.clients["s3"]
+    logged = s3.list_objects_v2(Bucket=sam_stack.bucket, Prefix="decisions/").get("Contents", [])
+    assert logged and all(o["Key"].endswith(".parquet") for o in logged)
+
+    request = load_event("score_api/post_scores.json")
+    history = [
+        {"user_id": c["user_id"], **e} for c in json.loads(request["body"])["customers"] for e in c["events"]
+    ]
+    s3.put_object(
+        Bucket=sam_stack.bucket,
+        Key="training-events/history.csv",
+        Body=pd.DataFrame(history).to_csv(index=False),
+    )
+    measured = sam_stack.invoke("OutcomesFunction", load_event("outcomes/scheduled.json"))
+    print(f"OutcomesFunction cold invoke: {measured.seconds:.2f} s")
+    assert measured.response["counts"]["decisions"] >= 1, measured.logs[-3000:]
+    picture = s3.get_object(Bucket=sam_stack.bucket, Key="outcomes/latest/live_calibration.png")[
+        "Body"
+    ].read()
+    assert picture.startswith(b"\x89PNG")

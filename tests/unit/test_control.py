@@ -47,6 +47,12 @@ def test_the_arm_depends_on_the_salt_and_not_on_the_clock_zone():
 
 def test_fraction_zero_treats_everyone_and_bad_settings_are_refused():
     assert held_out(ControlPolicy(fraction=0.0, salt="s1"), START) == set()
-    for bad in ({"fraction": 1.0}, {"fraction": -0.1}, {"fraction": math.nan}, {"period_days": 0}):
+    for bad in (
+        {"fraction": 1.0},
+        {"fraction": -0.1},
+        {"fraction": math.nan},
+        {"period_days": 0},
+        {"period_days": 1.5},
+    ):
         with pytest.raises(ValueError, match=r"fraction|period_days"):
             ControlPolicy(**bad)

@@ -493,7 +493,8 @@ def _steps(store: MemoryObjectStore, bundle: ModelBundle, *, shards: int = 4, mo
         scoring = Scoring(scorer or bundle, PromotionPolicy(), publisher, ReasonsFor.PROMOTED, memory)
         for item in json.loads(store.body(BUCKET, ready["shards_key"])):
             run_score(store, ScoreStep(step="score", **item), scoring)
-    run_finish(store, FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"]), memory)
+    finish = FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"])
+    run_finish(store, finish, memory, models=scorer or bundle)
     return json.loads(store.body(BUCKET, f"scored/{DATASET}/_summary.json")), planned
 
 
@@ -530,7 +531,9 @@ def test_a_rerun_with_fewer_shards_leaves_only_its_own_outputs_and_a_failed_one_
     store.add(BUCKET, PREFIX + "part-0000.csv", _csv(events.iloc[:-2]))
     memory = MemoryModel(budget_mb=3008)
     planned = run_plan(store, PlanStep(step="plan", bucket=BUCKET, dataset=DATASET, shards=2), memory, bundle)
-    finish = run_finish(store, FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"]), memory)
+    finish, _ = run_finish(
+        store, FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"]), memory
+    )
     assert finish["status"] == "failed"
     assert sorted(store.keys(BUCKET, f"scored/{DATASET}/")) == sorted(published)
 
@@ -565,7 +568,9 @@ def test_a_part_that_lands_after_the_marker_fails_the_run_before_scoring_and_not
     shards = run_plan_shards(
         store, ShardsStep(step="shards", bucket=BUCKET, plan_key=planned["plan_key"]), memory
     )
-    finish = run_finish(store, FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"]), memory)
+    finish, _ = run_finish(
+        store, FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"]), memory
+    )
 
     assert shards["status"] == "failed" and finish["status"] == "failed"
     # The late part's own event starts a newer run, which writes the dataset's summary: this run's
@@ -654,7 +659,7 @@ def test_a_re_drop_with_other_bytes_of_the_same_size_is_a_new_run_and_stale_resu
     plan = load_plan(store, BUCKET, planned2["plan_key"])
     stale = ShardResult(shard=7, customers_scored=5, rows_in=5, rows_used=5)
     store.put_bytes(BUCKET, result_key(plan, "shard", 7), stale.model_dump_json().encode())
-    again = run_finish(
+    again, _ = run_finish(
         store,
         FinishStep(step="finish", bucket=BUCKET, plan_key=planned2["plan_key"]),
         MemoryModel(budget_mb=3008),
@@ -712,3 +717,162 @@ def test_the_plan_records_the_model_and_every_step_scores_with_that_version(bund
     plan = load_plan(store, BUCKET, planned["plan_key"])
     assert plan.model_version == bundle.version == summary["model_version"]
     assert plan.columns == list(read_columns(bundle, PREFIX))
+
+
+# --- drift: the dataset's PSI is the one of its customers scored as one file --------------------------
+
+
+@pytest.fixture(scope="module")
+def drift_bundle(bundle) -> ModelBundle:
+    """The fixture model with a drift reference of its own (whatever the fixture directory holds):
+    binned like training's (deciles, a missing bin), over values in the ranges batch features take."""
+    from dataclasses import replace
+
+    from churnguard.drift import DriftReference, monitored_columns
+
+    columns = monitored_columns(bundle.spec)
+    rng = np.random.default_rng(7)
+    values = rng.gamma(1.0, 4.0, size=(3000, len(columns))).round()
+    values[rng.random(values.shape) < 0.1] = np.nan
+    reference = DriftReference.build(rng.beta(1.5, 4.0, size=3000), values, columns)
+    return replace(bundle, drift_reference=reference)
+
+
+@pytest.fixture(scope="module")
+def drift_run(export, drift_bundle) -> Run:
+    return _run(_dataset_store(export), drift_bundle, shards=4)
+
+
+def test_each_shard_carries_its_drift_counts_through_its_json(drift_run, drift_bundle):
+    from churnguard.drift import DriftCounts
+
+    reference = drift_bundle.drift_reference
+    assert len(drift_run.shards) == 4 and all(s.status == "ok" for s in drift_run.shards)
+    for shard in drift_run.shards:
+        text = shard.model_dump_json()
+        assert len(text) < 20_000  # one count per bin, whatever the shard's size
+        again = ShardResult.model_validate_json(text)
+        assert again == shard
+        counts = DriftCounts.from_dict(again.drift_counts)
+        assert counts.customers + counts.outside_population == shard.customers_scored
+        assert counts.score.sum() == counts.customers
+        assert [len(c) for c in counts.features] == [f.binned.n_bins for f in reference.features]
+        assert all(c.sum() == counts.customers for c in counts.features)
+
+
+def test_the_datasets_psi_is_the_psi_of_its_customers_scored_as_one_file(drift_run, export, drift_bundle):
+    """Finish merges the shards' bin counts and computes the PSI once: the whole ``drift`` section is
+    the one batch gives the same customers in one file, not an average of the shards' PSIs."""
+    from churnguard.drift import DriftCounts, drift_summary
+
+    reference = drift_bundle.drift_reference
+    summary = finish_dataset(
+        drift_run.store, drift_run.plan, drift_run.parts, drift_run.shards, reference=reference
+    )
+    assert summary.status == "ok", summary.errors
+    single = score_file(
+        _csv(pd.concat(export, ignore_index=True)),
+        "all.csv",
+        drift_bundle,
+        as_of=summary.as_of,
+        policy=PromotionPolicy(),
+        publisher=None,
+        source="s",
+    )
+    assert summary.drift is not None and summary.drift["status"] == "ok"
+    assert summary.drift == single.summary.drift
+    assert summary.drift["customers"] + summary.drift["outside_population"] == summary.customers_scored
+    assert set(summary.drift["group_psi"]) == set(reference.groups)
+
+    per_shard = [
+        drift_summary(reference, DriftCounts.from_dict(s.drift_counts), min_customers=0)["score_psi"]
+        for s in drift_run.shards
+    ]
+    assert summary.drift["score_psi"] != pytest.approx(np.mean(per_shard), abs=1e-6)  # not averaged
+    written = json.loads(drift_run.store.body(BUCKET, f"scored/{DATASET}/_summary.json"))
+    assert written["drift"] == summary.drift
+
+
+def test_a_small_dataset_has_no_psi_and_a_model_without_a_reference_says_so(drift_bundle, bundle):
+    """Through the steps (finish gets the planned model for its reference): fewer customers than
+    ``MIN_CUSTOMERS`` over the whole dataset give a null PSI with the status, as a small file."""
+    from dataclasses import replace
+
+    from churnguard.drift import MIN_CUSTOMERS
+
+    store = MemoryObjectStore()
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(_events(customers=60)))
+    store.add(BUCKET, PREFIX + "_SUCCESS", b"")
+    summary, _ = _steps(store, drift_bundle, shards=2)
+    assert summary["status"] == "ok"
+    drift = summary["drift"]
+    assert drift["status"] == "too_few_customers" and drift["score_psi"] is None and drift["group_psi"] == {}
+    assert drift["min_customers"] == MIN_CUSTOMERS and 0 < drift["customers"] <= 60
+
+    store.add(BUCKET, PREFIX + "part-0000.csv", _csv(_events(customers=61)))  # another run
+    summary, planned = _steps(store, replace(bundle, drift_reference=None), shards=2)
+    assert summary["status"] == "ok" and summary["drift"]["status"] == "no_reference"
+
+    # finish cannot get the planned version any more: no reference, the dataset is not failed for it
+    from churnguard.dataset_steps import FinishStep, run_finish
+
+    other = replace(drift_bundle, version="20261201T000000Z-bbbbbbbb")
+    finish = FinishStep(step="finish", bucket=BUCKET, plan_key=planned["plan_key"])
+    answer, again = run_finish(store, finish, MemoryModel(budget_mb=3008), models=other)
+    assert answer["status"] == "ok" and again.drift is not None and again.drift["status"] == "no_reference"
+
+
+def test_a_failed_dataset_reports_no_drift(drift_run, drift_bundle):
+    broken = [drift_run.shards[0].model_copy(update={"rows_used": 0}), *drift_run.shards[1:]]
+    summary = finish_dataset(
+        drift_run.store, drift_run.plan, drift_run.parts, broken, reference=drift_bundle.drift_reference
+    )
+    assert summary.status == "failed" and summary.drift is None
+
+
+def test_the_dataset_function_emits_the_batch_functions_drift_metrics(capsys, monkeypatch):
+    from tests.helpers import load_handler
+
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "churnguard-dataset-score")  # as the template sets it
+    handler = load_handler("dataset_score")
+    capsys.readouterr()
+    handler._drift_metrics({"status": "too_few_customers", "score_psi": None, "group_psi": {}})
+    handler._drift_metrics({"status": "ok", "score_psi": 0.31, "group_psi": {"recency": 0.4, "value": 0.02}})
+    handler.metrics.flush_metrics()
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    score = [b for b in blobs if "ScorePSI" in b]
+    assert len(score) == 1 and score[0]["service"] == "churnguard-dataset-score"  # the alarm's dimension
+    assert np.atleast_1d(score[0]["ScorePSI"]).tolist() == [0.31]
+    groups = {
+        b["group"]: np.atleast_1d(b["FeatureGroupPSI"]).tolist() for b in blobs if "FeatureGroupPSI" in b
+    }
+    assert groups == {"recency": [0.4], "value": [0.02]}
+    assert all(
+        b["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["group", "service"]]
+        for b in blobs
+        if "FeatureGroupPSI" in b
+    )
+
+
+def test_the_drift_alarm_and_dashboard_watch_the_score_psi_of_batch_files_and_datasets():
+    """Metric math over the two functions' ScorePSI (each with its service dimension): only the
+    expression returns data, against the same threshold and actions as before."""
+    from infra.template import load_template
+    from tests.helpers import load_handler
+
+    template = load_template()
+    alarm = template["Resources"]["ScoreDriftAlarm"]["Properties"]
+    assert "MetricName" not in alarm and alarm["Threshold"] == {"Ref": "DriftPsiThreshold"}
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and "AlarmActions" in alarm
+    queries = {q["Id"]: q for q in alarm["Metrics"]}
+    returned = [q for q in alarm["Metrics"] if q.get("ReturnData", True)]
+    assert len(returned) == 1 and returned[0]["Expression"].startswith(
+        "MAX([FILL(batch, 0), FILL(dataset, 0)])"
+    )
+    for query, function in (("batch", "batch_score"), ("dataset", "dataset_score")):
+        stat = queries[query]["MetricStat"]
+        assert stat["Stat"] == "Maximum" and stat["Metric"]["MetricName"] == "ScorePSI"
+        assert stat["Metric"]["Dimensions"] == [{"Name": "service", "Value": load_handler(function).SERVICE}]
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]
+    text = json.dumps(body)
+    assert text.count('\\"ScorePSI\\"') >= 2 and "churnguard-dataset-score" in text

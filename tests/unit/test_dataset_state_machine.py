@@ -108,11 +108,12 @@ def test_every_step_retries_lambda_faults_with_backoff_and_every_failure_ends_in
 def test_every_step_retries_transient_aws_errors_by_names_the_handler_raises_and_not_refusals():
     """A Retry names error classes: botocore's (ClientError, ReadTimeoutError) never reach it, since
     the handler renames AWS errors (a modeled botocore error is a subclass no list can name)."""
-    from churnguard import aws, idempotency, model_store
+    from churnguard import aws, decisions, idempotency, model_store
 
     raised = {
         "TransientAwsError": aws.TransientAwsError,
         "PromotionsNotSentError": idempotency.PromotionsNotSentError,
+        "DecisionLogUnavailableError": decisions.DecisionLogUnavailableError,
         "ModelFetchError": model_store.ModelFetchError,
     }
     for name, task in TASKS.items():

@@ -169,7 +169,7 @@ def test_packed_bodies_stay_under_the_limit_and_unpack_to_the_same_rows():
         (json.dumps({"schema": "other", "records": []}), "not churnguard.decision/v1"),
         (
             json.dumps({"schema": "churnguard.decision/v1", "records": [{"user_id": "secret-id"}]}),
-            "every column",
+            "decision_id is missing",
         ),
     ],
 )
@@ -210,4 +210,62 @@ def test_control_groups_without_a_salt_fail_the_cold_start_naming_the_variable()
         ServingSettings.from_env({**env, "CHURNGUARD_CONTROL_FRACTION": "0"}).control_policy().fraction == 0
     )
     salted = ServingSettings.from_env({**env, "CHURNGUARD_CONTROL_SALT": "s3cret"}).control_policy()
-    assert salted == ControlPolicy(0.10, "s3cret", 28.0)
+    assert salted == ControlPolicy(0.10, "s3cret", 546)
+
+
+def test_an_outbox_message_from_before_control_groups_is_sent_as_decided_and_not_logged():
+    legacy = {k: v for k, v in messages(scored(3))[0].items() if k != "horizon_weeks"}
+    sent, log = RecordingPublisher(), MemoryLog()
+    result = ControlledPublisher(sent, Decisions(CONTROL, log)).publish([legacy])
+    assert sent.messages == [legacy] and log.rows == [] and not result.failed and result.held_out == []
+
+
+def test_the_logged_as_of_is_the_scoring_cutoff_not_the_start_of_its_day():
+    batch = scored(40)
+    cutoff = "2026-11-02T18:00:00+00:00"
+    built = build_messages(
+        batch, PromotionPolicy(), source="api", scored_at=cutoff, as_of=[AS_OF] * 40, cutoffs=[cutoff] * 40
+    )
+    log = MemoryLog()
+    ControlledPublisher(RecordingPublisher(), Decisions(CONTROL, log)).publish(built)
+    assert {r["as_of"] for r in log.rows} == {"2026-11-02T18:00:00Z"}
+    assert {r["as_of_date"] for r in log.rows} == {AS_OF}
+    assert all(m["idempotency_key"] == r["decision_id"] for m, r in zip(built, log.rows, strict=True))
+
+
+def test_a_monitoring_row_does_not_hide_a_later_decision_to_act_on_the_same_customer():
+    store, ledger = MemoryObjectStore(), MemoryLedger()
+    parquet = ParquetDecisionLog(store, "bucket", ledger=ledger)
+    morning = scored(200, high_from=200)  # nobody acted on: the control draws are sampled
+    parquet.append(
+        monitoring_sample(morning, CONTROL, acted_on=set(), source="api", scored_at="t1", as_of=[AS_OF] * 200)
+    )
+    evening = scored(200)  # the same customers, now acted on
+    log = MemoryLog()
+    ControlledPublisher(RecordingPublisher(), Decisions(CONTROL, log)).publish(messages(evening))
+    parquet.append(log.rows)
+    frame = read_decisions(store, "bucket")
+    acted = frame[frame["action"] != "none"]
+    assert len(acted) == 200 and set(acted["arm"]) == {"treated", "control"}
+    assert (frame["action"] == "none").sum() == (acted["arm"] == "control").sum()  # the same control draws
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [
+        ("churn_probability", "0.9 secret", "churn_probability must be a finite number"),
+        ("churn_probability", float("nan"), "churn_probability must be a finite number"),
+        ("horizon_weeks", 2**40, "horizon_weeks is out of range"),
+        ("period", True, "period must be an integer"),
+        ("user_id", 42, "user_id must be a string"),
+        ("as_of_date", "yesterday", "as_of_date must be a day"),
+    ],
+)
+def test_a_row_of_the_wrong_type_is_refused_by_column_without_its_value(column, value, problem):
+    log = MemoryLog()
+    ControlledPublisher(RecordingPublisher(), Decisions(CONTROL, log)).publish(messages(scored(2)))
+    rows = [dict(log.rows[0]), dict(log.rows[1])]
+    rows[1][column] = value
+    with pytest.raises(DecisionMessageError, match=rf"records\[1\]: {problem}") as caught:
+        unpack(json.dumps({"schema": "churnguard.decision/v1", "records": rows}))
+    assert "secret" not in str(caught.value)

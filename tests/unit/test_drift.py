@@ -247,7 +247,14 @@ def with_reference(tmp_path, bundle, reference_text=None):
 
 
 def test_a_model_without_a_reference_loads_and_one_with_it_is_verified(tmp_path, bundle):
-    assert DRIFT_REFERENCE not in bundle.metadata.files and bundle.drift_reference is None
+    assert bundle.drift_reference is not None  # the fixture model has one (training writes it)
+    older = tmp_path / "older"  # a model directory from before drift references
+    shutil.copytree(FIXTURE_MODEL, older)
+    (older / DRIFT_REFERENCE).unlink()
+    metadata = json.loads((older / "metadata.json").read_text())
+    del metadata["files"][DRIFT_REFERENCE]
+    (older / "metadata.json").write_text(json.dumps(metadata))
+    assert ModelBundle.from_directory(older).drift_reference is None
     target = with_reference(tmp_path, bundle)
     loaded = ModelBundle.from_directory(target)
     assert loaded.drift_reference is not None and loaded.drift_reference.columns == monitored_columns(

@@ -51,6 +51,7 @@ def _decision(user: str, **overrides: object) -> dict[str, object]:
         "customer_value": 100.0,
         "arm": "treated",
         "period": 0,
+        "period_days": 36_500,  # every window inside its period, unless a test says otherwise
         "control_fraction": 0.2,
         "source": "batch",
         "trigger": "",
@@ -279,6 +280,7 @@ def test_tiny_and_missing_groups_give_none_with_a_reason_and_the_report_is_stric
         "decisions": 8,
         "matured": 7,
         "pending": 1,
+        "crossing_period": 0,
         "treated": 5,
         "control": 3,
         "monitoring_sample": 0,
@@ -359,7 +361,7 @@ PLANTED = 0.3
 def synthetic():
     """20k generator customers scored by the fixture model at its cutoff; arms with fraction 0.2."""
     events, decisions, as_of, horizon = synthetic_decisions(
-        20_000, seed=11, control=ControlPolicy(fraction=0.2, salt="test-outcomes")
+        20_000, seed=11, control=ControlPolicy(fraction=0.2, salt="test-outcomes", period_days=3650)
     )
     assert list(decisions.columns) == [name for name, _ in DECISION_COLUMNS]
     return events, decisions, window_end(as_of, horizon)
@@ -411,3 +413,21 @@ def test_planting_adds_orders_only_to_treated_acted_on_churners_inside_their_win
     assert after["control"] == _overall(events, decisions, until)["control"]
     with pytest.raises(ValueError, match="won_back"):
         plant_treatment_effect(events, decisions, won_back=1.5, seed=0)
+
+
+def test_a_window_that_runs_past_its_arms_period_is_left_out_of_uplift_and_live_quality():
+    # 7-day periods from the epoch; 2024-01-01 is day 19723 = period 2817's sixth day (it ends on day 19726)
+    inside = dict(as_of="2024-01-01", horizon_weeks=0, period=19723 // 7, period_days=7)
+    crossing = dict(as_of="2024-01-01", horizon_weeks=1, period=19723 // 7, period_days=7)
+    decisions = pd.DataFrame(
+        [_decision("t1", **inside), _decision("c1", arm="control", **inside)]
+        + [_decision(f"x{i}", arm=("control" if i % 2 else "treated"), **crossing) for i in range(6)]
+    )
+    labelled = label_outcomes(decisions, _orders(("t1", "2024-01-01 10:00:00")), pd.Timestamp("2024-03-01"))
+    assert labelled.set_index("user_id")["within_period"].to_dict() == {
+        "t1": True, "c1": True, **{f"x{i}": False for i in range(6)}
+    }  # fmt: skip
+    report = outcome_report(labelled)
+    assert report["counts"]["matured"] == 8 and report["counts"]["crossing_period"] == 6
+    assert report["arms"]["treated"]["n"] == 1 and report["arms"]["control"]["n"] == 1
+    assert report["live_quality"]["v1"]["n"] == 1

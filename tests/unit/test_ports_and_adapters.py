@@ -237,6 +237,7 @@ def test_download_turns_any_aws_error_into_a_fetch_error_that_names_it(tmp_path)
         "feature_spec.json",
         "model.tflite",
         "model_reasons.tflite",  # named by metadata.json's reason_reference
+        "drift_reference.json",  # named by metadata.json's files (churnguard.drift)
     }
     with pytest.raises(
         ModelFetchError, match=r"models/v1/model_dynamic_range\.tflite could not be read: NoSuchKey"
