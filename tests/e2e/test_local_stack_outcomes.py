@@ -10,6 +10,7 @@ import threading
 import time
 
 import boto3
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,6 +18,7 @@ from churnguard.adapters import S3ObjectStore
 from churnguard.datasets import generate_synthetic_events, plant_treatment_effect
 from churnguard.decision_store import read_decisions
 from churnguard.outcome_job import run
+from infra.template import load_template
 from tests.e2e.test_local_stack import start_stack_process
 
 AS_OF = "2024-09-30"  # the fixture model's protocol: as-of 2024-09-30, 39-week horizon
@@ -51,6 +53,16 @@ def _wait_for(read, done, timeout_s=120):
             return value
         time.sleep(0.5)
     raise AssertionError(f"not done within {timeout_s} s: {value!r}")
+
+
+def _summary(s3, bucket, name):
+    def read():
+        try:
+            return json.loads(s3.get_object(Bucket=bucket, Key=f"scored/{name}.summary.json")["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            return None
+
+    return _wait_for(read, lambda summary: summary is not None)
 
 
 def _promoted_users(sqs, queue_url):
@@ -119,3 +131,24 @@ def test_scores_decisions_later_events_and_the_outcome_report_recover_the_plante
     for name in ("report.json", "uplift.png", "live_calibration.png", "outcomes.html"):
         body = s3.get_object(Bucket=bucket, Key=f"outcomes/latest/{name}")["Body"].read()
         assert body.startswith(b"\x89PNG") if name.endswith(".png") else len(body) > 100
+
+
+def test_a_drifted_batch_raises_the_psi_past_the_alarms_threshold_and_a_normal_one_does_not(stack):
+    s3, bucket = _client(stack, "s3"), stack["bucket"]
+    threshold = float(load_template()["Parameters"]["DriftPsiThreshold"]["Default"])
+    events = generate_synthetic_events(3000, seed=31)
+    before = events[events["timestamp"] < pd.Timestamp(AS_OF)]
+    quieter = before[np.random.default_rng(31).random(len(before)) < 0.35]  # a third of the activity
+    for name, frame in (("usual", before), ("quieter", quieter)):
+        s3.put_object(
+            Bucket=bucket,
+            Key=f"incoming/{name}.csv",
+            Body=frame.to_csv(index=False).encode(),
+            Metadata={"as-of": AS_OF},
+        )
+    usual, drifted = _summary(s3, bucket, "usual")["drift"], _summary(s3, bucket, "quieter")["drift"]
+    assert usual["status"] == "ok" and usual["score_psi"] < 0.05, usual
+    assert drifted["status"] == "ok" and drifted["score_psi"] > threshold, (
+        drifted
+    )  # ScoreDriftAlarm's condition
+    assert max(drifted["group_psi"].values()) > max(usual["group_psi"].values())
