@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -41,6 +41,7 @@ from churnguard.dataset_steps import Route, route_drop, start_dataset_run
 from churnguard.idempotency import PromotionsNotSentError
 from churnguard.promotions import PublishResult
 from churnguard.scoring import ReasonsFor
+from churnguard.telemetry import emit_drift
 from churnguard.wiring import BatchRuntime, batch_runtime, sends_once
 
 SERVICE = "churnguard-batch-score"
@@ -197,7 +198,7 @@ def _score_object(rt: BatchRuntime, bucket: str, key: str) -> dict[str, Any]:
         metrics.add_metric(
             name="PromotionFailures", unit=MetricUnit.Count, value=len(summary.promotion_failures)
         )
-    _drift_metrics(summary.drift)
+    emit_drift(metrics, summary.drift)
     logger.info("batch file scored", extra=logged)
     if summary.promotion_failures and sends_once(rt.publisher):
         # Not done: the idempotency record is dropped and SQS redelivers the file (then its DLQ, with
@@ -207,20 +208,6 @@ def _score_object(rt: BatchRuntime, bucket: str, key: str) -> dict[str, Any]:
     # and promotion failures, lives in S3; a DynamoDB item over 400 KB failed *after* the promotions
     # were sent, so the redelivery sent them again).
     return logged
-
-
-def _drift_metrics(drift: dict[str, Any] | None) -> None:
-    """``ScorePSI`` (the drift alarm's metric) and ``FeatureGroupPSI`` per feature group, when the
-    PSI was computed (``churnguard.drift``). The group is a dimension of that metric only (a metric
-    of its own, ``single_metric``): its values are the model's reason groups, about ten fixed names."""
-    if not drift or drift.get("score_psi") is None:
-        return
-    metrics.add_metric(name="ScorePSI", unit=MetricUnit.NoUnit, value=drift["score_psi"])
-    for group, value in drift.get("group_psi", {}).items():
-        with single_metric(
-            name="FeatureGroupPSI", unit=MetricUnit.NoUnit, value=value, namespace=metrics.namespace
-        ) as metric:
-            metric.add_dimension(name="group", value=group)
 
 
 # Only counts, categories and versions reach the logs: the summary's ``error`` text and ``source``

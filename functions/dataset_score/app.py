@@ -22,7 +22,7 @@ import functools
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard.aws import aws_errors, classify_aws_error
@@ -50,6 +50,7 @@ from churnguard.dataset_steps import (
 )
 from churnguard.model_provider import ModelUnavailableError
 from churnguard.scoring import ReasonsFor
+from churnguard.telemetry import emit_drift
 from churnguard.wiring import DatasetRuntime, dataset_runtime, sends_once
 
 SERVICE = "churnguard-dataset-score"
@@ -86,7 +87,7 @@ def run_step(rt: DatasetRuntime, step: StepPayload) -> dict[str, Any]:
         answer, summary = run_finish(rt.store, step, rt.memory, models=functools.partial(planned_model, rt))
         if answer["status"] != "ok":
             metrics.add_metric(name="DatasetsFailed", unit=MetricUnit.Count, value=1)
-        _drift_metrics(summary.drift)
+        emit_drift(metrics, summary.drift)
         return answer
     if isinstance(step, FailStep):
         metrics.add_metric(name="DatasetsFailed", unit=MetricUnit.Count, value=1)
@@ -140,20 +141,6 @@ def _score(rt: DatasetRuntime, step: ScoreStep) -> dict[str, Any]:
             name="PromotionFailures", unit=MetricUnit.Count, value=len(result.promotion_failures)
         )
     return answer
-
-
-def _drift_metrics(drift: dict[str, Any] | None) -> None:
-    """``ScorePSI`` (the drift alarm's metric) and ``FeatureGroupPSI`` per feature group, when the
-    dataset's PSI was computed; the names and units of the batch function's. The group is a
-    dimension of that metric only (``single_metric``): the model's reason groups, about ten names."""
-    if not drift or drift.get("score_psi") is None:
-        return
-    metrics.add_metric(name="ScorePSI", unit=MetricUnit.NoUnit, value=drift["score_psi"])
-    for group, value in drift.get("group_psi", {}).items():
-        with single_metric(
-            name="FeatureGroupPSI", unit=MetricUnit.NoUnit, value=value, namespace=metrics.namespace
-        ) as metric:
-            metric.add_dimension(name="group", value=group)
 
 
 def _pending(rt: DatasetRuntime, step: PendingStep) -> dict[str, Any]:

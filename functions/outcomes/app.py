@@ -12,13 +12,14 @@ import functools
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from churnguard.adapters import S3ObjectStore
 from churnguard.aws import BATCH, client
 from churnguard.outcome_job import run
 from churnguard.settings import OutcomeSettings
+from churnguard.telemetry import emit_by_dimension
 
 SERVICE = "churnguard-outcomes"
 NAMESPACE = "ChurnGuard"
@@ -35,19 +36,15 @@ def runtime() -> tuple[OutcomeSettings, S3ObjectStore]:
 
 def emit(figures: dict[str, float]) -> None:
     """``Name`` -> a metric; ``Name:<model version>`` -> ``Name`` with dimension ``ModelVersion``."""
+    per_version: dict[str, dict[str, float]] = {}
     for name, value in figures.items():
         metric, _, version = name.partition(":")
-        if not version:
+        if version:
+            per_version.setdefault(metric, {})[version] = value
+        else:
             metrics.add_metric(name=metric, unit=MetricUnit.NoUnit, value=value)
-            continue
-        with single_metric(
-            name=metric,
-            unit=MetricUnit.NoUnit,
-            value=value,
-            namespace=NAMESPACE,
-            default_dimensions=metrics.default_dimensions,
-        ) as one:
-            one.add_dimension(name="ModelVersion", value=version)
+    for metric, values in per_version.items():
+        emit_by_dimension(NAMESPACE, metric, "ModelVersion", values)
 
 
 @tracer.capture_lambda_handler(capture_response=False)

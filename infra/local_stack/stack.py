@@ -197,28 +197,23 @@ def _start_functions(
             clients["sqs"], resources.event_queues["PromoteFunction"][0], promote, "PromoteFunction"
         )
         promote_delivery.start()
-    events_delivery = None
-    if "RealtimeEventsFunction" in resources.function_env:
-        events_delivery = SqsEventSourceDelivery(
+
+    def queue_delivery(folder: str, function: str, queue: str) -> SqsEventSourceDelivery | None:
+        """``function``'s SQS event source (batches of up to 10), started; None when not in the template."""
+        if function not in resources.function_env:
+            return None
+        started = SqsEventSourceDelivery(
             clients["sqs"],
-            resources.refs["RealtimeEventsQueue"],
-            resources.arns["RealtimeEventsQueue"],
-            load("realtime_events", "RealtimeEventsFunction"),
-            function="RealtimeEventsFunction",
-            timeout_s=function_timeouts(template)["RealtimeEventsFunction"],
+            resources.refs[queue],
+            resources.arns[queue],
+            load(folder, function),
+            function=function,
+            timeout_s=function_timeouts(template)[function],
             batch_size=10,
         )
-        events_delivery.start()
-    decisions_delivery = None
-    if "DecisionLogFunction" in resources.function_env:
-        decisions_delivery = SqsEventSourceDelivery(
-            clients["sqs"],
-            resources.refs["DecisionsQueue"],
-            resources.arns["DecisionsQueue"],
-            load("decision_log", "DecisionLogFunction"),
-            function="DecisionLogFunction",
-            timeout_s=function_timeouts(template)["DecisionLogFunction"],
-            batch_size=10,
-        )
-        decisions_delivery.start()
+        started.start()
+        return started
+
+    events_delivery = queue_delivery("realtime_events", "RealtimeEventsFunction", "RealtimeEventsQueue")
+    decisions_delivery = queue_delivery("decision_log", "DecisionLogFunction", "DecisionsQueue")
     return _Functions(server, delivery, promote_delivery, step_functions, events_delivery, decisions_delivery)

@@ -3,46 +3,24 @@ a batch drop is scored -> its decisions (treated, control, monitoring sample) re
 through the decision-log queue and its writer -> later events arrive in the event history -> the
 outcome job measures the planted uplift and the live AUC, and writes the report's pictures."""
 
-import collections
 import json
-import signal
-import threading
 import time
 
-import boto3
 import numpy as np
 import pandas as pd
-import pytest
 
 from churnguard.adapters import S3ObjectStore
 from churnguard.datasets import generate_synthetic_events, plant_treatment_effect
 from churnguard.decision_store import read_decisions
 from churnguard.outcome_job import run
 from infra.template import load_template
-from tests.e2e.test_local_stack import start_stack_process
+from tests.e2e import test_local_stack_realtime as realtime_e2e
+
+stack = realtime_e2e.stack  # the same module-scoped fixture: one local stack process for this module
+_client = realtime_e2e._client
 
 AS_OF = "2024-09-30"  # the fixture model's protocol: as-of 2024-09-30, 39-week horizon
 WON_BACK = 0.5
-
-
-@pytest.fixture(scope="module")
-def stack():
-    process, ready = start_stack_process()
-    output = collections.deque(maxlen=200)  # drained, so the stack never blocks on a full pipe
-    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
-    yield ready
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0
-
-
-def _client(ready, service):
-    return boto3.client(
-        service,
-        endpoint_url=ready["aws_endpoint"],
-        region_name=ready["region"],
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
 
 
 def _wait_for(read, done, timeout_s=120):

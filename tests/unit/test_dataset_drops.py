@@ -836,8 +836,10 @@ def test_the_dataset_function_emits_the_batch_functions_drift_metrics(capsys, mo
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "churnguard-dataset-score")  # as the template sets it
     handler = load_handler("dataset_score")
     capsys.readouterr()
-    handler._drift_metrics({"status": "too_few_customers", "score_psi": None, "group_psi": {}})
-    handler._drift_metrics({"status": "ok", "score_psi": 0.31, "group_psi": {"recency": 0.4, "value": 0.02}})
+    handler.emit_drift(handler.metrics, {"status": "too_few_customers", "score_psi": None, "group_psi": {}})
+    handler.emit_drift(
+        handler.metrics, {"status": "ok", "score_psi": 0.31, "group_psi": {"recency": 0.4, "value": 0.02}}
+    )
     handler.metrics.flush_metrics()
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
     score = [b for b in blobs if "ScorePSI" in b]
