@@ -147,7 +147,7 @@ def _measure_outcomes(
         Bucket=bucket, Key="training-events/cdnow sample.csv", Body=history.to_csv(index=False).encode()
     )
     started = time.time()
-    result = run(store, bucket, out_dir=output_dir / "outcomes")
+    result = run(store, bucket, out_dir=output_dir / "outcomes", drift=summary.get("drift"))
     report = result.report
     print(
         f"\n== Outcomes: the decision log + what the customers did next (their CDNOW history in "
@@ -166,10 +166,12 @@ def _measure_outcomes(
             f"{_ci(auc)} (offline test AUC {offline or float('nan'):.3f})"
         )
     pictures = output_dir / "outcomes"
-    print(
-        f"  report: {pictures / 'outcomes.html'} "
-        f"({pictures / 'uplift.png'}, {pictures / 'live_calibration.png'})"
+    shown = ", ".join(
+        str(pictures / p)
+        for p in ("uplift.png", "live_calibration.png", "drift.png")
+        if (pictures / p).exists()
     )
+    print(f"  report: {pictures / 'outcomes.html'} ({shown})")
     print(f"          s3://{bucket}/outcomes/latest/")
 
 

@@ -155,9 +155,10 @@ def run(
     now: dt.datetime | None = None,
     render: bool = True,
     out_dir: Path | None = None,
+    drift: dict[str, Any] | None = None,
 ) -> OutcomeRun:
     """``measure``, then the report (and its pictures) under ``reports_prefix``<day>/ and latest/,
-    and in ``out_dir`` when given."""
+    and in ``out_dir`` when given; ``drift`` (a batch summary's section) adds its picture."""
     report = measure(
         store,
         bucket,
@@ -174,7 +175,7 @@ def run(
         if render:
             from churnguard.outcome_plots import render as render_pictures
 
-            files += render_pictures(report, folder)
+            files += render_pictures(report, folder, drift=drift)
         keys = []
         for path in files:
             for where in (day, "latest"):

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 UPLIFT_PNG = "uplift.png"
 CALIBRATION_PNG = "live_calibration.png"
+DRIFT_PNG = "drift.png"
 PAGE = "outcomes.html"
 
 
@@ -108,7 +109,22 @@ def _calibration_figure(report: dict[str, Any]) -> Figure:
     return fig
 
 
-def _page(report: dict[str, Any]) -> str:
+def _drift_figure(drift: dict[str, Any], threshold: float) -> Figure:
+    """PSI of the score and of each feature group against the training customers, with the alarm line."""
+    names = ["score", *sorted(drift["group_psi"], key=lambda g: -drift["group_psi"][g])]
+    values = [drift["score_psi"], *(drift["group_psi"][g] for g in names[1:])]
+    fig = _figure(7.5, 0.35 * len(names) + 1.6)
+    ax = fig.add_subplot()
+    ax.barh(names[::-1], values[::-1], color=["#1f77b4"] * (len(names) - 1) + ["#ff7f0e"])
+    ax.axvline(threshold, color="crimson", linestyle="--", label=f"alarm threshold {threshold:g}")
+    ax.set_xlabel("population stability index (PSI) against the training customers")
+    ax.set_title(f"Drift of the scored batch ({drift['customers']:,} customers)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _page(report: dict[str, Any], with_drift: bool = False) -> str:
     e = html.escape
     rows = "\n".join(
         f"<tr><td>{e(name)}</td><td>{value:.6g}</td></tr>" for name, value in key_figures(report).items()
@@ -118,6 +134,11 @@ def _page(report: dict[str, Any]) -> str:
         f"{counts['decisions']} decisions, {counts['matured']} matured, {counts['pending']} pending; "
         f"confidence {report['confidence']}."
     )
+    drift_section = (
+        f'<h2>Drift of the scored batch</h2><img src="{DRIFT_PNG}" alt="PSI per feature group">\n'
+        if with_drift
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ChurnGuard outcomes</title>
 <style>body{{font-family:sans-serif;margin:2em}}td{{padding:2px 12px}}img{{max-width:100%}}</style>
@@ -126,7 +147,7 @@ def _page(report: dict[str, Any]) -> str:
 <p>{e(summary)}</p>
 <h2>Measured uplift</h2><img src="{UPLIFT_PNG}" alt="incremental retention per action with CI">
 <h2>Live calibration</h2><img src="{CALIBRATION_PNG}" alt="live calibration curve per model version">
-<h2>Key figures</h2>
+{drift_section}<h2>Key figures</h2>
 <table><tr><th>figure</th><th>value</th></tr>
 {rows}
 </table>
@@ -134,9 +155,16 @@ def _page(report: dict[str, Any]) -> str:
 """
 
 
-def render(report: dict[str, Any], out_dir: Path | str) -> list[Path]:
+def render(
+    report: dict[str, Any],
+    out_dir: Path | str,
+    *,
+    drift: dict[str, Any] | None = None,
+    drift_threshold: float = 0.2,
+) -> list[Path]:
     """Write ``uplift.png``, ``live_calibration.png`` and ``outcomes.html`` into ``out_dir``
-    (created if needed); the paths written."""
+    (created if needed), and ``drift.png`` when a batch summary's measured ``drift`` section is
+    given; the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -144,7 +172,11 @@ def render(report: dict[str, Any], out_dir: Path | str) -> list[Path]:
         path = out / name
         make(report).savefig(path)
         written.append(path)
+    with_drift = drift is not None and drift.get("score_psi") is not None
+    if drift is not None and with_drift:
+        _drift_figure(drift, drift_threshold).savefig(out / DRIFT_PNG)
+        written.append(out / DRIFT_PNG)
     page = out / PAGE
-    page.write_text(_page(report), encoding="utf-8")
+    page.write_text(_page(report, with_drift), encoding="utf-8")
     written.append(page)
     return written

@@ -81,3 +81,20 @@ def test_a_run_writes_the_report_and_pictures_for_the_day_and_as_latest(tmp_path
     result = run(store, "b", render=False, now=pd.Timestamp("2024-02-03", tz="UTC").to_pydatetime())
     assert sorted(result.keys) == ["outcomes/2024-02-03/report.json", "outcomes/latest/report.json"]
     assert result.figures["Decisions"] == 8
+
+
+def test_a_measured_drift_section_adds_its_picture_to_the_page(tmp_path):
+    from churnguard.outcome_plots import render
+
+    report = measure(MemoryObjectStore(), "b")  # an empty log: a report of zeros still renders
+    drift = {
+        "status": "ok",
+        "customers": 900,
+        "score_psi": 0.31,
+        "group_psi": {"recency": 0.4, "tenure": 0.02},
+    }
+    written = {p.name for p in render(report, tmp_path, drift=drift)}
+    assert written == {"uplift.png", "live_calibration.png", "drift.png", "outcomes.html"}
+    assert 'src="drift.png"' in (tmp_path / "outcomes.html").read_text()
+    unmeasured = {"status": "too_few_customers", "score_psi": None, "group_psi": {}}
+    assert "drift.png" not in {p.name for p in render(report, tmp_path / "b", drift=unmeasured)}
