@@ -44,7 +44,7 @@ def emit(figures: dict[str, float]) -> None:
         else:
             metrics.add_metric(name=metric, unit=MetricUnit.NoUnit, value=value)
     for metric, values in per_version.items():
-        emit_by_dimension(NAMESPACE, metric, "ModelVersion", values)
+        emit_by_dimension(metrics, metric, "ModelVersion", values)
 
 
 @tracer.capture_lambda_handler(capture_response=False)

@@ -6,6 +6,7 @@ Only names, numbers and fixed labels: nothing here ever carries a customer or a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,12 +14,22 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 
-def emit_by_dimension(namespace: str, name: str, dimension: str, values: Mapping[str, float]) -> None:
-    """One ``name`` datapoint per entry, with ``dimension`` = its key: a metric of its own
-    (``single_metric``), so the dimension does not spread to the function's other metrics. The
-    ``service`` dimension comes from ``POWERTOOLS_SERVICE_NAME`` (the template sets it)."""
+def emit_by_dimension(metrics: Metrics, name: str, dimension: str, values: Mapping[str, float]) -> None:
+    """One ``name`` datapoint per entry, with ``dimension`` = its key and ``metrics``' service: a
+    metric of its own (``single_metric``), so the dimension does not spread to the function's other
+    metrics. Nothing when metrics are disabled (``POWERTOOLS_METRICS_DISABLED``, which
+    ``single_metric`` itself does not read: the local stack runs quiet)."""
+    if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true", "yes", "on"):
+        return
+    service = {"service": str(metrics.service)} if metrics.service else {}
     for key, value in values.items():
-        with single_metric(name=name, unit=MetricUnit.NoUnit, value=value, namespace=namespace) as metric:
+        with single_metric(
+            name=name,
+            unit=MetricUnit.NoUnit,
+            value=value,
+            namespace=metrics.namespace,
+            default_dimensions=service,
+        ) as metric:
             metric.add_dimension(name=dimension, value=key)
 
 
@@ -29,4 +40,4 @@ def emit_drift(metrics: Metrics, drift: Mapping[str, Any] | None) -> None:
     if not drift or drift.get("score_psi") is None:
         return
     metrics.add_metric(name="ScorePSI", unit=MetricUnit.NoUnit, value=drift["score_psi"])
-    emit_by_dimension(str(metrics.namespace), "FeatureGroupPSI", "group", drift.get("group_psi", {}))
+    emit_by_dimension(metrics, "FeatureGroupPSI", "group", drift.get("group_psi", {}))

@@ -93,6 +93,6 @@ def test_the_outcome_job_writes_its_report_and_emits_live_quality_per_model_vers
     png = aws["s3"].get_object(Bucket=bucket, Key="outcomes/latest/uplift.png")
     assert png["ContentType"] == "image/png" and png["Body"].read().startswith(b"\x89PNG")
     metrics = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
-    dimensions = {tuple(d) for m in metrics for d in m["_aws"]["CloudWatchMetrics"][0]["Dimensions"]}
-    assert ("service",) in dimensions and ("ModelVersion", "service") in dimensions
+    dimensions = {frozenset(d) for m in metrics for d in m["_aws"]["CloudWatchMetrics"][0]["Dimensions"]}
+    assert dimensions == {frozenset({"service"}), frozenset({"ModelVersion", "service"})}
     assert any(m.get("TreatedDecisions") == [3.0] or m.get("TreatedDecisions") == 3.0 for m in metrics)

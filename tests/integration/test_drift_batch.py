@@ -156,7 +156,10 @@ def test_the_batch_function_writes_the_drift_and_emits_the_alarm_metric(
     assert max(np.atleast_1d(scored["ScorePSI"])) > THRESHOLD  # the alarm's condition: Maximum > threshold
     groups = [b for b in blobs if "FeatureGroupPSI" in b]
     assert {b["group"] for b in groups} == set(summary["drift"]["group_psi"])
-    assert all(b["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["group", "service"]] for b in groups)
+    assert all(
+        [sorted(d) for d in b["_aws"]["CloudWatchMetrics"][0]["Dimensions"]] == [["group", "service"]]
+        for b in groups
+    )
 
 
 def test_the_drift_alarm_starts_one_training_job(aws, monkeypatch):

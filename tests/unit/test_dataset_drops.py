@@ -850,7 +850,7 @@ def test_the_dataset_function_emits_the_batch_functions_drift_metrics(capsys, mo
     }
     assert groups == {"recency": [0.4], "value": [0.02]}
     assert all(
-        b["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["group", "service"]]
+        [sorted(d) for d in b["_aws"]["CloudWatchMetrics"][0]["Dimensions"]] == [["group", "service"]]
         for b in blobs
         if "FeatureGroupPSI" in b
     )
