@@ -6,6 +6,7 @@ and the outcome job turns the log and the event history into its report and metr
 from __future__ import annotations
 
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -30,7 +31,12 @@ def bucket(aws):
     return BUCKET
 
 
-def test_the_writer_logs_each_row_once_and_fails_only_the_malformed_message(aws, bucket, monkeypatch, capsys):
+def test_the_writer_logs_each_row_once_and_fails_only_the_malformed_message(
+    aws, bucket, monkeypatch, capsys, caplog
+):
+    # the service's logger may have been made (its stream bound) by an in-process stack earlier in the
+    # worker: caplog sees its records wherever its handler writes
+    caplog.set_level(logging.DEBUG, logger="churnguard-decision-log")
     monkeypatch.setenv("CHURNGUARD_DATA_BUCKET", bucket)
     monkeypatch.setenv("CHURNGUARD_IDEMPOTENCY_TABLE", TABLE)
     handler = load_handler("decision_log")
@@ -51,7 +57,8 @@ def test_the_writer_logs_each_row_once_and_fails_only_the_malformed_message(aws,
         assert len(read_decisions(store, bucket)) == 4
     finally:
         handler.runtime.cache_clear()
-    logs = capsys.readouterr().out
+    reasons = [getattr(r, "reason", "") for r in caplog.records]  # Powertools puts extras on the record
+    logs = capsys.readouterr().out + caplog.text + " ".join(map(str, reasons))
     assert "records[0]: churn_probability must be a finite number" in logs
     for row in logged.itertuples():
         assert row.user_id not in logs and row.decision_id not in logs

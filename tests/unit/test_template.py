@@ -533,8 +533,12 @@ def test_the_dashboard_is_json_and_charts_only_metrics_some_function_emits():
         re.search(r'^SERVICE = "([^"]+)"', path.read_text(), re.M).group(1): path.read_text()
         for path in (ROOT / "functions").glob("*/app.py")
     }
-    # the outcome job's figures are named in churnguard.outcomes.key_figures, emitted by its handler
-    apps["churnguard-outcomes"] += (ROOT / "shared/churnguard/outcomes.py").read_text()
+    # what the handlers emit through the domain package: the drift metrics (churnguard.telemetry), the
+    # outcome job's figures (named in churnguard.outcomes.key_figures)
+    for service, text in list(apps.items()):
+        for module in ("telemetry", "outcomes"):
+            if f"churnguard.{module} import" in text or "churnguard.outcome_job import" in text:
+                apps[service] += (ROOT / f"shared/churnguard/{module}.py").read_text()
     charted = []
     for widget in body["widgets"]:
         for metric in widget["properties"].get("metrics", []):
