@@ -422,34 +422,17 @@ def plant_treatment_effect(
     """
     if not 0.0 <= won_back <= 1.0:
         raise ValueError("won_back must be between 0 and 1")
-    is_order = events["event_type"].to_numpy() == "order"
+    from churnguard.outcomes import label_outcomes  # the outcome job's own label, not a second copy
+
     chosen = decisions[(decisions["arm"] == "treated") & (decisions["action"] != "none")].reset_index(
         drop=True
     )
     start = pd.to_datetime(chosen["as_of"], utc=True, format="ISO8601").dt.tz_localize(None)
     start = start.astype("datetime64[ns]")
     window = pd.to_timedelta(chosen["horizon_weeks"].astype("int64") * 7, unit="D")
-    orders = events.loc[is_order, ["user_id", "timestamp"]]
-    # ids as object on both sides: pandas infers ``str`` for text but ``object`` when empty
-    starts = pd.DataFrame(
-        {"user_id": chosen["user_id"].astype(str).astype(object), "t": start, "_row": np.arange(len(chosen))}
-    )
-    right = pd.DataFrame(
-        {
-            "user_id": orders["user_id"].astype(str).astype(object),
-            "t": orders["timestamp"].astype("datetime64[ns]"),
-        }
-    )
-    right["next_order"] = right["t"]
-    merged = pd.merge_asof(
-        starts.sort_values("t", kind="stable"),
-        right.sort_values("t", kind="stable"),
-        on="t",
-        by="user_id",
-        direction="forward",
-    ).sort_values("_row")
-    next_order = merged["next_order"].to_numpy(dtype="datetime64[ns]")
-    churned = np.isnat(next_order) | (next_order >= (start + window).to_numpy())
+    every_window_observed = (start + window).max() if len(chosen) else pd.Timestamp(0)
+    labelled = label_outcomes(chosen, events, every_window_observed)
+    churned = labelled["churned"].astype(bool).to_numpy()
     rng = np.random.default_rng(seed)
     won = churned & (rng.random(len(chosen)) < won_back)
     offsets = rng.random(len(chosen)) * window.dt.total_seconds().to_numpy()
