@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,13 +42,19 @@ def _api_event(body: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def child_warm(model_dir: str, n: int) -> dict:
+def child_warm(model_dir: str, event_path: str, n: int) -> dict:
+    """Warm requests in a process that, like the deployed function, has imported only the handler.
+
+    The event is built by the parent: building it here loaded CDNOW through pandas and lifetimes,
+    whose scipy and OpenBLAS thread pools then shared the pinned core with the handler."""
     pin_one_core()
     os.environ["CHURNGUARD_MODEL_DIR"] = model_dir
     from infra.lambda_harness import LambdaContext, load_handler
 
+    with open(event_path) as fh:
+        event = json.load(fh)
     handler = load_handler("score_api")
-    event, ctx = _api_event(_cdnow_customer_request()), LambdaContext()
+    ctx = LambdaContext()
     for _ in range(100):
         assert handler.lambda_handler(event, ctx)["statusCode"] == 200
     times = []
@@ -259,11 +266,34 @@ def write_synthetic(path: Path, customers: int) -> dict:
     }
 
 
+WARM_PROCESSES = 5  # a shared VM's p50 moves by 0.1-0.5 ms from one process to the next
+
+
+def _warm(model_dir: Path, event_path: str, env: dict[str, str]) -> dict:
+    """The warm figures as the median over ``WARM_PROCESSES`` fresh processes, with the range."""
+    runs = [
+        run_child("benchmarks.serving", "warm", "--model-dir", str(model_dir), event_path, "2000", env=env)[0]
+        for _ in range(WARM_PROCESSES)
+    ]
+    p50s = sorted(r["warm_p50_ms"] for r in runs)
+    return {
+        "warm_p50_ms": statistics.median(p50s),
+        "warm_p50_runs_ms": p50s,
+        "warm_p99_ms": statistics.median(r["warm_p99_ms"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+    }
+
+
 def render(result: dict) -> str:
     t = result["targets"]
     rows = [
-        ("warm p50, 1 customer via lambda_handler (ms)", result["warm_p50_ms"], "<= 1.0"),
-        ("warm p99 (ms)", result["warm_p99_ms"], ""),
+        (
+            f"warm p50, 1 customer via lambda_handler (ms), median of {len(result['warm_p50_runs_ms'])} "
+            f"processes (range {min(result['warm_p50_runs_ms']):.3f}-{max(result['warm_p50_runs_ms']):.3f})",
+            result["warm_p50_ms"],
+            "<= 1.0",
+        ),
+        ("warm p99 (ms), median of the processes", result["warm_p99_ms"], ""),
         ("cold start: new process -> first answer (s)", result["cold_start_s"], "<= 0.8"),
         ("cold start peak RSS (MB)", result["cold_rss_mb"], "<= 150"),
         ("batch CDNOW, no reasons (customers/s, 1 core)", result["batch_customers_per_s"], ">= 12000"),
@@ -329,12 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     metadata = ModelMetadata.from_directory(model_dir)
     result: dict = {"model_version": metadata.model_version, "targets": "one core for warm and batch"}
     env = {"POWERTOOLS_METRICS_NAMESPACE": "ChurnGuardBench"}
-    warm, _ = run_child("benchmarks.serving", "warm", "--model-dir", str(model_dir), "2000", env=env)
-    result.update(warm)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(
             _api_event(_cdnow_customer_request()), fh
-        )  # built here so the child imports only the handler
+        )  # built here: the children import only the handler
+    result.update(_warm(model_dir, fh.name, env))
     cold, cold_wall = run_child("benchmarks.serving", "cold", "--model-dir", str(model_dir), fh.name, env=env)
     os.unlink(fh.name)
     result.update(cold)

@@ -30,6 +30,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
 
 from churnguard.api import (
     CustomerOut,
@@ -93,6 +94,16 @@ def runtime() -> ApiRuntime:
 
 def _json(status: int, body: dict[str, Any]) -> Response[str]:
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
+
+
+def _model_json(status: int, model: BaseModel) -> Response[str]:
+    """A response model serialised by pydantic-core in one step (not model_dump, then json.dumps).
+
+    Only for models whose strings are ours or came through request validation: pydantic-core refuses
+    a lone surrogate (which json.dumps escapes), and validation refuses it in request bodies."""
+    return Response(
+        status_code=status, content_type=content_types.APPLICATION_JSON, body=model.model_dump_json()
+    )
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -202,17 +213,15 @@ def post_scores(request: ScoreRequest):  # type: ignore[no-untyped-def]  # see R
     if response.promotion_failures:
         metrics.add_metric(name="PromotionFailures", unit=MetricUnit.Count, value=response.promotion_failures)
         logger.error("promotions not sent", extra={"failed": response.promotion_failures})
-    logger.info(
-        "scored",
-        extra={
-            "customers": len(response.customers),
-            "high_risk": high,
-            "queued": queued,
-            "model_version": response.model_version,
-            "ms": round(elapsed_ms, 2),
-        },
-    )
-    return _json(HTTPStatus.OK, response.model_dump())
+    # The request's record is its EMF line: the counts and latency above, and as metadata (searchable
+    # in Logs Insights, not dimensions) the model and the request ids. A Logger line repeating them
+    # measured 0.13 ms of a 1.2 ms warm request (issue 9's budget is 1.0 ms).
+    metrics.add_metadata(key="model_version", value=response.model_version)
+    metrics.add_metadata(key="function_request_id", value=app.lambda_context.aws_request_id)
+    correlation_id = logger.get_correlation_id()
+    if correlation_id is not None:
+        metrics.add_metadata(key="correlation_id", value=correlation_id)
+    return _model_json(HTTPStatus.OK, response)
 
 
 @app.get("/v1/model", summary="The serving model: version, metrics, thresholds, features")

@@ -437,16 +437,43 @@ def log_output(api):
     handler.setStream(previous)
 
 
-def test_every_log_line_of_a_request_carries_its_request_id(api, log_output):
-    out = log_output
-    event = load_event("score_api/post_scores.json")
+def _emf_records(out: str) -> list[dict]:
+    return [line for line in map(json.loads, out.splitlines()) if "_aws" in line]
+
+
+def test_a_scored_request_is_one_emf_record_naming_its_request_and_model(api, log_output, capsys):
+    """No separate Logger line repeats the counts: the request's record is its EMF line."""
+    event, context = load_event("score_api/post_scores.json"), FakeLambdaContext()
+    capsys.readouterr()
+    response = api.lambda_handler(event, context)
+    assert response["statusCode"] == 200
+    assert _log_lines(log_output.getvalue()) == []
+    [record] = _emf_records(capsys.readouterr().out)
+    assert record["correlation_id"] == event["requestContext"]["requestId"]
+    assert record["function_request_id"] == context.aws_request_id
+    assert record["model_version"] == json.loads(response["body"])["model_version"]
+    assert record["CustomersScored"] == [len(json.loads(event["body"])["customers"])]
+
+    del event["requestContext"]  # the next request has none: the previous one's does not linger
     assert api.lambda_handler(event, FakeLambdaContext())["statusCode"] == 200
-    lines = _log_lines(out.getvalue())
-    assert [line["message"] for line in lines if line["message"] == "scored"] == ["scored"]
+    [record] = _emf_records(capsys.readouterr().out)
+    assert "correlation_id" not in record and record["model_version"]
+
+
+def _failing_score_request(*args, **kwargs):
+    raise RuntimeError("boom")
+
+
+def test_every_log_line_of_a_request_carries_its_request_id(api, log_output, monkeypatch):
+    monkeypatch.setattr(api, "_score_request", _failing_score_request)
+    event = load_event("score_api/post_scores.json")
+    assert api.lambda_handler(event, FakeLambdaContext())["statusCode"] == 500
+    lines = _log_lines(log_output.getvalue())
+    assert [line["message"] for line in lines] == ["unhandled error"]
     assert {line.get("correlation_id") for line in lines} == {event["requestContext"]["requestId"]}
 
     del event["requestContext"]  # the next request has none: the previous one's does not linger
-    out.seek(0), out.truncate()
-    assert api.lambda_handler(event, FakeLambdaContext())["statusCode"] == 200
-    lines = _log_lines(out.getvalue())
+    log_output.seek(0), log_output.truncate()
+    assert api.lambda_handler(event, FakeLambdaContext())["statusCode"] == 500
+    lines = _log_lines(log_output.getvalue())
     assert lines and all("correlation_id" not in line for line in lines)
