@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install demo serve train test lint bench-quality bench-serving bench-batch-memory bench-scale template-checks clean infra-venv sam-test bench-sam fuzz serve-sam deploy training-image
+.PHONY: install demo serve train test lint bench-quality bench-serving bench-instructions bench-batch-memory bench-scale template-checks clean infra-venv sam-test bench-sam fuzz serve-sam deploy training-image
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ChurnGuard needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -88,6 +88,10 @@ clean:
 bench-serving: install
 	$(PY) -m benchmarks.serving
 	$(PY) -m benchmarks.realtime
+
+# instructions per warm API request and per part (valgrind; not timed, so the neighbours do not move it)
+bench-instructions: install
+	$(PY) -m benchmarks.instructions
 
 ## Batch peak memory by file shape, the fit behind batch admission -> benchmarks/results/batch_memory.{md,json}
 bench-batch-memory: install

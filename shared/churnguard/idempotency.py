@@ -38,7 +38,10 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import KeysAndAttributesUnionTypeDef, WriteRequestUnionTypeDef
 
-DEFAULT_TTL_S = 7 * 24 * 3600
+# Longer than any dead-letter queue keeps a message (14 days in the template): a message redriven on
+# its last day must still find the ledger items of the promotions and decisions it already sent, or
+# it sends them again. 7 days left a week in which a redrive duplicated them.
+DEFAULT_TTL_S = 15 * 24 * 3600
 
 
 def idempotency_config(key_jmespath: str, expires_after_s: int = DEFAULT_TTL_S) -> IdempotencyConfig:

@@ -562,3 +562,13 @@ def test_the_dashboard_is_json_and_charts_only_metrics_some_function_emits():
     threshold = TEMPLATE["Parameters"]["DriftPsiThreshold"]["Default"]
     (drift,) = [w for w in body["widgets"] if w["properties"].get("title", "").startswith("Drift")]
     assert drift["properties"]["annotations"]["horizontal"][0]["value"] == float(threshold)
+
+
+def test_the_ledgers_outlive_every_message_a_dead_letter_queue_can_redrive():
+    from churnguard.idempotency import DEFAULT_TTL_S
+
+    queues = [r for r in load_template()["Resources"].values() if r["Type"] == "AWS::SQS::Queue"]
+    retention = [int(q["Properties"].get("MessageRetentionPeriod", 4 * 24 * 3600)) for q in queues]
+    assert len(retention) >= 4 and max(retention) == 14 * 24 * 3600
+    assert DEFAULT_TTL_S > max(retention)
+
