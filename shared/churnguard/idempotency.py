@@ -38,10 +38,13 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import KeysAndAttributesUnionTypeDef, WriteRequestUnionTypeDef
 
-# Longer than any dead-letter queue keeps a message (14 days in the template): a message redriven on
-# its last day must still find the ledger items of the promotions and decisions it already sent, or
-# it sends them again. 7 days left a week in which a redrive duplicated them.
-DEFAULT_TTL_S = 15 * 24 * 3600
+DEFAULT_TTL_S = 7 * 24 * 3600  # Powertools idempotency records: a completed request or file version
+# Ledger items live longer than any dead-letter queue keeps a message (14 days in the template): a
+# message redriven on its last day must still find the promotions and decisions it already sent, or
+# it sends them again (with the records' 7 days, a redrive in the second week duplicated them). Only
+# the ledgers: the records of completed work keep 7 days (an identical file dropped again after a
+# week is scored again).
+LEDGER_TTL_S = 15 * 24 * 3600
 
 
 def idempotency_config(key_jmespath: str, expires_after_s: int = DEFAULT_TTL_S) -> IdempotencyConfig:
@@ -65,7 +68,7 @@ class SentLedger:
         self,
         dynamodb: DynamoDBClient,
         table: str,
-        ttl_s: int = DEFAULT_TTL_S,
+        ttl_s: int = LEDGER_TTL_S,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

@@ -565,10 +565,11 @@ def test_the_dashboard_is_json_and_charts_only_metrics_some_function_emits():
 
 
 def test_the_ledgers_outlive_every_message_a_dead_letter_queue_can_redrive():
-    from churnguard.idempotency import DEFAULT_TTL_S
+    from churnguard.idempotency import LEDGER_TTL_S, DecisionLedger, SentLedger
 
     queues = [r for r in load_template()["Resources"].values() if r["Type"] == "AWS::SQS::Queue"]
     retention = [int(q["Properties"].get("MessageRetentionPeriod", 4 * 24 * 3600)) for q in queues]
     assert len(retention) >= 4 and max(retention) == 14 * 24 * 3600
-    assert DEFAULT_TTL_S > max(retention)
-
+    assert max(retention) < LEDGER_TTL_S
+    for ledger in (SentLedger(None, "table"), DecisionLedger(None, "table")):  # type: ignore[arg-type]
+        assert ledger._ttl_s == LEDGER_TTL_S
