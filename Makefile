@@ -89,7 +89,7 @@ bench-serving: install
 	$(PY) -m benchmarks.serving
 	$(PY) -m benchmarks.realtime
 
-# instructions per warm API request and per part (valgrind; not timed, so the neighbours do not move it)
+## Instructions per warm API request and per part (valgrind; counted, not timed: neighbours do not move it).
 bench-instructions: install
 	$(PY) -m benchmarks.instructions
 

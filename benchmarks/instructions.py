@@ -5,7 +5,8 @@ do not move. Each part runs N times in a process that has loaded the handler and
 requests; the same process with N = 0 is subtracted. A full gen-2 garbage collection lands in some
 windows and not others, so parts agree with each other to about +-5%.
 
-Needs valgrind (Debian: ``apt-get install valgrind``); about 2 minutes per part on one core.
+Needs valgrind (Debian: ``apt-get install valgrind``) and a model (``make train``); about 1.5 minutes
+per part on one core, run two at a time: ~7 minutes on 2 cores.
 
 Usage: ``python -m benchmarks.instructions [--model-dir artifacts/model] [--requests 300] [PART ...]``
 -> benchmarks/results/instructions.{json,md}
@@ -68,10 +69,12 @@ def _parts(model_dir: str, event_path: str) -> dict[str, Callable[[], object]]:
     sequence, static = spec.transform(features())
     raw = features()
 
-    def metrics() -> None:  # what post_scores emits, then the flush log_metrics does
-        for name in ("CustomersScored", "HighRiskCustomers", "PromotionsQueued", "PromotionsHeldOut"):
+    def metrics() -> None:  # what post_scores emits without a decision log, then log_metrics' flush
+        for name in ("CustomersScored", "HighRiskCustomers", "PromotionsQueued"):
             handler.metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
         handler.metrics.add_metric(name="ScoringLatency", unit=MetricUnit.Milliseconds, value=0.5)
+        for key in ("model_version", "function_request_id", "correlation_id"):
+            handler.metrics.add_metadata(key=key, value=bundle.version)
         handler.metrics.flush_metrics()
 
     return {
@@ -101,10 +104,11 @@ def _instructions(model_dir: str, event_path: str, part: str, n: int) -> int:
         "--child", event_path, part, str(n),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONHASHSEED": "0", "POWERTOOLS_METRICS_NAMESPACE": "ChurnGuardBench"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     match = _REFS.search(done.stderr)
-    if match is None:
-        raise RuntimeError(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
+    if done.returncode != 0 or match is None:
+        detail = done.stderr[-2000:]
+        raise RuntimeError(f"{part} x {n}: no instruction count (exit {done.returncode}):\n{detail}")
     return int(match.group(1).replace(",", ""))
 
 
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=3, metavar=("EVENT", "PART", "N"))
     parser.add_argument("parts", nargs="*", default=list(PARTS))
     args = parser.parse_args(argv)
+    if args.requests < 1 or not set(args.parts) <= set(PARTS):
+        parser.error(f"--requests must be >= 1 and the parts some of {', '.join(PARTS)}")
     if args.child:
         event_path, part, n = args.child
         child(args.model_dir, event_path, part, int(n))

@@ -9,10 +9,12 @@ plus a ledger of the promotions already sent.
   whose promotions could not all be sent fails its record (SQS redelivers it, then the DLQ), and on
   redelivery the ledger again sends only the missing ones.
 * The ledger (``SentLedger``, the DynamoDB adapter of ``churnguard.ports.PromotionLedger``): one item
-  per sent promotion, ``promotion#<idempotency key>``, in the idempotency table with the same TTL;
-  written after each ``SendMessageBatch`` chunk SQS accepted, before the next is sent. A crash (or a
-  ledger failure) between the send and the write can still repeat that one chunk on retry (at least
-  once, within that window).
+  per sent promotion, ``promotion#<idempotency key>``, in the idempotency table with a longer TTL
+  (``LEDGER_TTL_S``, 15 days: past the 14 days a dead-letter queue keeps a message; a message redriven
+  more than once can outlive it, since each redrive restarts the queue's retention). Written after
+  each ``SendMessageBatch`` chunk SQS accepted, before the next is sent. A crash (or a ledger failure)
+  between the send and the write can still repeat that one chunk on retry (at least once, within that
+  window).
 
 The handlers register the Lambda context on the config, so a timed-out invocation's record expires
 with the invocation instead of staying IN_PROGRESS.
