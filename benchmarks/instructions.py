@@ -2,8 +2,10 @@
 
 A shared machine's neighbours move the warm p50 by 50% from one hour to the next; instruction counts
 do not move. Each part runs N times in a process that has loaded the handler and answered 20 warm
-requests; the same process with N = 0 is subtracted. A full gen-2 garbage collection lands in some
-windows and not others, so parts agree with each other to about +-5%.
+requests; the same process with N = 0 is subtracted. Two processes' start-ups still differ by tens of
+millions of instructions (and a full gen-2 collection lands in some windows and not others), so a
+part's figure carries about +-5% (measured: the feature path 1.20-1.30 M over four runs): compare
+changes that move a part by more than that.
 
 Needs valgrind (Debian: ``apt-get install valgrind``) and a model (``make train``); about 1.5 minutes
 per part on one core, run two at a time: ~7 minutes on 2 cores.
