@@ -55,10 +55,8 @@ DECISION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("decision_id", "string"),
     ("user_id", "string"),
     ("decided_at", "string"),  # ISO-8601 UTC: when the decision was made
-    (
-        "as_of",
-        "string",
-    ),  # ISO-8601 UTC: the scoring cutoff (features see events before it); outcomes count from it
+    # ISO-8601 UTC: the scoring cutoff (features see events before it); outcomes count from it
+    ("as_of", "string"),
     ("model_version", "string"),
     ("horizon_weeks", "int"),  # the model's churn horizon: the outcome window is [as_of, + horizon)
     ("churn_probability", "double"),

@@ -137,6 +137,13 @@ def _csv(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False).encode()
 
 
+def _score_as_one_file(events: pd.DataFrame, bundle, as_of: str):
+    """The reference a dataset is checked against: the same customers scored as one file, same as-of."""
+    return score_file(
+        _csv(events), "all.csv", bundle, as_of=as_of, policy=PromotionPolicy(), publisher=None, source="s"
+    )
+
+
 def _tiny_rows() -> pd.DataFrame:
     return pd.DataFrame(
         {"user_id": ["a", "b"], "timestamp": ["2024-01-01", "2024-01-02"], "event_type": "order"}
@@ -315,15 +322,7 @@ def test_the_dataset_is_scored_as_of_one_day_every_customer_once_on_their_whole_
     assert summary.customers_scored == len(scored)
 
     # the same customers scored from the whole export as one file, as of the same day
-    single = score_file(
-        _csv(whole),
-        "all.csv",
-        bundle,
-        as_of=summary.as_of,
-        policy=PromotionPolicy(),
-        publisher=None,
-        source="s",
-    )
+    single = _score_as_one_file(whole, bundle, summary.as_of)
     assert single.scored is not None and single.summary.rows_used == summary.rows_used
     expected = single.scored.set_index("user_id").loc[scored["user_id"]]
     np.testing.assert_allclose(
@@ -770,15 +769,7 @@ def test_the_datasets_psi_is_the_psi_of_its_customers_scored_as_one_file(drift_r
         drift_run.store, drift_run.plan, drift_run.parts, drift_run.shards, reference=reference
     )
     assert summary.status == "ok", summary.errors
-    single = score_file(
-        _csv(pd.concat(export, ignore_index=True)),
-        "all.csv",
-        drift_bundle,
-        as_of=summary.as_of,
-        policy=PromotionPolicy(),
-        publisher=None,
-        source="s",
-    )
+    single = _score_as_one_file(pd.concat(export, ignore_index=True), drift_bundle, summary.as_of)
     assert summary.drift is not None and summary.drift["status"] == "ok"
     assert summary.drift == single.summary.drift
     assert summary.drift["customers"] + summary.drift["outside_population"] == summary.customers_scored
